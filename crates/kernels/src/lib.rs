@@ -1,0 +1,24 @@
+//! torchless-kernels: tensor formats and the compute kernels of the torchless engine.
+//!
+//! - [`quant`]: the one table of element types (GGML numbering), block layouts, dequantization,
+//!   activation quantization and the scalar dot products that serve as the test oracle;
+//! - [`dispatch`]: run-time choice of SIMD implementations;
+//! - [`matmul`]: weight-matrix × activation-batch products on the thread pool;
+//! - [`ops`]: norms, rotary embeddings, activations, softmax;
+//! - [`pool`]: the persistent worker pool;
+//! - [`tensor`]: typed views of weight bytes (memory-mapped or on the heap).
+//!
+//! This crate knows nothing of model files, architectures, tokenizers or the CLI.
+
+pub mod dispatch;
+pub mod matmul;
+pub mod ops;
+pub mod pool;
+pub mod quant;
+pub mod tensor;
+
+pub use dispatch::{Isa, Kernels};
+pub use matmul::{matmul, matmul_f32, Activations, MatmulError};
+pub use pool::ThreadPool;
+pub use quant::GgmlType;
+pub use tensor::{Storage, Tensor, TensorError};

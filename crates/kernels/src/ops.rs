@@ -1,0 +1,161 @@
+//! Element-wise and row operations on f32 activations: RMS norm, rotary embedding, SwiGLU,
+//! softmax, residual add. Each follows llama.cpp's CPU arithmetic where the order of operations
+//! changes the rounding (sums of squares in f64, rotary angles by repeated multiplication).
+//!
+//! These functions work on plain slices; they allocate nothing and know nothing of models.
+
+/// `out = x / sqrt(mean(x²) + eps) * w` (the product with `w` after the normalization, as
+/// llama.cpp's separate `rms_norm` and `mul`). The mean is accumulated in f64.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len().max(1) as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = (v * scale) * g;
+    }
+}
+
+/// Which elements a rotary embedding pairs up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent elements (2i, 2i+1): LLaMA's original layout as GGUF stores it.
+    Normal,
+    /// Halves (i, i + d/2): GPT-NeoX layout (Qwen2, Gemma, Phi-3 …).
+    Neox,
+}
+
+/// Precomputed per-position rotary table: cos/sin for each of `n_dims / 2` frequencies.
+/// Fills `cache` (length `n_dims`) with interleaved (cos, sin) for position `pos`.
+pub fn rope_cache(pos: f32, n_dims: usize, freq_base: f32, freq_scale: f32, cache: &mut [f32]) {
+    let theta_scale = freq_base.powf(-2.0 / n_dims as f32);
+    let mut theta = pos;
+    for pair in cache[..n_dims].chunks_exact_mut(2) {
+        let t = freq_scale * theta;
+        pair[0] = t.cos();
+        pair[1] = t.sin();
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates the first `n_dims` elements of one head vector `x` with the table from
+/// [`rope_cache`]; elements past `n_dims` are left as they are.
+pub fn rope_apply(x: &mut [f32], n_dims: usize, style: RopeStyle, cache: &[f32]) {
+    let half = n_dims / 2;
+    for i in 0..half {
+        let (c, s) = (cache[2 * i], cache[2 * i + 1]);
+        let (a, b) = match style {
+            RopeStyle::Normal => (2 * i, 2 * i + 1),
+            RopeStyle::Neox => (i, i + half),
+        };
+        let (x0, x1) = (x[a], x[b]);
+        x[a] = x0 * c - x1 * s;
+        x[b] = x0 * s + x1 * c;
+    }
+}
+
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation (Gemma's `gelu_pytorch_tanh`).
+#[inline(always)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// `gate[i] = gelu(gate[i]) * up[i]`.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = gelu_tanh(*g) * u;
+    }
+}
+
+/// `x[i] += y[i]`.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// In-place softmax; the sum is accumulated in f64 as llama.cpp does. Entries equal to
+/// negative infinity become zero.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        x.fill(0.0);
+        return;
+    }
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Index of the largest value (the first one on ties); 0 for an empty slice.
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_of_constant_row_is_the_weight() {
+        let x = [3.0f32; 8];
+        let w = [0.5f32; 8];
+        let mut out = [0.0; 8];
+        rms_norm(&x, &w, 0.0, &mut out);
+        for v in out {
+            assert!((v - 0.5).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_and_keeps_norms() {
+        let mut cache = [0.0f32; 8];
+        rope_cache(3.0, 8, 10000.0, 1.0, &mut cache);
+        assert!((cache[0] - 3.0f32.cos()).abs() < 1e-6);
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            let mut x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+            let before: f32 = x.iter().map(|v| v * v).sum();
+            rope_apply(&mut x, 8, style, &cache);
+            let after: f32 = x.iter().map(|v| v * v).sum();
+            assert!((before - after).abs() < 1e-3);
+        }
+        let mut x = [1.0f32, 0.0, 0.0, 0.0];
+        let mut c = [0.0f32; 4];
+        rope_cache(1.0, 4, 10000.0, 1.0, &mut c);
+        rope_apply(&mut x, 4, RopeStyle::Normal, &c);
+        assert!((x[0] - 1.0f32.cos()).abs() < 1e-6 && (x[1] - 1.0f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_masks() {
+        let mut x = [1.0f32, 2.0, f32::NEG_INFINITY, 0.5];
+        softmax(&mut x);
+        assert_eq!(x[2], 0.0);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(argmax(&x), 1);
+    }
+}

@@ -1,0 +1,276 @@
+//! A persistent pool of worker threads for the compute kernels.
+//!
+//! `run` hands one closure to every thread (the caller is thread 0) and returns when all have
+//! finished; `parallel_for` splits a range into chunks that threads take from a shared counter,
+//! so a thread that the OS delays (another process sharing the cores) simply takes fewer chunks
+//! instead of holding everyone up. Idle workers spin briefly, then yield, then sleep on a
+//! condition variable: fast hand-off between the hundreds of small jobs of one token, no burned
+//! cores between requests, and no collapse when the machine is oversubscribed.
+//!
+//! The pool allocates nothing per job. It must not know what the jobs compute.
+
+use std::cell::UnsafeCell;
+use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+type Job = dyn Fn(usize) + Sync;
+
+/// How long an idle thread spins, then yields, before it sleeps.
+const SPIN_FOR: Duration = Duration::from_micros(50);
+const YIELD_FOR: Duration = Duration::from_micros(2000);
+
+struct Shared {
+    /// The current job; written by the dispatcher only while no worker can be reading it.
+    job: UnsafeCell<Option<*const Job>>,
+    generation: AtomicUsize,
+    remaining: AtomicUsize,
+    shutdown: AtomicBool,
+    panicked: AtomicBool,
+    sleepers: AtomicUsize,
+    wake_lock: Mutex<()>,
+    wake: Condvar,
+    caller_waiting: AtomicBool,
+    done_lock: Mutex<()>,
+    done: Condvar,
+}
+
+// SAFETY: `job` is written by the dispatching thread before it publishes a new generation
+// (Release) and read by workers only after they observe that generation (Acquire); it is not
+// written again until every worker has reported completion through `remaining`.
+unsafe impl Sync for Shared {}
+// SAFETY: the raw job pointer is only dereferenced under the protocol above.
+unsafe impl Send for Shared {}
+
+/// A fixed set of worker threads. One pool serves one engine; `run` takes `&self` but jobs
+/// from two threads at once are serialized by `dispatch_lock`.
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    dispatch_lock: Mutex<()>,
+    n_threads: usize,
+}
+
+impl ThreadPool {
+    /// A pool of `n_threads` threads in all, counting the caller (so `n_threads - 1` workers).
+    pub fn new(n_threads: usize) -> ThreadPool {
+        let n_threads = n_threads.max(1);
+        let shared = Arc::new(Shared {
+            job: UnsafeCell::new(None),
+            generation: AtomicUsize::new(0),
+            remaining: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            wake_lock: Mutex::new(()),
+            wake: Condvar::new(),
+            caller_waiting: AtomicBool::new(false),
+            done_lock: Mutex::new(()),
+            done: Condvar::new(),
+        });
+        let mut workers = Vec::with_capacity(n_threads - 1);
+        for idx in 1..n_threads {
+            let s = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("torchless-worker-{idx}"))
+                .spawn(move || worker_loop(&s, idx));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    tracing::warn!("could not start worker thread {idx}: {e}; using fewer threads");
+                    break;
+                }
+            }
+        }
+        let n_threads = workers.len() + 1;
+        ThreadPool { shared, workers, dispatch_lock: Mutex::new(()), n_threads }
+    }
+
+    pub fn n_threads(&self) -> usize {
+        self.n_threads
+    }
+
+    /// Runs `f(thread_index)` on every thread of the pool and returns when all calls returned.
+    pub fn run<F: Fn(usize) + Sync>(&self, f: F) {
+        if self.n_threads == 1 {
+            f(0);
+            return;
+        }
+        let _guard = self.dispatch_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &*self.shared;
+        let job: &(dyn Fn(usize) + Sync + '_) = &f;
+        // SAFETY: erases the lifetime of `f`; `run` does not return before every worker has
+        // finished with the pointer (`remaining` reaches zero), so it never dangles.
+        let ptr: *const Job =
+            unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static Job>(job) };
+        // SAFETY: no worker reads `job` until the generation below is published.
+        unsafe { *s.job.get() = Some(ptr) };
+        s.remaining.store(self.n_threads - 1, Ordering::SeqCst);
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            let _l = s.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        wait_until(|| s.remaining.load(Ordering::Acquire) == 0, || {
+            s.caller_waiting.store(true, Ordering::SeqCst);
+            let mut l = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+            while s.remaining.load(Ordering::SeqCst) != 0 {
+                l = s.done.wait(l).unwrap_or_else(|e| e.into_inner());
+            }
+            s.caller_waiting.store(false, Ordering::SeqCst);
+        });
+        // SAFETY: all workers are done with the job.
+        unsafe { *s.job.get() = None };
+        if let Err(p) = mine {
+            resume_unwind(p);
+        }
+        if s.panicked.swap(false, Ordering::SeqCst) {
+            // A kernel bug, not an input error: surface it on the calling thread.
+            resume_unwind(Box::new("a worker thread panicked"));
+        }
+    }
+
+    /// Calls `f` on consecutive sub-ranges of `0..n` of at most `grain` items, spread over the
+    /// threads; chunks are taken first come, first served.
+    pub fn parallel_for<F: Fn(Range<usize>) + Sync>(&self, n: usize, grain: usize, f: F) {
+        let grain = grain.max(1);
+        if n == 0 {
+            return;
+        }
+        if self.n_threads == 1 || n <= grain {
+            f(0..n);
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.run(|_| loop {
+            let start = next.fetch_add(grain, Ordering::Relaxed);
+            if start >= n {
+                break;
+            }
+            f(start..(start + grain).min(n));
+        });
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        {
+            let _l = self.shared.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Spins, then yields, then calls `sleep` (which must block until `ready` holds).
+#[inline]
+fn wait_until(ready: impl Fn() -> bool, sleep: impl FnOnce()) {
+    let start = Instant::now();
+    let mut i = 0u32;
+    loop {
+        if ready() {
+            return;
+        }
+        i = i.wrapping_add(1);
+        if i % 64 == 0 {
+            let waited = start.elapsed();
+            if waited > YIELD_FOR {
+                break;
+            }
+            if waited > SPIN_FOR {
+                std::thread::yield_now();
+                continue;
+            }
+        }
+        std::hint::spin_loop();
+    }
+    sleep();
+}
+
+fn worker_loop(s: &Shared, idx: usize) {
+    let mut seen = 0usize;
+    loop {
+        wait_until(
+            || s.generation.load(Ordering::Acquire) != seen,
+            || {
+                let mut l = s.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                while s.generation.load(Ordering::SeqCst) == seen {
+                    l = s.wake.wait(l).unwrap_or_else(|e| e.into_inner());
+                }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
+            },
+        );
+        seen = s.generation.load(Ordering::Acquire);
+        if s.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        // SAFETY: the generation we observed was published after `job` was written, and the
+        // dispatcher keeps the closure alive until we decrement `remaining`.
+        let job = unsafe { *s.job.get() };
+        if let Some(job) = job {
+            // SAFETY: see above; the pointer is live for the duration of this job.
+            let f = unsafe { &*job };
+            if catch_unwind(AssertUnwindSafe(|| f(idx))).is_err() {
+                s.panicked.store(true, Ordering::SeqCst);
+            }
+        }
+        if s.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && s.caller_waiting.load(Ordering::SeqCst)
+        {
+            let _l = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.done.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_runs_once_per_job() {
+        let pool = ThreadPool::new(3);
+        for _ in 0..200 {
+            let hits = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+            pool.run(|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            for h in &hits[..pool.n_threads()] {
+                assert_eq!(h.load(Ordering::Relaxed), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_for_covers_every_index_exactly_once() {
+        let pool = ThreadPool::new(2);
+        for n in [0usize, 1, 7, 64, 1000] {
+            let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.parallel_for(n, 3, |r| {
+                for i in r {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    #[test]
+    fn workers_wake_after_sleeping() {
+        let pool = ThreadPool::new(2);
+        std::thread::sleep(YIELD_FOR * 3);
+        let count = AtomicUsize::new(0);
+        pool.run(|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,206 @@
+//! Weight tensors: a typed, shaped view into bytes that live in a memory map or on the heap.
+//!
+//! A [`Tensor`] never copies its bytes: clones share the storage. Shapes use GGML's order,
+//! `dims[0]` being the length of a row (the contiguous dimension). This module holds no
+//! compute and knows nothing of files or models.
+
+use std::sync::Arc;
+
+use crate::quant::GgmlType;
+
+/// 64-byte aligned chunk, the unit of heap storage (keeps SIMD loads on cache lines).
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+pub struct Align64(pub [u8; 64]);
+
+/// Where tensor bytes live.
+pub enum Storage {
+    /// A read-only memory map of a model file.
+    Mapped(memmap2::Mmap),
+    /// Bytes read or converted into memory, 64-byte aligned.
+    Heap { chunks: Vec<Align64>, len: usize },
+}
+
+impl Storage {
+    /// Heap storage holding a copy of `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Storage {
+        let mut s = Storage::zeroed(bytes.len());
+        if let Storage::Heap { chunks, len } = &mut s {
+            bytemuck::cast_slice_mut::<Align64, u8>(chunks)[..*len].copy_from_slice(bytes);
+        }
+        s
+    }
+
+    /// Zero-filled heap storage of `len` bytes.
+    pub fn zeroed(len: usize) -> Storage {
+        Storage::Heap { chunks: vec![Align64([0; 64]); len.div_ceil(64)], len }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Heap { chunks, len } => &bytemuck::cast_slice::<Align64, u8>(chunks)[..*len],
+        }
+    }
+
+    /// Mutable bytes of heap storage (`None` for a read-only map).
+    pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        match self {
+            Storage::Mapped(_) => None,
+            Storage::Heap { chunks, len } => {
+                Some(&mut bytemuck::cast_slice_mut::<Align64, u8>(chunks)[..*len])
+            }
+        }
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Storage::Mapped(_))
+    }
+}
+
+/// A typed view of `len` bytes at `offset` in shared storage.
+#[derive(Clone)]
+pub struct Tensor {
+    ty: GgmlType,
+    dims: Vec<usize>,
+    storage: Arc<Storage>,
+    offset: usize,
+    len: usize,
+}
+
+/// Why a tensor view could not be made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TensorError {
+    #[error("rows of {cols} elements are not a whole number of {ty} blocks")]
+    PartialBlock { ty: GgmlType, cols: usize },
+    #[error("tensor of shape {dims:?} and type {ty} needs {need} bytes but {have} are available")]
+    OutOfBounds { ty: GgmlType, dims: Vec<usize>, need: usize, have: usize },
+    #[error("tensor shape {0:?} overflows")]
+    Overflow(Vec<usize>),
+}
+
+impl Tensor {
+    /// A view of the bytes at `offset` in `storage` holding a tensor of type `ty` and shape
+    /// `dims` (row length first). Checks every size.
+    pub fn new(
+        ty: GgmlType,
+        dims: &[usize],
+        storage: Arc<Storage>,
+        offset: usize,
+    ) -> Result<Tensor, TensorError> {
+        let cols = dims.first().copied().unwrap_or(1);
+        let rows = dims
+            .iter()
+            .skip(1)
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| TensorError::Overflow(dims.to_vec()))?;
+        let row = ty.row_bytes(cols).ok_or(TensorError::PartialBlock { ty, cols })?;
+        let len = row.checked_mul(rows).ok_or_else(|| TensorError::Overflow(dims.to_vec()))?;
+        let have = storage.bytes().len().saturating_sub(offset);
+        if len > have {
+            return Err(TensorError::OutOfBounds { ty, dims: dims.to_vec(), need: len, have });
+        }
+        Ok(Tensor { ty, dims: dims.to_vec(), storage, offset, len })
+    }
+
+    /// A new heap tensor holding `values` as f32, shape `dims`.
+    pub fn from_f32(dims: &[usize], values: &[f32]) -> Result<Tensor, TensorError> {
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        Tensor::new(GgmlType::F32, dims, Arc::new(Storage::from_bytes(&bytes)), 0)
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    /// Elements per row (`dims[0]`).
+    pub fn cols(&self) -> usize {
+        self.dims.first().copied().unwrap_or(1)
+    }
+
+    /// Number of rows (product of the other dimensions).
+    pub fn rows(&self) -> usize {
+        self.dims.iter().skip(1).product()
+    }
+
+    pub fn n_elements(&self) -> usize {
+        self.cols() * self.rows()
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        if self.rows() == 0 {
+            0
+        } else {
+            self.len / self.rows()
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.storage.bytes()[self.offset..self.offset + self.len]
+    }
+
+    /// The bytes of row `r` (empty when out of range).
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        self.bytes().get(r * rb..(r + 1) * rb).unwrap_or(&[])
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        self.storage.is_mapped()
+    }
+
+    /// Row `r` converted to f32 into `out` (length `cols`). Returns false if the type cannot
+    /// be dequantized or `r` is out of range.
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) -> bool {
+        r < self.rows() && crate::quant::dequantize(self.ty, self.row(r), out)
+    }
+
+    /// The whole tensor as f32 (for small tensors: norms, biases).
+    pub fn to_f32_vec(&self) -> Option<Vec<f32>> {
+        let mut out = vec![0.0f32; self.n_elements()];
+        crate::quant::dequantize(self.ty, self.bytes(), &mut out).then_some(out)
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({} {:?})", self.ty, self.dims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_check_bounds_and_blocks() {
+        let st = Arc::new(Storage::zeroed(100));
+        assert!(Tensor::new(GgmlType::Q8_0, &[32, 2], st.clone(), 0).is_ok());
+        assert!(matches!(
+            Tensor::new(GgmlType::Q8_0, &[32, 3], st.clone(), 0),
+            Err(TensorError::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            Tensor::new(GgmlType::Q8_0, &[31, 1], st.clone(), 0),
+            Err(TensorError::PartialBlock { .. })
+        ));
+        assert!(matches!(
+            Tensor::new(GgmlType::F32, &[1 << 40, 1 << 40], st, 0),
+            Err(TensorError::Overflow(_))
+        ));
+    }
+
+    #[test]
+    fn heap_storage_is_aligned() {
+        let st = Storage::from_bytes(&[1, 2, 3]);
+        assert_eq!(st.bytes(), &[1, 2, 3]);
+        assert_eq!(st.bytes().as_ptr() as usize % 64, 0);
+    }
+}
