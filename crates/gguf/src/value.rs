@@ -380,10 +380,10 @@ impl Metadata {
     }
 
     /// `Ok(None)` when absent, the value when present, an error when present with a wrong type.
-    pub fn opt<T>(
-        &self,
+    pub fn opt<'a, T>(
+        &'a self,
         key: &str,
-        get: impl Fn(&Metadata, &str) -> Result<T, MetadataError>,
+        get: impl Fn(&'a Metadata, &str) -> Result<T, MetadataError>,
     ) -> Result<Option<T>, MetadataError> {
         if self.contains(key) {
             get(self, key).map(Some)

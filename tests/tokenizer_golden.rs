@@ -1,0 +1,96 @@
+//! Tokenization against the references: llama.cpp's ids for SmolLM2 (tests/data/smollm2-q4_1/
+//! tokenize.jsonl, with add_bos and special-token parsing on and off, and its detokenization),
+//! and HuggingFace's ids for SmolLM2, Qwen2.5-Coder and Gemma 3 (tests/data/tokenizers/).
+
+mod common;
+
+use torchless_gguf::{GgufFile, LoadMode};
+use torchless_tokenizer::{TextStream, Tokenizer};
+
+fn tokenizer(model: &str) -> Tokenizer {
+    let f = GgufFile::open(common::model(model), LoadMode::Mmap).unwrap();
+    Tokenizer::from_metadata(f.metadata()).unwrap()
+}
+
+#[test]
+fn smollm2_matches_llama_cpp_on_every_line() {
+    let tok = tokenizer("smollm2");
+    let mut failures = Vec::new();
+    for case in common::read_jsonl("smollm2-q4_1/tokenize.jsonl") {
+        let text = case["text"].as_str().unwrap();
+        let add_bos = case["add_bos"].as_bool().unwrap();
+        let special = case["parse_special"].as_bool().unwrap();
+        let want = common::ids(&case["ids"]);
+        let got = tok.encode(text, add_bos, special).unwrap();
+        if got != want {
+            failures.push(format!("{text:?} bos={add_bos} special={special}: got {got:?}, want {want:?}"));
+        }
+        // Detokenization (special tokens rendered) round-trips where llama.cpp's does.
+        let detok = tok.decode(&want, true);
+        assert_eq!(detok, case["detok"].as_str().unwrap(), "detokenizing {text:?}");
+        // Streaming the same ids gives the same text, never half a character.
+        let mut stream = TextStream::new();
+        let mut streamed = String::new();
+        for &id in &want {
+            streamed.push_str(&stream.push(tok.token_bytes(id, true)));
+        }
+        streamed.push_str(&stream.finish());
+        assert_eq!(streamed, detok);
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn check_hf_encodings(model: &str, dir: &str) {
+    let tok = tokenizer(model);
+    let mut failures = Vec::new();
+    for case in common::read_jsonl(&format!("tokenizers/{dir}/encodings.jsonl")) {
+        let text = case["text"].as_str().unwrap();
+        let want = common::ids(&case["ids"]);
+        // HuggingFace splits out added (special) tokens even without add_special_tokens.
+        let got = tok.encode(text, false, true).unwrap();
+        if got != want {
+            failures.push(format!("{text:?}: got {got:?}, want {want:?}"));
+        }
+        assert_eq!(tok.decode(&want, true), case["decoded"].as_str().unwrap(), "decoding {text:?}");
+    }
+    assert!(failures.is_empty(), "{model}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn smollm2_matches_huggingface() {
+    check_hf_encodings("smollm2", "smollm2-135m-instruct");
+}
+
+#[test]
+fn qwen2_matches_huggingface() {
+    check_hf_encodings("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct");
+}
+
+#[test]
+fn gemma3_matches_huggingface() {
+    check_hf_encodings("gemma-3-270m", "gemma-3-270m");
+}
+
+#[test]
+fn special_ids_and_bos_come_from_the_metadata() {
+    let s = tokenizer("smollm2");
+    assert_eq!(s.encode("<|im_start|>", false, true).unwrap(), [1]);
+    assert!(s.is_eog(2) && s.is_eog(0), "<|im_end|> and <|endoftext|> end generation");
+    assert!(!s.vocab().add_bos);
+    let g = tokenizer("gemma-3-270m");
+    assert!(g.vocab().add_bos);
+    assert_eq!(g.encode("Hello world", true, true).unwrap(), [2, 9259, 1902]);
+    let q = tokenizer("qwen2.5-coder-0.5b");
+    assert_eq!(q.encode("Hello world", true, true).unwrap(), [9707, 1879]);
+    assert!(q.is_eog(151645) && q.is_eog(151643));
+    // Chat templates render as HuggingFace renders them.
+    let t = q.chat_template().unwrap().expect("qwen ships a template");
+    let msgs = [
+        torchless_tokenizer::Message::new("system", "You are helpful."),
+        torchless_tokenizer::Message::new("user", "hi"),
+    ];
+    assert_eq!(
+        t.render(&msgs, true).unwrap(),
+        "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
