@@ -74,7 +74,7 @@ impl Isa {
 
     /// Whether the project has kernels for this family (beyond the scalar fallbacks).
     pub fn is_implemented(self) -> bool {
-        matches!(self, Isa::Scalar)
+        matches!(self, Isa::Scalar | Isa::Avx2)
     }
 
     /// The best family this CPU supports and the project implements.
@@ -117,9 +117,14 @@ impl Kernels {
         self.isa
     }
 
+    /// Whether kernels may use fused multiply-add instructions (same results, faster).
+    pub fn has_fma(&self) -> bool {
+        matches!(self.isa, Isa::Avx2 | Isa::Avx512)
+    }
+
     /// The dot product for weights of type `ty` (against activations in its `vec_dot_type`).
     pub fn vec_dot(&self, ty: GgmlType) -> Option<VecDotFn> {
-        ty.traits().vec_dot
+        crate::simd::vec_dot(self.isa, ty).or(ty.traits().vec_dot)
     }
 
     /// The encoder for activations of type `ty` (Q8_0, Q8_1, Q8_K, F16, BF16, F32).

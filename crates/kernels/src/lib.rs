@@ -10,11 +10,14 @@
 //!
 //! This crate knows nothing of model files, architectures, tokenizers or the CLI.
 
+pub mod attention;
 pub mod dispatch;
+pub mod lanes;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
 pub mod quant;
+pub mod simd;
 pub mod tensor;
 
 pub use dispatch::{Isa, Kernels};

@@ -127,6 +127,19 @@ impl SharedOut {
         // SAFETY: the caller guarantees exclusive access to index `i`, in bounds.
         unsafe { *self.ptr.add(i) = v };
     }
+
+    /// The sub-slice `start..start + len`, clamped to the buffer.
+    ///
+    /// # Safety
+    /// No other thread may access these elements while the slice lives, and the buffer must
+    /// outlive it.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, start: usize, len: usize) -> &mut [f32] {
+        let start = start.min(self.len);
+        let len = len.min(self.len - start);
+        // SAFETY: in bounds by the clamping above; exclusivity is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
 }
 
 /// Rows per chunk: about eight chunks per thread, at most 64 rows.
@@ -156,7 +169,7 @@ pub fn matmul(
     }
     let dot = kernels.vec_dot(ty).ok_or(MatmulError::Unsupported(ty))?;
     let shared = SharedOut::new(out);
-    pool.parallel_for(n, grain(n, pool.n_threads()), |rows| {
+    pool.parallel_for(n, grain(n, pool.n_threads()), |_, rows| {
         for r in rows {
             let wr = w.row(r);
             for t in 0..tokens {
@@ -192,7 +205,7 @@ pub fn matmul_f32(
     let chunk_elems = per * be;
     let shared = SharedOut::new(out);
     const TT: usize = 8;
-    pool.parallel_for(n, grain(n, pool.n_threads()), |rows| {
+    pool.parallel_for(n, grain(n, pool.n_threads()), |_, rows| {
         let mut buf = [0.0f32; 256];
         for r in rows {
             let wr = w.row(r);

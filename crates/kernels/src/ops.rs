@@ -4,6 +4,9 @@
 //!
 //! These functions work on plain slices; they allocate nothing and know nothing of models.
 
+use crate::dispatch::Kernels;
+use crate::lanes::silu_ggml;
+
 /// `out = x / sqrt(mean(x²) + eps) * w` (the product with `w` after the normalization, as
 /// llama.cpp's separate `rms_norm` and `mul`). The mean is accumulated in f64.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -37,8 +40,32 @@ pub fn rope_cache(pos: f32, n_dims: usize, freq_base: f32, freq_scale: f32, cach
     }
 }
 
+/// Rotates the first `n_dims` elements of every head (`head_dim` wide) in `x` with the table
+/// from [`rope_cache`]; elements past `n_dims` in each head are left as they are.
+pub fn rope_heads(k: &Kernels, x: &mut [f32], head_dim: usize, n_dims: usize, style: RopeStyle, cache: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if k.has_fma() {
+        // SAFETY: `has_fma` says the CPU supports FMA.
+        unsafe { rope_heads_fma(x, head_dim, n_dims, style, cache) };
+        return;
+    }
+    let _ = k;
+    for head in x.chunks_exact_mut(head_dim) {
+        rope_apply(head, n_dims, style, cache);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rope_heads_fma(x: &mut [f32], head_dim: usize, n_dims: usize, style: RopeStyle, cache: &[f32]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        rope_apply(head, n_dims, style, cache);
+    }
+}
+
 /// Rotates the first `n_dims` elements of one head vector `x` with the table from
 /// [`rope_cache`]; elements past `n_dims` are left as they are.
+#[inline(always)]
 pub fn rope_apply(x: &mut [f32], n_dims: usize, style: RopeStyle, cache: &[f32]) {
     let half = n_dims / 2;
     for i in 0..half {
@@ -48,8 +75,9 @@ pub fn rope_apply(x: &mut [f32], n_dims: usize, style: RopeStyle, cache: &[f32])
             RopeStyle::Neox => (i, i + half),
         };
         let (x0, x1) = (x[a], x[b]);
-        x[a] = x0 * c - x1 * s;
-        x[b] = x0 * s + x1 * c;
+        // The reference engine's compiler contracts these into fused multiply-adds.
+        x[a] = x0.mul_add(c, -(x1 * s));
+        x[b] = x0.mul_add(s, x1 * c);
     }
 }
 
@@ -65,9 +93,32 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
-/// `gate[i] = silu(gate[i]) * up[i]`.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
+/// `gate[i] = silu(gate[i]) * up[i]` over one row, as ggml computes it: groups of eight with
+/// its vectorized exp, the leftover with the C library's.
+pub fn swiglu(k: &Kernels, gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if k.has_fma() {
+        // SAFETY: `has_fma` says the CPU supports FMA.
+        unsafe { swiglu_fma(gate, up) };
+        return;
+    }
+    let _ = k;
+    swiglu_row(gate, up);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn swiglu_fma(gate: &mut [f32], up: &[f32]) {
+    swiglu_row(gate, up);
+}
+
+#[inline(always)]
+fn swiglu_row(gate: &mut [f32], up: &[f32]) {
+    let n8 = gate.len().min(up.len()) / 8 * 8;
+    for (g, &u) in gate[..n8].iter_mut().zip(&up[..n8]) {
+        *g = silu_ggml(*g) * u;
+    }
+    for (g, &u) in gate[n8..].iter_mut().zip(&up[n8..]) {
         *g = silu(*g) * u;
     }
 }
@@ -83,25 +134,6 @@ pub fn geglu(gate: &mut [f32], up: &[f32]) {
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
-    }
-}
-
-/// In-place softmax; the sum is accumulated in f64 as llama.cpp does. Entries equal to
-/// negative infinity become zero.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        x.fill(0.0);
-        return;
-    }
-    let mut sum = 0.0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
-    let inv = (1.0 / sum) as f32;
-    for v in x.iter_mut() {
-        *v *= inv;
     }
 }
 
@@ -151,11 +183,17 @@ mod tests {
     }
 
     #[test]
-    fn softmax_sums_to_one_and_masks() {
-        let mut x = [1.0f32, 2.0, f32::NEG_INFINITY, 0.5];
-        softmax(&mut x);
-        assert_eq!(x[2], 0.0);
-        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!(argmax(&x), 1);
+    fn swiglu_matches_the_formula() {
+        let mut g: Vec<f32> = (0..11).map(|i| i as f32 * 0.7 - 3.0).collect();
+        let u: Vec<f32> = (0..11).map(|i| 1.0 + i as f32 * 0.1).collect();
+        let want: Vec<f32> = g.iter().zip(&u).map(|(x, y)| x / (1.0 + (-x).exp()) * y).collect();
+        let mut g2 = g.clone();
+        swiglu(&Kernels::scalar(), &mut g, &u);
+        swiglu(&Kernels::from_env().unwrap(), &mut g2, &u);
+        assert_eq!(g, g2, "the FMA build must match the scalar one bit for bit");
+        for (a, b) in g.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6 * b.abs().max(1.0));
+        }
+        assert_eq!(argmax(&[0.0, 2.0, 2.0, 1.0]), 1);
     }
 }

@@ -134,24 +134,25 @@ impl ThreadPool {
         }
     }
 
-    /// Calls `f` on consecutive sub-ranges of `0..n` of at most `grain` items, spread over the
-    /// threads; chunks are taken first come, first served.
-    pub fn parallel_for<F: Fn(Range<usize>) + Sync>(&self, n: usize, grain: usize, f: F) {
+    /// Calls `f(thread, range)` on consecutive sub-ranges of `0..n` of at most `grain` items,
+    /// spread over the threads; chunks are taken first come, first served. `thread` is the
+    /// index of the calling thread (for per-thread scratch space).
+    pub fn parallel_for<F: Fn(usize, Range<usize>) + Sync>(&self, n: usize, grain: usize, f: F) {
         let grain = grain.max(1);
         if n == 0 {
             return;
         }
         if self.n_threads == 1 || n <= grain {
-            f(0..n);
+            f(0, 0..n);
             return;
         }
         let next = AtomicUsize::new(0);
-        self.run(|_| loop {
+        self.run(|tid| loop {
             let start = next.fetch_add(grain, Ordering::Relaxed);
             if start >= n {
                 break;
             }
-            f(start..(start + grain).min(n));
+            f(tid, start..(start + grain).min(n));
         });
     }
 }
@@ -254,7 +255,7 @@ mod tests {
         let pool = ThreadPool::new(2);
         for n in [0usize, 1, 7, 64, 1000] {
             let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-            pool.parallel_for(n, 3, |r| {
+            pool.parallel_for(n, 3, |_, r| {
                 for i in r {
                     seen[i].fetch_add(1, Ordering::Relaxed);
                 }

@@ -5,6 +5,7 @@
 //! half to even), because matching its rounding is what makes our tokens match its tokens.
 
 use super::blocks::*;
+use crate::lanes::{hsum8, LANES};
 
 /// Nibble `j` of a 16-byte array: elements 0..16 are the low nibbles, 16..32 the high ones.
 #[inline(always)]
@@ -112,57 +113,76 @@ fn q8(qs: &[u8; 32], j: usize) -> i32 {
     qs[j] as i8 as i32
 }
 
-pub fn dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let nb = n / QK;
-    let mut sum = 0.0f32;
-    for (x, y) in as_blocks::<BlockQ4_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(nb) {
-        let sumi: i32 = (0..QK).map(|j| (nibble(&x.qs, j) - 8) * q8(&y.qs, j)).sum();
-        sum += (f16_at(x.d) * f16_at(y.d)) * sumi as f32;
+/// The eight lane sums of one 32-element block: lane l = Σ products 4l .. 4l+3 (what
+/// `maddubs` + `madd` leave in each lane).
+#[inline(always)]
+fn lane_sums(prod: impl Fn(usize) -> i32) -> [f32; LANES] {
+    let mut l = [0.0f32; LANES];
+    for (i, v) in l.iter_mut().enumerate() {
+        *v = (prod(4 * i) + prod(4 * i + 1) + prod(4 * i + 2) + prod(4 * i + 3)) as f32;
     }
-    sum
+    l
+}
+
+/// Adds one block's lane sums, scaled by `d`, into the accumulator with fused multiply-adds.
+#[inline(always)]
+fn accumulate(acc: &mut [f32; LANES], d: f32, lanes: &[f32; LANES]) {
+    for (a, &v) in acc.iter_mut().zip(lanes) {
+        *a = d.mul_add(v, *a);
+    }
+}
+
+// Every dot product below follows llama.cpp's AVX2 kernels: per block, d = d_w * d_a and
+// acc[lane] = fma(d, lane_sum, acc[lane]); at the end hsum8(acc), plus, for the formats with a
+// minimum, the sequential f32 sum of m_w * s_a.
+
+pub fn dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for (x, y) in as_blocks::<BlockQ4_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(n / QK) {
+        let l = lane_sums(|j| (nibble(&x.qs, j) - 8) * q8(&y.qs, j));
+        accumulate(&mut acc, f16_at(x.d) * f16_at(y.d), &l);
+    }
+    hsum8(&acc)
 }
 
 pub fn dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let nb = n / QK;
-    let mut sum = 0.0f32;
-    for (x, y) in as_blocks::<BlockQ4_1>(w).iter().zip(as_blocks::<BlockQ8_1>(a)).take(nb) {
-        let sumi: i32 = (0..QK).map(|j| nibble(&x.qs, j) * q8(&y.qs, j)).sum();
-        sum += (f16_at(x.d) * f16_at(y.d)) * sumi as f32 + f16_at(x.m) * f16_at(y.s);
+    let mut acc = [0.0f32; LANES];
+    let mut summs = 0.0f32;
+    for (x, y) in as_blocks::<BlockQ4_1>(w).iter().zip(as_blocks::<BlockQ8_1>(a)).take(n / QK) {
+        summs += f16_at(x.m) * f16_at(y.s);
+        let l = lane_sums(|j| nibble(&x.qs, j) * q8(&y.qs, j));
+        accumulate(&mut acc, f16_at(x.d) * f16_at(y.d), &l);
     }
-    sum
+    hsum8(&acc) + summs
 }
 
 pub fn dot_q5_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let nb = n / QK;
-    let mut sum = 0.0f32;
-    for (x, y) in as_blocks::<BlockQ5_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(nb) {
-        let sumi: i32 = (0..QK)
-            .map(|j| ((nibble(&x.qs, j) | high_bit(&x.qh, j)) - 16) * q8(&y.qs, j))
-            .sum();
-        sum += (f16_at(x.d) * f16_at(y.d)) * sumi as f32;
+    let mut acc = [0.0f32; LANES];
+    for (x, y) in as_blocks::<BlockQ5_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(n / QK) {
+        let l = lane_sums(|j| ((nibble(&x.qs, j) | high_bit(&x.qh, j)) - 16) * q8(&y.qs, j));
+        accumulate(&mut acc, f16_at(x.d) * f16_at(y.d), &l);
     }
-    sum
+    hsum8(&acc)
 }
 
 pub fn dot_q5_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let nb = n / QK;
-    let mut sum = 0.0f32;
-    for (x, y) in as_blocks::<BlockQ5_1>(w).iter().zip(as_blocks::<BlockQ8_1>(a)).take(nb) {
-        let sumi: i32 =
-            (0..QK).map(|j| (nibble(&x.qs, j) | high_bit(&x.qh, j)) * q8(&y.qs, j)).sum();
-        sum += (f16_at(x.d) * f16_at(y.d)) * sumi as f32 + f16_at(x.m) * f16_at(y.s);
+    let mut acc = [0.0f32; LANES];
+    let mut summs = 0.0f32;
+    for (x, y) in as_blocks::<BlockQ5_1>(w).iter().zip(as_blocks::<BlockQ8_1>(a)).take(n / QK) {
+        summs += f16_at(x.m) * f16_at(y.s);
+        let l = lane_sums(|j| (nibble(&x.qs, j) | high_bit(&x.qh, j)) * q8(&y.qs, j));
+        accumulate(&mut acc, f16_at(x.d) * f16_at(y.d), &l);
     }
-    sum
+    hsum8(&acc) + summs
 }
 
 pub fn dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let nb = n / QK;
-    let mut sum = 0.0f32;
-    for (x, y) in as_blocks::<BlockQ8_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(nb) {
-        let sumi: i32 = (0..QK).map(|j| q8(&x.qs, j) * q8(&y.qs, j)).sum();
-        sum += (f16_at(x.d) * f16_at(y.d)) * sumi as f32;
+    let mut acc = [0.0f32; LANES];
+    for (x, y) in as_blocks::<BlockQ8_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(n / QK) {
+        let l = lane_sums(|j| q8(&x.qs, j) * q8(&y.qs, j));
+        accumulate(&mut acc, f16_at(x.d) * f16_at(y.d), &l);
     }
-    sum
+    hsum8(&acc)
 }
 
 #[cfg(test)]

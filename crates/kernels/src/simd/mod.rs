@@ -1,0 +1,50 @@
+//! SIMD kernels, one module per instruction set, chosen at run time by [`crate::Kernels`].
+//! They compute exactly what the scalar reference does (same operations, same order).
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+
+use crate::dispatch::Isa;
+use crate::quant::{GgmlType, VecDotFn};
+
+/// Wraps an `unsafe` target-feature kernel in a safe function pointer.
+#[allow(unused_macros)]
+macro_rules! checked {
+    ($($name:ident => $path:path),* $(,)?) => {
+        $(
+            fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                // SAFETY: these wrappers are only handed out by `vec_dot` for an `Isa` whose
+                // CPU support `Kernels::new` verified.
+                unsafe { $path(n, w, a) }
+            }
+        )*
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+checked! {
+    avx2_q4_0 => avx2::dot_q4_0_q8_0,
+    avx2_q4_1 => avx2::dot_q4_1_q8_1,
+    avx2_q5_0 => avx2::dot_q5_0_q8_0,
+    avx2_q5_1 => avx2::dot_q5_1_q8_1,
+    avx2_q8_0 => avx2::dot_q8_0_q8_0,
+}
+
+/// The SIMD dot product for weights of type `ty` on `isa`, if there is one.
+pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => match ty {
+            GgmlType::Q4_0 => Some(avx2_q4_0),
+            GgmlType::Q4_1 => Some(avx2_q4_1),
+            GgmlType::Q5_0 => Some(avx2_q5_0),
+            GgmlType::Q5_1 => Some(avx2_q5_1),
+            GgmlType::Q8_0 => Some(avx2_q8_0),
+            _ => None,
+        },
+        _ => {
+            let _ = ty;
+            None
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! A batch of tokens for one forward pass: each entry is (token, position, sequence, whether
+//! its logits are wanted). Prompt prefill, single-token decode and many sequences at once are
+//! all batches; the forward pass does not distinguish them.
+
+use crate::kv_cache::SeqId;
+
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub tokens: Vec<u32>,
+    pub pos: Vec<usize>,
+    pub seq: Vec<SeqId>,
+    pub logits: Vec<bool>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    pub fn with_capacity(n: usize) -> Batch {
+        Batch {
+            tokens: Vec::with_capacity(n),
+            pos: Vec::with_capacity(n),
+            seq: Vec::with_capacity(n),
+            logits: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        self.pos.clear();
+        self.seq.clear();
+        self.logits.clear();
+    }
+
+    pub fn push(&mut self, token: u32, pos: usize, seq: SeqId, logits: bool) {
+        self.tokens.push(token);
+        self.pos.push(pos);
+        self.seq.push(seq);
+        self.logits.push(logits);
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Number of entries whose logits are wanted.
+    pub fn n_outputs(&self) -> usize {
+        self.logits.iter().filter(|&&l| l).count()
+    }
+}

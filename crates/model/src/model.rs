@@ -1,0 +1,164 @@
+//! A loaded model: configuration, weights, tokenizer, and the compute context (kernels and
+//! thread pool) its forward pass runs on.
+
+use std::path::Path;
+
+use torchless_gguf::{GgufFile, LoadMode};
+use torchless_kernels::{Kernels, ThreadPool};
+use torchless_tokenizer::Tokenizer;
+
+use crate::arch::Arch;
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::kv_cache::KvType;
+use crate::weights::Weights;
+
+/// Which arithmetic the forward pass uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// llama.cpp's: activations quantized per block before quantized dot products, f16 KV
+    /// cache. Fast, and the tokens match the reference engine.
+    #[default]
+    Reference,
+    /// Everything in f32: weights dequantized, f32 activations and KV cache (`--precise`).
+    F32,
+}
+
+impl Precision {
+    pub fn kv_type(self) -> KvType {
+        match self {
+            Precision::Reference => KvType::F16,
+            Precision::F32 => KvType::F32,
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub mode: LoadMode,
+    /// Force an architecture instead of `general.architecture`.
+    pub arch: Option<String>,
+    /// Threads of the compute pool (0 = physical cores).
+    pub threads: usize,
+    pub precision: Precision,
+}
+
+/// A model ready to run.
+pub struct Model {
+    pub(crate) config: ModelConfig,
+    pub(crate) weights: Weights,
+    tokenizer: Option<Tokenizer>,
+    file: GgufFile,
+    pub(crate) precision: Precision,
+    pub(crate) kernels: Kernels,
+    pub(crate) pool: ThreadPool,
+}
+
+/// The number of physical cores (logical CPUs when that cannot be told).
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
+    let mut cores = std::collections::HashSet::new();
+    let mut phys = String::new();
+    for line in info.lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            match k.trim() {
+                "physical id" => phys = v.trim().to_string(),
+                "core id" => {
+                    cores.insert((phys.clone(), v.trim().to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
+}
+
+impl Model {
+    /// Opens a GGUF file and builds the model it describes.
+    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let path = path.as_ref();
+        let file = GgufFile::open(path, opts.mode)?;
+        Model::from_gguf(file, opts)
+    }
+
+    pub fn from_gguf(file: GgufFile, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let m = file.metadata();
+        let meta_arch = m.str("general.architecture")?.to_string();
+        let arch_name = opts.arch.clone().unwrap_or_else(|| meta_arch.clone());
+        let arch = Arch::from_name(&arch_name).ok_or_else(|| ModelError::UnsupportedArch {
+            name: arch_name.clone(),
+            supported: Arch::supported(),
+        })?;
+        let vocab = Weights::vocab_of(&file)?;
+        let config = ModelConfig::from_metadata(m, arch, &meta_arch, vocab)?;
+        let weights = Weights::load(&file, &config)?;
+        let tokenizer = match Tokenizer::from_metadata(m) {
+            Ok(t) => Some(t),
+            Err(torchless_tokenizer::TokenizerError::Missing) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(t) = &tokenizer {
+            if t.len() > vocab {
+                tracing::warn!("the tokenizer has {} tokens but the model only {vocab} rows", t.len());
+            }
+        }
+        let kernels = Kernels::from_env().map_err(|e| ModelError::Config(e.to_string()))?;
+        let threads = if opts.threads == 0 { physical_cores() } else { opts.threads };
+        tracing::info!(
+            arch = arch.name(),
+            layers = config.n_layers,
+            n_embd = config.n_embd,
+            threads,
+            isa = kernels.isa().name(),
+            "model loaded"
+        );
+        Ok(Model {
+            config,
+            weights,
+            tokenizer,
+            file,
+            precision: opts.precision,
+            kernels,
+            pool: ThreadPool::new(threads),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The tokenizer, or an error saying the model has none.
+    pub fn require_tokenizer(&self) -> Result<&Tokenizer, ModelError> {
+        self.tokenizer.as_ref().ok_or(ModelError::Tokenizer(torchless_tokenizer::TokenizerError::Missing))
+    }
+
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+}

@@ -1,0 +1,141 @@
+//! A session: one sequence being evaluated — its KV cache, workspace and token history.
+//! Prompts are evaluated in batches of up to `n_batch` tokens; generation appends one token at
+//! a time. Truncation rolls the sequence back (for speculative decoding and chat edits).
+
+use crate::batch::Batch;
+use crate::error::ModelError;
+use crate::kv_cache::{KvCache, KvConfig, SeqId};
+use crate::model::Model;
+use crate::workspace::Workspace;
+
+/// Sizes of a session.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionOptions {
+    /// Positions the session can hold (0 = the model's training context, at most 4096).
+    pub n_ctx: usize,
+    /// Tokens per forward pass during prompt evaluation.
+    pub n_batch: usize,
+    /// Positions per KV cache block.
+    pub block_size: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { n_ctx: 0, n_batch: 512, block_size: 16 }
+    }
+}
+
+pub struct Session<'m> {
+    model: &'m Model,
+    cache: KvCache,
+    ws: Workspace,
+    batch: Batch,
+    seq: SeqId,
+    history: Vec<u32>,
+    n_ctx: usize,
+    n_batch: usize,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(model: &'m Model, opts: SessionOptions) -> Session<'m> {
+        let c = model.config();
+        let n_ctx = if opts.n_ctx == 0 { c.n_ctx_train.min(4096) } else { opts.n_ctx };
+        let bs = opts.block_size.max(1);
+        let n_batch = opts.n_batch.clamp(1, n_ctx.max(1));
+        let cache = KvCache::new(KvConfig {
+            n_layers: c.n_layers,
+            n_kv_heads: c.n_head_kv,
+            head_dim: c.head_dim,
+            block_size: bs,
+            n_blocks: n_ctx.div_ceil(bs),
+            ty: model.precision().kv_type(),
+        });
+        Session {
+            model,
+            cache,
+            ws: Workspace::new(c, n_batch, n_ctx, model.threads()),
+            batch: Batch::with_capacity(n_batch),
+            seq: 0,
+            history: Vec::with_capacity(n_ctx),
+            n_ctx,
+            n_batch,
+        }
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Positions evaluated so far.
+    pub fn n_past(&self) -> usize {
+        self.history.len()
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// Bytes of KV cache this session can fill.
+    pub fn kv_bytes(&self) -> usize {
+        self.cache.config().bytes()
+    }
+
+    /// Forgets everything.
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.history.clear();
+    }
+
+    /// Rolls back to the first `n` positions.
+    pub fn truncate(&mut self, n: usize) {
+        self.cache.truncate(self.seq, n);
+        self.history.truncate(n);
+    }
+
+    /// Appends `tokens` to the sequence. `on_logits(i, row)` receives the logits predicting
+    /// the token after `tokens[i]`, for every i when `all` is set, else only for the last.
+    pub fn eval_with(
+        &mut self,
+        tokens: &[u32],
+        all: bool,
+        mut on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<(), ModelError> {
+        let need = self.history.len() + tokens.len();
+        if need > self.n_ctx {
+            return Err(ModelError::ContextFull { need, max: self.n_ctx });
+        }
+        let vocab = self.model.config().vocab;
+        for (c, chunk) in tokens.chunks(self.n_batch).enumerate() {
+            self.batch.clear();
+            let base = self.history.len();
+            let last_chunk = (c + 1) * self.n_batch >= tokens.len();
+            for (i, &t) in chunk.iter().enumerate() {
+                let wanted = all || (last_chunk && i + 1 == chunk.len());
+                self.batch.push(t, base + i, self.seq, wanted);
+            }
+            self.model.forward(&self.batch, &mut self.cache, &mut self.ws)?;
+            self.history.extend_from_slice(chunk);
+            let mut row = 0;
+            for (i, &wanted) in self.batch.logits.iter().enumerate() {
+                if wanted {
+                    on_logits(c * self.n_batch + i, &self.ws.logits()[row * vocab..(row + 1) * vocab]);
+                    row += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `tokens` and returns the logits after the last one.
+    pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::Invalid("nothing to evaluate: the prompt is empty".into()));
+        }
+        self.eval_with(tokens, false, |_, _| {})?;
+        Ok(self.ws.logits_row(0))
+    }
+}

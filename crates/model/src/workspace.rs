@@ -1,0 +1,85 @@
+//! Activation buffers for one forward pass, allocated once for the largest batch and reused:
+//! nothing is allocated per token (llama2.c's `RunState`).
+
+use torchless_kernels::Activations;
+
+use crate::config::ModelConfig;
+
+/// Scratch space of a forward pass of at most `max_batch` tokens over at most `max_ctx`
+/// positions per sequence.
+pub struct Workspace {
+    pub(crate) max_batch: usize,
+    pub(crate) max_ctx: usize,
+    /// x: [max_batch, n_embd], the residual stream.
+    pub(crate) x: Vec<f32>,
+    /// xn: [max_batch, n_embd], the normalized stream (input of projections).
+    pub(crate) xn: Vec<f32>,
+    /// q: [max_batch, n_head * head_dim]; k, v: [max_batch, n_head_kv * head_dim].
+    pub(crate) q: Vec<f32>,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+    /// att: [max_batch, n_head * head_dim], attention output before the output projection.
+    pub(crate) att: Vec<f32>,
+    /// proj: [max_batch, n_embd], output of wo and of the down projection.
+    pub(crate) proj: Vec<f32>,
+    /// gate, up: [max_batch, n_ff].
+    pub(crate) gate: Vec<f32>,
+    pub(crate) up: Vec<f32>,
+    /// rope: [max_batch, rope_dims] interleaved cos/sin per token.
+    pub(crate) rope: Vec<f32>,
+    /// Attention scratch: [threads, scratch_per_thread(max_ctx, head_dim)].
+    pub(crate) scores: Vec<f32>,
+    /// Activations encoded for quantized dot products.
+    pub(crate) acts: Activations,
+    /// Rows whose logits are wanted, and their final hidden states.
+    pub(crate) out_rows: Vec<usize>,
+    pub(crate) out_hidden: Vec<f32>,
+    /// logits: [n_outputs, vocab].
+    pub(crate) logits: Vec<f32>,
+    pub(crate) n_outputs: usize,
+    pub(crate) vocab: usize,
+}
+
+impl Workspace {
+    pub fn new(c: &ModelConfig, max_batch: usize, max_ctx: usize, threads: usize) -> Workspace {
+        let b = max_batch.max(1);
+        let widest = c.n_embd.max(c.n_ff).max(c.q_dim());
+        let mut acts = Activations::new();
+        acts.reserve(b, widest);
+        Workspace {
+            max_batch: b,
+            max_ctx,
+            x: vec![0.0; b * c.n_embd],
+            xn: vec![0.0; b * c.n_embd],
+            q: vec![0.0; b * c.q_dim()],
+            k: vec![0.0; b * c.kv_dim()],
+            v: vec![0.0; b * c.kv_dim()],
+            att: vec![0.0; b * c.q_dim()],
+            proj: vec![0.0; b * c.n_embd],
+            gate: vec![0.0; b * c.n_ff],
+            up: vec![0.0; b * c.n_ff],
+            rope: vec![0.0; b * c.rope.dims],
+            scores: vec![0.0; threads.max(1) * crate::attention::scratch_per_thread(max_ctx, c.head_dim)],
+            acts,
+            out_rows: Vec::with_capacity(b),
+            out_hidden: vec![0.0; c.n_embd],
+            logits: vec![0.0; c.vocab],
+            n_outputs: 0,
+            vocab: c.vocab,
+        }
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Logits of the last forward pass: one row of `vocab` values per requested output.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits[..self.n_outputs * self.vocab]
+    }
+
+    /// Logits row `i` of the last forward pass.
+    pub fn logits_row(&self, i: usize) -> &[f32] {
+        self.logits.get(i * self.vocab..(i + 1) * self.vocab).unwrap_or(&[])
+    }
+}

@@ -1,0 +1,129 @@
+//! The forward pass against llama.cpp on SmolLM2-135M-Instruct Q4_1 (tests/data/smollm2-q4_1/):
+//! logits at every prompt position (argmax where the reference's margin is clear, top-10
+//! overlap), the last-position vector (mean/max |difference|, cosine), greedy generation up to
+//! the first near-tie, and perplexity on the GPL-2 text with context 128.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use torchless_model::{generate, GenerateOptions, LoadOptions, Model, Precision, SamplerConfig, Session, SessionOptions};
+
+fn smollm2() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::load(common::model("smollm2"), &LoadOptions::default()).expect("load"))
+}
+
+fn smollm2_precise() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| {
+        Model::load(common::model("smollm2"), &LoadOptions { precision: Precision::F32, ..LoadOptions::default() })
+            .expect("load")
+    })
+}
+
+/// Logits at every position of `ids`.
+fn all_logits(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
+    let mut s = Session::new(model, SessionOptions { n_ctx: 512, ..SessionOptions::default() });
+    let mut rows = Vec::new();
+    s.eval_with(ids, true, |_, r| rows.push(r.to_vec())).unwrap();
+    rows
+}
+
+fn top_k(row: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+struct Diff {
+    mean: f64,
+    max: f64,
+    cosine: f64,
+}
+
+fn diff(a: &[f32], b: &[f32]) -> Diff {
+    let n = a.len() as f64;
+    let mean = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / n;
+    let max = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    Diff { mean, max, cosine: dot / (na * nb) }
+}
+
+fn check_prompt_logits(model: &Model, i: usize) -> Diff {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::data(&format!("smollm2-q4_1/logits/prompt{i}_top20.json"))).unwrap(),
+    )
+    .unwrap();
+    let ids = common::ids(&reference["prompt_ids"]);
+    let rows = all_logits(model, &ids);
+    let per_pos = reference["top20_per_position"].as_array().unwrap();
+    assert_eq!(rows.len(), per_pos.len());
+    for (p, (row, want)) in rows.iter().zip(per_pos).enumerate() {
+        let want: Vec<(u32, f32)> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e[0].as_u64().unwrap() as u32, e[1].as_f64().unwrap() as f32))
+            .collect();
+        let margin = want[0].1 - want[1].1;
+        let got_top = top_k(row, 10);
+        if margin >= 0.05 {
+            assert_eq!(got_top[0], want[0].0, "prompt {i} position {p}: argmax (reference margin {margin})");
+        }
+        let want10: Vec<u32> = want[..10].iter().map(|e| e.0).collect();
+        let overlap = got_top.iter().filter(|t| want10.contains(t)).count();
+        assert!(overlap >= 8, "prompt {i} position {p}: top-10 overlap {overlap}");
+    }
+    let last = common::read_f32(&format!("smollm2-q4_1/logits/prompt{i}_last_logits.f32.bin"));
+    let d = diff(rows.last().unwrap(), &last);
+    eprintln!("prompt {i}: last-position mean |d| {:.4}, max |d| {:.4}, cosine {:.6}", d.mean, d.max, d.cosine);
+    assert!(d.mean < 0.15 && d.max < 1.0 && d.cosine > 0.999, "prompt {i}: mean {} max {} cos {}", d.mean, d.max, d.cosine);
+    d
+}
+
+#[test]
+fn logits_match_llama_cpp_on_both_prompts() {
+    let d0 = check_prompt_logits(smollm2(), 0);
+    let d1 = check_prompt_logits(smollm2(), 1);
+    // Quantizing activations as llama.cpp does should land much closer than an f32 engine.
+    assert!(d0.mean < 0.05 && d1.mean < 0.05, "reference numerics drifted: {} {}", d0.mean, d1.mean);
+}
+
+#[test]
+fn precise_path_stays_within_the_tolerances() {
+    check_prompt_logits(smollm2_precise(), 0);
+    check_prompt_logits(smollm2_precise(), 1);
+}
+
+#[test]
+fn greedy_generation_matches_until_the_first_near_tie() {
+    let model = smollm2();
+    for case in common::read_jsonl("smollm2-q4_1/greedy.jsonl") {
+        let prompt = common::ids(&case["prompt_ids"]);
+        let want = common::ids(&case["generated_ids"]);
+        let margins: Vec<f64> = case["top1_minus_top2_logit"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
+        let firm = margins.iter().position(|&m| m < 0.05).unwrap_or(want.len());
+        let mut s = Session::new(model, SessionOptions { n_ctx: 512, ..SessionOptions::default() });
+        let opts = GenerateOptions { max_tokens: want.len(), sampler: SamplerConfig::greedy(), stop_at_eog: true, record_logits: false };
+        let got = generate(&mut s, &prompt, &opts, |_| {}, |_| true).unwrap().generated;
+        let n = firm.min(want.len());
+        assert!(got.len() >= n, "{:?}: stopped after {} tokens", case["prompt"], got.len());
+        assert_eq!(&got[..n], &want[..n], "{:?}: tokens before the first near-tie (step {firm})", case["prompt"]);
+    }
+}
+
+#[test]
+fn perplexity_matches_llama_cpp_within_one_percent() {
+    let model = smollm2();
+    let text = std::fs::read_to_string(common::data("smollm2-q4_1/ppl_text_GPL-2.txt")).unwrap();
+    let tokens = model.tokenizer().unwrap().encode(&text, true, false).unwrap();
+    let r = torchless_model::perplexity::perplexity(model, &tokens, 128, 128, |_, _, _| {}).unwrap();
+    eprintln!("perplexity {:.4} ± {:.4} over {} chunks (llama.cpp 22.0172 ± 1.468, 31 chunks)", r.ppl, r.ppl_err, r.chunks);
+    assert_eq!(r.chunks, 31);
+    assert!((r.ppl / 22.0172 - 1.0).abs() < 0.01, "perplexity {}", r.ppl);
+    assert!((r.ppl_err / 1.468 - 1.0).abs() < 0.05, "error estimate {}", r.ppl_err);
+}
