@@ -53,7 +53,9 @@ fn diff(a: &[f32], b: &[f32]) -> Diff {
     Diff { mean, max, cosine: dot / (na * nb) }
 }
 
-fn check_prompt_logits(model: &Model, i: usize) -> Diff {
+/// Checks the logits of prompt `i`; `argmax_margin` is the reference margin above which the
+/// argmax must agree (0.05 for the reference numerics).
+fn check_prompt_logits(model: &Model, i: usize, argmax_margin: f32) -> Diff {
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(common::data(&format!("smollm2-q4_1/logits/prompt{i}_top20.json"))).unwrap(),
     )
@@ -71,7 +73,7 @@ fn check_prompt_logits(model: &Model, i: usize) -> Diff {
             .collect();
         let margin = want[0].1 - want[1].1;
         let got_top = top_k(row, 10);
-        if margin >= 0.05 {
+        if margin >= argmax_margin {
             assert_eq!(got_top[0], want[0].0, "prompt {i} position {p}: argmax (reference margin {margin})");
         }
         let want10: Vec<u32> = want[..10].iter().map(|e| e.0).collect();
@@ -87,16 +89,31 @@ fn check_prompt_logits(model: &Model, i: usize) -> Diff {
 
 #[test]
 fn logits_match_llama_cpp_on_both_prompts() {
-    let d0 = check_prompt_logits(smollm2(), 0);
-    let d1 = check_prompt_logits(smollm2(), 1);
-    // Quantizing activations as llama.cpp does should land much closer than an f32 engine.
-    assert!(d0.mean < 0.05 && d1.mean < 0.05, "reference numerics drifted: {} {}", d0.mean, d1.mean);
+    let d0 = check_prompt_logits(smollm2(), 0, 0.05);
+    let d1 = check_prompt_logits(smollm2(), 1, 0.05);
+    // Following llama.cpp's arithmetic operation for operation reproduces its logits exactly
+    // (measured: bit-identical on both prompts); allow only the last bits to move.
+    assert!(d0.max < 1e-3 && d1.max < 1e-3, "reference numerics drifted: max |d| {} and {}", d0.max, d1.max);
 }
 
 #[test]
-fn precise_path_stays_within_the_tolerances() {
-    check_prompt_logits(smollm2_precise(), 0);
-    check_prompt_logits(smollm2_precise(), 1);
+fn precise_path_matches_transformers_in_f32() {
+    // The all-f32 path is checked against the f32 reference: transformers on the same weights
+    // (rounded to bf16, which accounts for what is left of the difference).
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::data("hf-smollm2/reference.json")).unwrap()).unwrap();
+    let ids = common::ids(&reference["prompt_ids"]);
+    let rows = all_logits(smollm2_precise(), &ids);
+    let hf = common::read_f32("hf-smollm2/last_logits.f32.bin");
+    let last = rows.last().unwrap();
+    let d = diff(last, &hf);
+    eprintln!("precise vs transformers: mean |d| {:.4}, max |d| {:.4}, cosine {:.6}", d.mean, d.max, d.cosine);
+    assert!(d.mean < 0.05 && d.max < 0.25 && d.cosine > 0.9999, "mean {} max {} cos {}", d.mean, d.max, d.cosine);
+    assert_eq!(top_k(last, 5), common::ids(&reference["last_top5_ids"]));
+    // Against llama.cpp (8-bit activations) it sits where transformers does.
+    let llama = common::read_f32("smollm2-q4_1/logits/prompt0_last_logits.f32.bin");
+    let d = diff(last, &llama);
+    assert!(d.mean < 0.15 && d.max < 1.0 && d.cosine > 0.999, "vs llama.cpp: mean {} max {}", d.mean, d.max);
 }
 
 #[test]
