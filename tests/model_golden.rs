@@ -7,7 +7,10 @@ mod common;
 
 use std::sync::OnceLock;
 
-use torchless_model::{generate, GenerateOptions, LoadOptions, Model, Precision, SamplerConfig, Session, SessionOptions};
+use torchless_model::{
+    generate, GenerateOptions, LoadOptions, Model, Precision, SamplerConfig, Session,
+    SessionOptions,
+};
 
 fn smollm2() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
@@ -17,16 +20,29 @@ fn smollm2() -> &'static Model {
 fn smollm2_precise() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
     M.get_or_init(|| {
-        Model::load(common::model("smollm2"), &LoadOptions { precision: Precision::F32, ..LoadOptions::default() })
-            .expect("load")
+        Model::load(
+            common::model("smollm2"),
+            &LoadOptions {
+                precision: Precision::F32,
+                ..LoadOptions::default()
+            },
+        )
+        .expect("load")
     })
 }
 
 /// Logits at every position of `ids`.
 fn all_logits(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
-    let mut s = Session::new(model, SessionOptions { n_ctx: 512, ..SessionOptions::default() });
+    let mut s = Session::new(
+        model,
+        SessionOptions {
+            n_ctx: 512,
+            ..SessionOptions::default()
+        },
+    );
     let mut rows = Vec::new();
-    s.eval_with(ids, true, |_, r| rows.push(r.to_vec())).unwrap();
+    s.eval_with(ids, true, |_, r| rows.push(r.to_vec()))
+        .unwrap();
     rows
 }
 
@@ -45,19 +61,35 @@ struct Diff {
 
 fn diff(a: &[f32], b: &[f32]) -> Diff {
     let n = a.len() as f64;
-    let mean = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / n;
-    let max = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let mean = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .sum::<f64>()
+        / n;
+    let max = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max);
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    Diff { mean, max, cosine: dot / (na * nb) }
+    Diff {
+        mean,
+        max,
+        cosine: dot / (na * nb),
+    }
 }
 
 /// Checks the logits of prompt `i`; `argmax_margin` is the reference margin above which the
 /// argmax must agree (0.05 for the reference numerics).
 fn check_prompt_logits(model: &Model, i: usize, argmax_margin: f32) -> Diff {
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::data(&format!("smollm2-q4_1/logits/prompt{i}_top20.json"))).unwrap(),
+        &std::fs::read_to_string(common::data(&format!(
+            "smollm2-q4_1/logits/prompt{i}_top20.json"
+        )))
+        .unwrap(),
     )
     .unwrap();
     let ids = common::ids(&reference["prompt_ids"]);
@@ -74,16 +106,33 @@ fn check_prompt_logits(model: &Model, i: usize, argmax_margin: f32) -> Diff {
         let margin = want[0].1 - want[1].1;
         let got_top = top_k(row, 10);
         if margin >= argmax_margin {
-            assert_eq!(got_top[0], want[0].0, "prompt {i} position {p}: argmax (reference margin {margin})");
+            assert_eq!(
+                got_top[0], want[0].0,
+                "prompt {i} position {p}: argmax (reference margin {margin})"
+            );
         }
         let want10: Vec<u32> = want[..10].iter().map(|e| e.0).collect();
         let overlap = got_top.iter().filter(|t| want10.contains(t)).count();
-        assert!(overlap >= 8, "prompt {i} position {p}: top-10 overlap {overlap}");
+        assert!(
+            overlap >= 8,
+            "prompt {i} position {p}: top-10 overlap {overlap}"
+        );
     }
-    let last = common::read_f32(&format!("smollm2-q4_1/logits/prompt{i}_last_logits.f32.bin"));
+    let last = common::read_f32(&format!(
+        "smollm2-q4_1/logits/prompt{i}_last_logits.f32.bin"
+    ));
     let d = diff(rows.last().unwrap(), &last);
-    eprintln!("prompt {i}: last-position mean |d| {:.4}, max |d| {:.4}, cosine {:.6}", d.mean, d.max, d.cosine);
-    assert!(d.mean < 0.15 && d.max < 1.0 && d.cosine > 0.999, "prompt {i}: mean {} max {} cos {}", d.mean, d.max, d.cosine);
+    eprintln!(
+        "prompt {i}: last-position mean |d| {:.4}, max |d| {:.4}, cosine {:.6}",
+        d.mean, d.max, d.cosine
+    );
+    assert!(
+        d.mean < 0.15 && d.max < 1.0 && d.cosine > 0.999,
+        "prompt {i}: mean {} max {} cos {}",
+        d.mean,
+        d.max,
+        d.cosine
+    );
     d
 }
 
@@ -93,27 +142,48 @@ fn logits_match_llama_cpp_on_both_prompts() {
     let d1 = check_prompt_logits(smollm2(), 1, 0.05);
     // Following llama.cpp's arithmetic operation for operation reproduces its logits exactly
     // (measured: bit-identical on both prompts); allow only the last bits to move.
-    assert!(d0.max < 1e-3 && d1.max < 1e-3, "reference numerics drifted: max |d| {} and {}", d0.max, d1.max);
+    assert!(
+        d0.max < 1e-3 && d1.max < 1e-3,
+        "reference numerics drifted: max |d| {} and {}",
+        d0.max,
+        d1.max
+    );
 }
 
 #[test]
 fn precise_path_matches_transformers_in_f32() {
     // The all-f32 path is checked against the f32 reference: transformers on the same weights
     // (rounded to bf16, which accounts for what is left of the difference).
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::data("hf-smollm2/reference.json")).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::data("hf-smollm2/reference.json")).unwrap(),
+    )
+    .unwrap();
     let ids = common::ids(&reference["prompt_ids"]);
     let rows = all_logits(smollm2_precise(), &ids);
     let hf = common::read_f32("hf-smollm2/last_logits.f32.bin");
     let last = rows.last().unwrap();
     let d = diff(last, &hf);
-    eprintln!("precise vs transformers: mean |d| {:.4}, max |d| {:.4}, cosine {:.6}", d.mean, d.max, d.cosine);
-    assert!(d.mean < 0.05 && d.max < 0.25 && d.cosine > 0.9999, "mean {} max {} cos {}", d.mean, d.max, d.cosine);
+    eprintln!(
+        "precise vs transformers: mean |d| {:.4}, max |d| {:.4}, cosine {:.6}",
+        d.mean, d.max, d.cosine
+    );
+    assert!(
+        d.mean < 0.05 && d.max < 0.25 && d.cosine > 0.9999,
+        "mean {} max {} cos {}",
+        d.mean,
+        d.max,
+        d.cosine
+    );
     assert_eq!(top_k(last, 5), common::ids(&reference["last_top5_ids"]));
     // Against llama.cpp (8-bit activations) it sits where transformers does.
     let llama = common::read_f32("smollm2-q4_1/logits/prompt0_last_logits.f32.bin");
     let d = diff(last, &llama);
-    assert!(d.mean < 0.15 && d.max < 1.0 && d.cosine > 0.999, "vs llama.cpp: mean {} max {}", d.mean, d.max);
+    assert!(
+        d.mean < 0.15 && d.max < 1.0 && d.cosine > 0.999,
+        "vs llama.cpp: mean {} max {}",
+        d.mean,
+        d.max
+    );
 }
 
 #[test]
@@ -122,14 +192,42 @@ fn greedy_generation_matches_until_the_first_near_tie() {
     for case in common::read_jsonl("smollm2-q4_1/greedy.jsonl") {
         let prompt = common::ids(&case["prompt_ids"]);
         let want = common::ids(&case["generated_ids"]);
-        let margins: Vec<f64> = case["top1_minus_top2_logit"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
+        let margins: Vec<f64> = case["top1_minus_top2_logit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_f64().unwrap())
+            .collect();
         let firm = margins.iter().position(|&m| m < 0.05).unwrap_or(want.len());
-        let mut s = Session::new(model, SessionOptions { n_ctx: 512, ..SessionOptions::default() });
-        let opts = GenerateOptions { max_tokens: want.len(), sampler: SamplerConfig::greedy(), stop_at_eog: true, record_logits: false };
-        let got = generate(&mut s, &prompt, &opts, |_| {}, |_| true).unwrap().generated;
+        let mut s = Session::new(
+            model,
+            SessionOptions {
+                n_ctx: 512,
+                ..SessionOptions::default()
+            },
+        );
+        let opts = GenerateOptions {
+            max_tokens: want.len(),
+            sampler: SamplerConfig::greedy(),
+            stop_at_eog: true,
+            record_logits: false,
+        };
+        let got = generate(&mut s, &prompt, &opts, |_| {}, |_| true)
+            .unwrap()
+            .generated;
         let n = firm.min(want.len());
-        assert!(got.len() >= n, "{:?}: stopped after {} tokens", case["prompt"], got.len());
-        assert_eq!(&got[..n], &want[..n], "{:?}: tokens before the first near-tie (step {firm})", case["prompt"]);
+        assert!(
+            got.len() >= n,
+            "{:?}: stopped after {} tokens",
+            case["prompt"],
+            got.len()
+        );
+        assert_eq!(
+            &got[..n],
+            &want[..n],
+            "{:?}: tokens before the first near-tie (step {firm})",
+            case["prompt"]
+        );
     }
 }
 
@@ -137,10 +235,22 @@ fn greedy_generation_matches_until_the_first_near_tie() {
 fn perplexity_matches_llama_cpp_within_one_percent() {
     let model = smollm2();
     let text = std::fs::read_to_string(common::data("smollm2-q4_1/ppl_text_GPL-2.txt")).unwrap();
-    let tokens = model.tokenizer().unwrap().encode(&text, true, false).unwrap();
-    let r = torchless_model::perplexity::perplexity(model, &tokens, 128, 128, |_, _, _| {}).unwrap();
-    eprintln!("perplexity {:.4} ± {:.4} over {} chunks (llama.cpp 22.0172 ± 1.468, 31 chunks)", r.ppl, r.ppl_err, r.chunks);
+    let tokens = model
+        .tokenizer()
+        .unwrap()
+        .encode(&text, true, false)
+        .unwrap();
+    let r =
+        torchless_model::perplexity::perplexity(model, &tokens, 128, 128, |_, _, _| {}).unwrap();
+    eprintln!(
+        "perplexity {:.4} ± {:.4} over {} chunks (llama.cpp 22.0172 ± 1.468, 31 chunks)",
+        r.ppl, r.ppl_err, r.chunks
+    );
     assert_eq!(r.chunks, 31);
     assert!((r.ppl / 22.0172 - 1.0).abs() < 0.01, "perplexity {}", r.ppl);
-    assert!((r.ppl_err / 1.468 - 1.0).abs() < 0.05, "error estimate {}", r.ppl_err);
+    assert!(
+        (r.ppl_err / 1.468 - 1.0).abs() < 0.05,
+        "error estimate {}",
+        r.ppl_err
+    );
 }

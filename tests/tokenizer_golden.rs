@@ -23,11 +23,17 @@ fn smollm2_matches_llama_cpp_on_every_line() {
         let want = common::ids(&case["ids"]);
         let got = tok.encode(text, add_bos, special).unwrap();
         if got != want {
-            failures.push(format!("{text:?} bos={add_bos} special={special}: got {got:?}, want {want:?}"));
+            failures.push(format!(
+                "{text:?} bos={add_bos} special={special}: got {got:?}, want {want:?}"
+            ));
         }
         // Detokenization (special tokens rendered) round-trips where llama.cpp's does.
         let detok = tok.decode(&want, true);
-        assert_eq!(detok, case["detok"].as_str().unwrap(), "detokenizing {text:?}");
+        assert_eq!(
+            detok,
+            case["detok"].as_str().unwrap(),
+            "detokenizing {text:?}"
+        );
         // Streaming the same ids gives the same text, never half a character.
         let mut stream = TextStream::new();
         let mut streamed = String::new();
@@ -37,7 +43,12 @@ fn smollm2_matches_llama_cpp_on_every_line() {
         streamed.push_str(&stream.finish());
         assert_eq!(streamed, detok);
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn check_hf_encodings(model: &str, dir: &str) {
@@ -51,9 +62,18 @@ fn check_hf_encodings(model: &str, dir: &str) {
         if got != want {
             failures.push(format!("{text:?}: got {got:?}, want {want:?}"));
         }
-        assert_eq!(tok.decode(&want, true), case["decoded"].as_str().unwrap(), "decoding {text:?}");
+        assert_eq!(
+            tok.decode(&want, true),
+            case["decoded"].as_str().unwrap(),
+            "decoding {text:?}"
+        );
     }
-    assert!(failures.is_empty(), "{model}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{model}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -75,11 +95,17 @@ fn gemma3_matches_huggingface() {
 fn special_ids_and_bos_come_from_the_metadata() {
     let s = tokenizer("smollm2");
     assert_eq!(s.encode("<|im_start|>", false, true).unwrap(), [1]);
-    assert!(s.is_eog(2) && s.is_eog(0), "<|im_end|> and <|endoftext|> end generation");
+    assert!(
+        s.is_eog(2) && s.is_eog(0),
+        "<|im_end|> and <|endoftext|> end generation"
+    );
     assert!(!s.vocab().add_bos);
     let g = tokenizer("gemma-3-270m");
     assert!(g.vocab().add_bos);
-    assert_eq!(g.encode("Hello world", true, true).unwrap(), [2, 9259, 1902]);
+    assert_eq!(
+        g.encode("Hello world", true, true).unwrap(),
+        [2, 9259, 1902]
+    );
     let q = tokenizer("qwen2.5-coder-0.5b");
     assert_eq!(q.encode("Hello world", true, true).unwrap(), [9707, 1879]);
     assert!(q.is_eog(151645) && q.is_eog(151643));

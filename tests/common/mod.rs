@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 pub fn data(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
 }
 
 /// Path of a known model, fetched if needed.
@@ -16,14 +18,125 @@ pub fn model(name: &str) -> PathBuf {
 
 pub fn read_jsonl(rel: &str) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(data(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 pub fn read_f32(rel: &str) -> Vec<f32> {
     let b = std::fs::read(data(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Options of a tiny LLaMA-architecture GGUF written by the tests themselves.
+pub struct Tiny {
+    pub arch: &'static str,
+    /// Type of the attention query matrix (the others are F32).
+    pub wq_type: torchless_kernels::GgmlType,
+    pub with_tokenizer: bool,
+}
+
+impl Default for Tiny {
+    fn default() -> Self {
+        Tiny {
+            arch: "llama",
+            wq_type: torchless_kernels::GgmlType::F32,
+            with_tokenizer: false,
+        }
+    }
+}
+
+/// Writes a 2-layer model (d 32, 2 heads / 1 KV head, ff 64, vocab 64) with seeded random
+/// f32 weights and returns its path.
+pub fn write_tiny(dir: &std::path::Path, name: &str, t: Tiny) -> PathBuf {
+    use torchless_gguf::{Array, GgufWriter, Value};
+    let (d, ff, vocab, layers, heads, kv) = (32u64, 64u64, 64u64, 2u32, 2u32, 1u32);
+    let mut state = 0x1234_5678_9abc_def1u64;
+    let mut rnd = |n: u64| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.5
+            })
+            .collect()
+    };
+    let a = t.arch;
+    let mut w = GgufWriter::new();
+    w.meta("general.architecture", Value::String(a.into()))
+        .meta(format!("{a}.block_count"), Value::U32(layers))
+        .meta(format!("{a}.embedding_length"), Value::U32(d as u32))
+        .meta(format!("{a}.feed_forward_length"), Value::U32(ff as u32))
+        .meta(format!("{a}.attention.head_count"), Value::U32(heads))
+        .meta(format!("{a}.attention.head_count_kv"), Value::U32(kv))
+        .meta(format!("{a}.context_length"), Value::U32(256))
+        .meta(
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        );
+    if t.with_tokenizer {
+        let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
+        tokens.extend((0..62).map(|i| {
+            char::from_u32(0x61 + (i % 26))
+                .unwrap()
+                .to_string()
+                .repeat(1 + i as usize / 26)
+        }));
+        let types: Vec<i32> = (0..64).map(|i| if i < 2 { 3 } else { 1 }).collect();
+        w.meta("tokenizer.ggml.model", Value::String("llama".into()))
+            .meta("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))
+            .meta("tokenizer.ggml.token_type", Value::Array(Array::I32(types)))
+            .meta(
+                "tokenizer.ggml.scores",
+                Value::Array(Array::F32((0..64).map(|i| -(i as f32)).collect())),
+            )
+            .meta("tokenizer.ggml.bos_token_id", Value::U32(0))
+            .meta("tokenizer.ggml.eos_token_id", Value::U32(1));
+    }
+    w.tensor_f32("token_embd.weight", &[d, vocab], &rnd(d * vocab));
+    w.tensor_f32("output_norm.weight", &[d], &vec![1.0; d as usize]);
+    for l in 0..layers {
+        let n = |s: &str| format!("blk.{l}.{s}");
+        w.tensor_f32(n("attn_norm.weight"), &[d], &vec![1.0; d as usize]);
+        let wq = rnd(d * d);
+        match t.wq_type {
+            torchless_kernels::GgmlType::F32 => {
+                w.tensor_f32(n("attn_q.weight"), &[d, d], &wq);
+            }
+            other => {
+                let bytes = other.row_bytes((d * d) as usize).unwrap_or(0);
+                w.tensor(n("attn_q.weight"), other, &[d, d], vec![0x11; bytes]);
+            }
+        }
+        w.tensor_f32(n("attn_k.weight"), &[d, d / 2], &rnd(d * d / 2));
+        w.tensor_f32(n("attn_v.weight"), &[d, d / 2], &rnd(d * d / 2));
+        w.tensor_f32(n("attn_output.weight"), &[d, d], &rnd(d * d));
+        w.tensor_f32(n("ffn_norm.weight"), &[d], &vec![1.0; d as usize]);
+        w.tensor_f32(n("ffn_gate.weight"), &[d, ff], &rnd(d * ff));
+        w.tensor_f32(n("ffn_up.weight"), &[d, ff], &rnd(d * ff));
+        w.tensor_f32(n("ffn_down.weight"), &[ff, d], &rnd(ff * d));
+    }
+    let path = dir.join(name);
+    w.write(&path).unwrap();
+    path
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("torchless-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }

@@ -32,7 +32,10 @@ impl GgufFile {
     /// Opens and parses `path`.
     pub fn open(path: impl AsRef<Path>, mode: LoadMode) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io { path: path.display().to_string(), source };
+        let io = |source| GgufError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         let storage = match mode {
             LoadMode::Mmap => {
@@ -52,9 +55,17 @@ impl GgufFile {
     /// Parses a GGUF image that is already in memory.
     pub fn from_storage(storage: Arc<Storage>) -> Result<GgufFile, GgufError> {
         let header = parse_header(storage.bytes())?;
-        let by_name =
-            header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(GgufFile { header, storage, by_name })
+        let by_name = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(GgufFile {
+            header,
+            storage,
+            by_name,
+        })
     }
 
     pub fn version(&self) -> u32 {

@@ -24,7 +24,10 @@ pub const MAX_ARRAY_DEPTH: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("cannot read '{path}': {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("not a GGUF file: it starts with {found:?} instead of \"GGUF\"")]
     NotGguf { found: Vec<u8> },
     #[error("GGUF version {0} is not supported (only versions 2 and 3 are)")]
@@ -32,7 +35,12 @@ pub enum GgufError {
     #[error("big-endian GGUF files are not supported")]
     BigEndian,
     #[error("file is truncated: {field} at byte {offset} needs {need} bytes, {have} remain")]
-    Truncated { field: String, offset: u64, need: u64, have: u64 },
+    Truncated {
+        field: String,
+        offset: u64,
+        need: u64,
+        have: u64,
+    },
     #[error("{field} at byte {offset} is not valid UTF-8")]
     Utf8 { field: String, offset: u64 },
     #[error("{field} at byte {offset} has unknown value type {ty}")]
@@ -44,23 +52,46 @@ pub enum GgufError {
     #[error("general.alignment is {0}; it must be a power of two")]
     Alignment(u64),
     #[error("tensor '{name}' at byte {offset} has {n_dims} dimensions (at most {MAX_DIMS})")]
-    Dims { name: String, offset: u64, n_dims: u32 },
+    Dims {
+        name: String,
+        offset: u64,
+        n_dims: u32,
+    },
     #[error("tensor '{name}' at byte {offset} has dimension {value}, which is too large")]
-    Dim { name: String, offset: u64, value: u64 },
+    Dim {
+        name: String,
+        offset: u64,
+        value: u64,
+    },
     #[error("tensor '{name}' at byte {offset} has unknown type {ty}")]
     TensorType { name: String, offset: u64, ty: u32 },
     #[error("tensor '{name}': rows of {cols} elements are not whole {ty} blocks")]
-    PartialBlock { name: String, ty: GgmlType, cols: u64 },
+    PartialBlock {
+        name: String,
+        ty: GgmlType,
+        cols: u64,
+    },
     #[error("tensor '{name}': its size overflows")]
     TensorSize { name: String },
     #[error("tensor '{name}' appears twice (second at byte {offset})")]
     DuplicateTensor { name: String, offset: u64 },
-    #[error("tensor '{name}': data offset {offset} is not a multiple of the alignment {alignment}")]
-    Misaligned { name: String, offset: u64, alignment: u64 },
+    #[error(
+        "tensor '{name}': data offset {offset} is not a multiple of the alignment {alignment}"
+    )]
+    Misaligned {
+        name: String,
+        offset: u64,
+        alignment: u64,
+    },
     #[error(
         "tensor '{name}': data at {start}..{end} lies outside the file's {len}-byte data section"
     )]
-    OutOfBounds { name: String, start: u64, end: u64, len: u64 },
+    OutOfBounds {
+        name: String,
+        start: u64,
+        end: u64,
+        len: u64,
+    },
     #[error("tensor data would start at byte {data_offset}, past the end of the {len}-byte file")]
     NoData { data_offset: u64, len: u64 },
 }
@@ -138,8 +169,10 @@ impl<'a> Cursor<'a> {
         let len = self.u64(field)?;
         let at = self.pos as u64;
         let bytes = self.take(len, field)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| GgufError::Utf8 { field: field(), offset: at })
+        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::Utf8 {
+            field: field(),
+            offset: at,
+        })
     }
 
     /// Fails early when `count` values of at least `min_size` bytes cannot fit in what remains,
@@ -187,12 +220,23 @@ impl<'a> Cursor<'a> {
     fn value_type(&mut self, field: &dyn Fn() -> String) -> Result<ValueType, GgufError> {
         let at = self.pos as u64;
         let raw = self.u32(field)?;
-        ValueType::from_u32(raw).ok_or(GgufError::ValueType { field: field(), offset: at, ty: raw })
+        ValueType::from_u32(raw).ok_or(GgufError::ValueType {
+            field: field(),
+            offset: at,
+            ty: raw,
+        })
     }
 
-    fn array_value(&mut self, depth: usize, field: &dyn Fn() -> String) -> Result<Array, GgufError> {
+    fn array_value(
+        &mut self,
+        depth: usize,
+        field: &dyn Fn() -> String,
+    ) -> Result<Array, GgufError> {
         if depth > MAX_ARRAY_DEPTH {
-            return Err(GgufError::TooDeep { field: field(), offset: self.pos as u64 });
+            return Err(GgufError::TooDeep {
+                field: field(),
+                offset: self.pos as u64,
+            });
         }
         let ty = self.value_type(field)?;
         let count = self.u64(field)?;
@@ -214,8 +258,18 @@ impl<'a> Cursor<'a> {
         }
         Ok(match ty {
             ValueType::U8 => Array::U8(self.take(n as u64, field)?.to_vec()),
-            ValueType::I8 => Array::I8(self.take(n as u64, field)?.iter().map(|&b| b as i8).collect()),
-            ValueType::Bool => Array::Bool(self.take(n as u64, field)?.iter().map(|&b| b != 0).collect()),
+            ValueType::I8 => Array::I8(
+                self.take(n as u64, field)?
+                    .iter()
+                    .map(|&b| b as i8)
+                    .collect(),
+            ),
+            ValueType::Bool => Array::Bool(
+                self.take(n as u64, field)?
+                    .iter()
+                    .map(|&b| b != 0)
+                    .collect(),
+            ),
             ValueType::U16 => fixed!(U16, u16, 2),
             ValueType::I16 => fixed!(I16, i16, 2),
             ValueType::U32 => fixed!(U32, u32, 4),
@@ -248,11 +302,15 @@ impl<'a> Cursor<'a> {
 /// everything but the final bounds checks, which use `buf.len()`).
 pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
     let mut c = Cursor { buf, pos: 0 };
-    let magic: [u8; 4] = c.array(&|| "magic".to_string()).map_err(|_| GgufError::NotGguf {
-        found: buf[..buf.len().min(4)].to_vec(),
-    })?;
+    let magic: [u8; 4] = c
+        .array(&|| "magic".to_string())
+        .map_err(|_| GgufError::NotGguf {
+            found: buf[..buf.len().min(4)].to_vec(),
+        })?;
     if magic != MAGIC {
-        return Err(GgufError::NotGguf { found: magic.to_vec() });
+        return Err(GgufError::NotGguf {
+            found: magic.to_vec(),
+        });
     }
     let version = c.u32(&|| "version".to_string())?;
     if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
@@ -300,21 +358,32 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         let dims_at = c.pos as u64;
         let n_dims = c.u32(&field)?;
         if n_dims as usize > MAX_DIMS {
-            return Err(GgufError::Dims { name, offset: dims_at, n_dims });
+            return Err(GgufError::Dims {
+                name,
+                offset: dims_at,
+                n_dims,
+            });
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
             let d_at = c.pos as u64;
             let d = c.u64(&field)?;
             if d > i64::MAX as u64 {
-                return Err(GgufError::Dim { name, offset: d_at, value: d });
+                return Err(GgufError::Dim {
+                    name,
+                    offset: d_at,
+                    value: d,
+                });
             }
             dims.push(d);
         }
         let ty_at = c.pos as u64;
         let raw_ty = c.u32(&field)?;
-        let ty = GgmlType::from_id(raw_ty)
-            .ok_or(GgufError::TensorType { name: name.clone(), offset: ty_at, ty: raw_ty })?;
+        let ty = GgmlType::from_id(raw_ty).ok_or(GgufError::TensorType {
+            name: name.clone(),
+            offset: ty_at,
+            ty: raw_ty,
+        })?;
         let offset = c.u64(&field)?;
         let cols = dims.first().copied().unwrap_or(1);
         if cols % ty.block_elems() as u64 != 0 {
@@ -326,12 +395,22 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
             .and_then(|n| (n / ty.block_elems() as u64).checked_mul(ty.block_bytes() as u64))
             .ok_or_else(|| GgufError::TensorSize { name: name.clone() })?;
         if offset % alignment != 0 {
-            return Err(GgufError::Misaligned { name, offset, alignment });
+            return Err(GgufError::Misaligned {
+                name,
+                offset,
+                alignment,
+            });
         }
         if !names.insert(name.clone()) {
             return Err(GgufError::DuplicateTensor { name, offset: at });
         }
-        tensors.push(TensorInfo { name, dims, ty, offset, size });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+            size,
+        });
     }
 
     let header_end = c.pos as u64;
@@ -355,5 +434,11 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
             }
         }
     }
-    Ok(Header { version, metadata, tensors, alignment, data_offset })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }

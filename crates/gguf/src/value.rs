@@ -268,7 +268,11 @@ pub enum MetadataError {
     #[error("metadata key '{0}' is missing")]
     Missing(String),
     #[error("metadata key '{key}' holds {found}, expected {expected}")]
-    WrongType { key: String, expected: &'static str, found: String },
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
 }
 
 /// The key/value pairs of a GGUF file, in file order, with lookup by key.
@@ -324,7 +328,8 @@ impl Metadata {
     }
 
     fn need(&self, key: &str) -> Result<&Value, MetadataError> {
-        self.get(key).ok_or_else(|| MetadataError::Missing(key.to_string()))
+        self.get(key)
+            .ok_or_else(|| MetadataError::Missing(key.to_string()))
     }
 
     /// An unsigned integer that fits in `u64`.
@@ -350,7 +355,9 @@ impl Metadata {
 
     pub fn f32(&self, key: &str) -> Result<f32, MetadataError> {
         let v = self.need(key)?;
-        v.as_f64().map(|x| x as f32).ok_or_else(|| Self::wrong(key, "a number", v))
+        v.as_f64()
+            .map(|x| x as f32)
+            .ok_or_else(|| Self::wrong(key, "a number", v))
     }
 
     pub fn bool(&self, key: &str) -> Result<bool, MetadataError> {

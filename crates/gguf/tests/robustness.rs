@@ -63,7 +63,10 @@ fn sample() -> Vec<u8> {
         .meta("t.u64", Value::U64(1 << 40))
         .meta("t.i64", Value::I64(-(1 << 40)))
         .meta("t.f64", Value::F64(1e-300))
-        .meta("t.strings", Value::Array(Array::String(vec!["a".into(), "ü".into(), "".into()])))
+        .meta(
+            "t.strings",
+            Value::Array(Array::String(vec!["a".into(), "ü".into(), "".into()])),
+        )
         .meta("t.u32s", Value::Array(Array::U32(vec![1, 2, 3])))
         .meta(
             "t.nested",
@@ -91,7 +94,10 @@ fn every_value_type_round_trips() {
     assert_eq!(m.u32("t.u16").unwrap(), 65535);
     assert_eq!(m.get("t.i16"), Some(&Value::I16(-300)));
     assert_eq!(m.u32("t.u32").unwrap(), 4_000_000_000);
-    assert!(m.u32("t.i32").is_err(), "negative value must not pass as unsigned");
+    assert!(
+        m.u32("t.i32").is_err(),
+        "negative value must not pass as unsigned"
+    );
     assert_eq!(m.f32("t.f32").unwrap(), 0.5);
     assert!(m.bool("t.bool").unwrap());
     assert_eq!(m.u64("t.u64").unwrap(), 1 << 40);
@@ -106,7 +112,10 @@ fn every_value_type_round_trips() {
         }
         other => panic!("nested array parsed as {other:?}"),
     }
-    assert!(matches!(m.u32("missing"), Err(torchless_gguf::MetadataError::Missing(_))));
+    assert!(matches!(
+        m.u32("missing"),
+        Err(torchless_gguf::MetadataError::Missing(_))
+    ));
     let names: Vec<_> = h.tensors.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "c"]);
     assert_eq!(h.tensors[1].size, 68);
@@ -121,7 +130,10 @@ fn every_value_type_round_trips() {
 fn every_truncation_is_an_error() {
     let bytes = sample();
     for len in 0..bytes.len() {
-        assert!(parse_header(&bytes[..len]).is_err(), "truncated to {len} bytes but parsed");
+        assert!(
+            parse_header(&bytes[..len]).is_err(),
+            "truncated to {len} bytes but parsed"
+        );
     }
 }
 
@@ -149,7 +161,11 @@ fn random_corruptions_never_panic_or_over_allocate() {
             Err(_) => err += 1,
         }
         let largest = largest();
-        assert!(largest <= 64 * b.len(), "allocated {largest} bytes for a {}-byte file", b.len());
+        assert!(
+            largest <= 64 * b.len(),
+            "allocated {largest} bytes for a {}-byte file",
+            b.len()
+        );
     }
     assert!(err > 0 && ok + err == 600);
 }
@@ -174,7 +190,10 @@ fn kv(key: &str, ty: u32, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn hostile_headers_give_named_errors() {
     // Not GGUF at all.
-    assert!(matches!(parse_header(b"GGML...."), Err(GgufError::NotGguf { .. })));
+    assert!(matches!(
+        parse_header(b"GGML...."),
+        Err(GgufError::NotGguf { .. })
+    ));
     assert!(matches!(parse_header(b""), Err(GgufError::NotGguf { .. })));
     // Unsupported and big-endian versions.
     let mut v1 = header_with(0, 0, &[]);
@@ -185,8 +204,14 @@ fn hostile_headers_give_named_errors() {
     assert!(matches!(parse_header(&be), Err(GgufError::BigEndian)));
     // Absurd counts are refused before anything is allocated.
     reset_largest();
-    assert!(matches!(parse_header(&header_with(u64::MAX, 0, &[])), Err(GgufError::Truncated { .. })));
-    assert!(matches!(parse_header(&header_with(0, u64::MAX, &[])), Err(GgufError::Truncated { .. })));
+    assert!(matches!(
+        parse_header(&header_with(u64::MAX, 0, &[])),
+        Err(GgufError::Truncated { .. })
+    ));
+    assert!(matches!(
+        parse_header(&header_with(0, u64::MAX, &[])),
+        Err(GgufError::Truncated { .. })
+    ));
     // A string claiming 2^60 bytes.
     let mut huge_str = (1u64 << 60).to_le_bytes().to_vec();
     huge_str.extend_from_slice(&[b'a'; 16]);
@@ -220,8 +245,12 @@ fn hostile_headers_give_named_errors() {
     let e = parse_header(&header_with(0, 1, &kv("s", 8, &bad))).unwrap_err();
     assert!(matches!(e, GgufError::Utf8 { .. }), "{e}");
     // Alignment that is not a power of two.
-    let e = parse_header(&header_with(0, 1, &kv("general.alignment", 4, &3u32.to_le_bytes())))
-        .unwrap_err();
+    let e = parse_header(&header_with(
+        0,
+        1,
+        &kv("general.alignment", 4, &3u32.to_le_bytes()),
+    ))
+    .unwrap_err();
     assert!(matches!(e, GgufError::Alignment(3)), "{e}");
 }
 
@@ -257,9 +286,17 @@ fn hostile_tensor_infos_give_named_errors() {
     let e = parse_header(&one_tensor(1, &[8], 0, 32, 32)).unwrap_err();
     assert!(matches!(e, GgufError::OutOfBounds { .. }), "{e}");
     let e = parse_header(&one_tensor(1, &[8], 0, u64::MAX - 31, 32)).unwrap_err();
-    assert!(matches!(e, GgufError::Misaligned { .. } | GgufError::OutOfBounds { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            GgufError::Misaligned { .. } | GgufError::OutOfBounds { .. }
+        ),
+        "{e}"
+    );
     // Error messages name the tensor and the byte offset.
-    let msg = parse_header(&one_tensor(1, &[8], 4, 0, 32)).unwrap_err().to_string();
+    let msg = parse_header(&one_tensor(1, &[8], 4, 0, 32))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("'t'") && msg.contains("byte"), "{msg}");
 }
 

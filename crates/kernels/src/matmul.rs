@@ -20,7 +20,11 @@ pub enum MatmulError {
     #[error("activation rows of {act} elements do not match weight rows of {weight}")]
     Shape { act: usize, weight: usize },
     #[error("activations are encoded as {have} but {ty} weights need {need}")]
-    Encoding { ty: GgmlType, have: GgmlType, need: GgmlType },
+    Encoding {
+        ty: GgmlType,
+        have: GgmlType,
+        need: GgmlType,
+    },
     #[error("output buffer holds {have} values, {need} needed")]
     Output { have: usize, need: usize },
     #[error("{cols} is not a whole number of {ty} blocks")]
@@ -44,7 +48,13 @@ impl Default for Activations {
 
 impl Activations {
     pub fn new() -> Activations {
-        Activations { ty: GgmlType::F32, rows: 0, cols: 0, row_bytes: 0, data: Vec::new() }
+        Activations {
+            ty: GgmlType::F32,
+            rows: 0,
+            cols: 0,
+            row_bytes: 0,
+            data: Vec::new(),
+        }
     }
 
     /// Grows the buffer so that `rows` rows of `cols` values fit in any encoding.
@@ -79,11 +89,16 @@ impl Activations {
         let f = kernels.quantize(ty).ok_or(MatmulError::Unsupported(ty))?;
         let row_bytes = ty.row_bytes(cols).ok_or(MatmulError::Blocks { ty, cols })?;
         if x.len() < rows * cols {
-            return Err(MatmulError::Shape { act: x.len(), weight: rows * cols });
+            return Err(MatmulError::Shape {
+                act: x.len(),
+                weight: rows * cols,
+            });
         }
         self.reserve(rows, cols);
-        for (src, dst) in
-            x.chunks_exact(cols).zip(self.data.chunks_exact_mut(row_bytes)).take(rows)
+        for (src, dst) in x
+            .chunks_exact(cols)
+            .zip(self.data.chunks_exact_mut(row_bytes))
+            .take(rows)
         {
             f(src, dst);
         }
@@ -114,7 +129,10 @@ unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     pub fn new(out: &mut [f32]) -> SharedOut {
-        SharedOut { ptr: out.as_mut_ptr(), len: out.len() }
+        SharedOut {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
     }
 
     /// Writes `v` at `i`.
@@ -158,14 +176,24 @@ pub fn matmul(
     let ty = w.ty();
     let need = ty.traits().vec_dot_type;
     if x.ty != need {
-        return Err(MatmulError::Encoding { ty, have: x.ty, need });
+        return Err(MatmulError::Encoding {
+            ty,
+            have: x.ty,
+            need,
+        });
     }
     if x.cols != w.cols() {
-        return Err(MatmulError::Shape { act: x.cols, weight: w.cols() });
+        return Err(MatmulError::Shape {
+            act: x.cols,
+            weight: w.cols(),
+        });
     }
     let (n, cols, tokens) = (w.rows(), w.cols(), x.rows);
     if out.len() < n * tokens {
-        return Err(MatmulError::Output { have: out.len(), need: n * tokens });
+        return Err(MatmulError::Output {
+            have: out.len(),
+            need: n * tokens,
+        });
     }
     let dot = kernels.vec_dot(ty).ok_or(MatmulError::Unsupported(ty))?;
     let shared = SharedOut::new(out);
@@ -194,10 +222,16 @@ pub fn matmul_f32(
     let to_f32 = ty.traits().to_f32.ok_or(MatmulError::Unsupported(ty))?;
     let (n, cols) = (w.rows(), w.cols());
     if x.len() < tokens * cols {
-        return Err(MatmulError::Shape { act: x.len() / tokens.max(1), weight: cols });
+        return Err(MatmulError::Shape {
+            act: x.len() / tokens.max(1),
+            weight: cols,
+        });
     }
     if out.len() < n * tokens {
-        return Err(MatmulError::Output { have: out.len(), need: n * tokens });
+        return Err(MatmulError::Output {
+            have: out.len(),
+            need: n * tokens,
+        });
     }
     let (be, bb) = (ty.block_elems(), ty.block_bytes());
     // Dequantize up to 256 elements at a time (one K-quant block or several small ones).

@@ -42,7 +42,14 @@ pub fn rope_cache(pos: f32, n_dims: usize, freq_base: f32, freq_scale: f32, cach
 
 /// Rotates the first `n_dims` elements of every head (`head_dim` wide) in `x` with the table
 /// from [`rope_cache`]; elements past `n_dims` in each head are left as they are.
-pub fn rope_heads(k: &Kernels, x: &mut [f32], head_dim: usize, n_dims: usize, style: RopeStyle, cache: &[f32]) {
+pub fn rope_heads(
+    k: &Kernels,
+    x: &mut [f32],
+    head_dim: usize,
+    n_dims: usize,
+    style: RopeStyle,
+    cache: &[f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if k.has_fma() {
         // SAFETY: `has_fma` says the CPU supports FMA.
@@ -57,7 +64,13 @@ pub fn rope_heads(k: &Kernels, x: &mut [f32], head_dim: usize, n_dims: usize, st
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
-unsafe fn rope_heads_fma(x: &mut [f32], head_dim: usize, n_dims: usize, style: RopeStyle, cache: &[f32]) {
+unsafe fn rope_heads_fma(
+    x: &mut [f32],
+    head_dim: usize,
+    n_dims: usize,
+    style: RopeStyle,
+    cache: &[f32],
+) {
     for head in x.chunks_exact_mut(head_dim) {
         rope_apply(head, n_dims, style, cache);
     }
@@ -186,7 +199,11 @@ mod tests {
     fn swiglu_matches_the_formula() {
         let mut g: Vec<f32> = (0..11).map(|i| i as f32 * 0.7 - 3.0).collect();
         let u: Vec<f32> = (0..11).map(|i| 1.0 + i as f32 * 0.1).collect();
-        let want: Vec<f32> = g.iter().zip(&u).map(|(x, y)| x / (1.0 + (-x).exp()) * y).collect();
+        let want: Vec<f32> = g
+            .iter()
+            .zip(&u)
+            .map(|(x, y)| x / (1.0 + (-x).exp()) * y)
+            .collect();
         let mut g2 = g.clone();
         swiglu(&Kernels::scalar(), &mut g, &u);
         swiglu(&Kernels::from_env().unwrap(), &mut g2, &u);

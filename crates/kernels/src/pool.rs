@@ -86,7 +86,12 @@ impl ThreadPool {
             }
         }
         let n_threads = workers.len() + 1;
-        ThreadPool { shared, workers, dispatch_lock: Mutex::new(()), n_threads }
+        ThreadPool {
+            shared,
+            workers,
+            dispatch_lock: Mutex::new(()),
+            n_threads,
+        }
     }
 
     pub fn n_threads(&self) -> usize {
@@ -115,14 +120,17 @@ impl ThreadPool {
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
-        wait_until(|| s.remaining.load(Ordering::Acquire) == 0, || {
-            s.caller_waiting.store(true, Ordering::SeqCst);
-            let mut l = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
-            while s.remaining.load(Ordering::SeqCst) != 0 {
-                l = s.done.wait(l).unwrap_or_else(|e| e.into_inner());
-            }
-            s.caller_waiting.store(false, Ordering::SeqCst);
-        });
+        wait_until(
+            || s.remaining.load(Ordering::Acquire) == 0,
+            || {
+                s.caller_waiting.store(true, Ordering::SeqCst);
+                let mut l = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+                while s.remaining.load(Ordering::SeqCst) != 0 {
+                    l = s.done.wait(l).unwrap_or_else(|e| e.into_inner());
+                }
+                s.caller_waiting.store(false, Ordering::SeqCst);
+            },
+        );
         // SAFETY: all workers are done with the job.
         unsafe { *s.job.get() = None };
         if let Err(p) = mine {
@@ -162,7 +170,11 @@ impl Drop for ThreadPool {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
         {
-            let _l = self.shared.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _l = self
+                .shared
+                .wake_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
         for h in self.workers.drain(..) {
@@ -181,7 +193,7 @@ fn wait_until(ready: impl Fn() -> bool, sleep: impl FnOnce()) {
             return;
         }
         i = i.wrapping_add(1);
-        if i % 64 == 0 {
+        if i.is_multiple_of(64) {
             let waited = start.elapsed();
             if waited > YIELD_FOR {
                 break;
@@ -224,7 +236,8 @@ fn worker_loop(s: &Shared, idx: usize) {
                 s.panicked.store(true, Ordering::SeqCst);
             }
         }
-        if s.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && s.caller_waiting.load(Ordering::SeqCst)
+        if s.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && s.caller_waiting.load(Ordering::SeqCst)
         {
             let _l = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
             s.done.notify_one();
@@ -240,7 +253,11 @@ mod tests {
     fn every_thread_runs_once_per_job() {
         let pool = ThreadPool::new(3);
         for _ in 0..200 {
-            let hits = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+            let hits = [
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+            ];
             pool.run(|i| {
                 hits[i].fetch_add(1, Ordering::Relaxed);
             });

@@ -33,7 +33,10 @@ impl Storage {
 
     /// Zero-filled heap storage of `len` bytes.
     pub fn zeroed(len: usize) -> Storage {
-        Storage::Heap { chunks: vec![Align64([0; 64]); len.div_ceil(64)], len }
+        Storage::Heap {
+            chunks: vec![Align64([0; 64]); len.div_ceil(64)],
+            len,
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -74,7 +77,12 @@ pub enum TensorError {
     #[error("rows of {cols} elements are not a whole number of {ty} blocks")]
     PartialBlock { ty: GgmlType, cols: usize },
     #[error("tensor of shape {dims:?} and type {ty} needs {need} bytes but {have} are available")]
-    OutOfBounds { ty: GgmlType, dims: Vec<usize>, need: usize, have: usize },
+    OutOfBounds {
+        ty: GgmlType,
+        dims: Vec<usize>,
+        need: usize,
+        have: usize,
+    },
     #[error("tensor shape {0:?} overflows")]
     Overflow(Vec<usize>),
 }
@@ -94,13 +102,28 @@ impl Tensor {
             .skip(1)
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| TensorError::Overflow(dims.to_vec()))?;
-        let row = ty.row_bytes(cols).ok_or(TensorError::PartialBlock { ty, cols })?;
-        let len = row.checked_mul(rows).ok_or_else(|| TensorError::Overflow(dims.to_vec()))?;
+        let row = ty
+            .row_bytes(cols)
+            .ok_or(TensorError::PartialBlock { ty, cols })?;
+        let len = row
+            .checked_mul(rows)
+            .ok_or_else(|| TensorError::Overflow(dims.to_vec()))?;
         let have = storage.bytes().len().saturating_sub(offset);
         if len > have {
-            return Err(TensorError::OutOfBounds { ty, dims: dims.to_vec(), need: len, have });
+            return Err(TensorError::OutOfBounds {
+                ty,
+                dims: dims.to_vec(),
+                need: len,
+                have,
+            });
         }
-        Ok(Tensor { ty, dims: dims.to_vec(), storage, offset, len })
+        Ok(Tensor {
+            ty,
+            dims: dims.to_vec(),
+            storage,
+            offset,
+            len,
+        })
     }
 
     /// A new heap tensor holding `values` as f32, shape `dims`.
@@ -109,7 +132,12 @@ impl Tensor {
         for v in values {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
-        Tensor::new(GgmlType::F32, dims, Arc::new(Storage::from_bytes(&bytes)), 0)
+        Tensor::new(
+            GgmlType::F32,
+            dims,
+            Arc::new(Storage::from_bytes(&bytes)),
+            0,
+        )
     }
 
     pub fn ty(&self) -> GgmlType {

@@ -18,7 +18,10 @@ fn read(name: &str) -> Option<Vec<u8>> {
 }
 
 fn floats(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 const ALL: [GgmlType; 14] = [
@@ -43,9 +46,16 @@ fn dequantization_matches_the_gguf_reference_bit_for_bit() {
     for ty in ALL {
         let q = read(&format!("{}.q", ty.name())).expect("fixture missing");
         let want = floats(&read(&format!("{}.f32", ty.name())).expect("fixture missing"));
-        assert_eq!(q.len(), ty.row_bytes(ROWS * COLS).unwrap(), "{ty}: fixture size");
+        assert_eq!(
+            q.len(),
+            ty.row_bytes(ROWS * COLS).unwrap(),
+            "{ty}: fixture size"
+        );
         let mut got = vec![0.0f32; ROWS * COLS];
-        assert!(quant::dequantize(ty, &q, &mut got), "{ty}: dequantize refused");
+        assert!(
+            quant::dequantize(ty, &q, &mut got),
+            "{ty}: dequantize refused"
+        );
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
                 g.to_bits() == w.to_bits() || (g == w),
@@ -74,7 +84,10 @@ fn activation_encodings_match_their_references() {
     for (b, (g, w)) in got.chunks_exact(34).zip(want.chunks_exact(34)).enumerate() {
         assert_eq!(g[..2], w[..2], "block {b}: scale");
         for (x, y) in g[2..].iter().zip(&w[2..]) {
-            assert!(((*x as i8) as i32 - (*y as i8) as i32).abs() <= 1, "block {b}");
+            assert!(
+                ((*x as i8) as i32 - (*y as i8) as i32).abs() <= 1,
+                "block {b}"
+            );
         }
     }
 }
@@ -86,7 +99,11 @@ fn reference_dot(wt: GgmlType, w: &[u8], at: GgmlType, a: &[u8], n: usize) -> (f
     assert!(quant::dequantize(wt, w, &mut wf));
     assert!(quant::dequantize(at, a, &mut af));
     let dot = wf.iter().zip(&af).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let mag = wf.iter().zip(&af).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+    let mag = wf
+        .iter()
+        .zip(&af)
+        .map(|(x, y)| (*x as f64 * *y as f64).abs())
+        .sum();
     (dot, mag)
 }
 
@@ -109,7 +126,10 @@ fn scalar_dot_products_equal_the_dot_of_dequantized_rows() {
             let (want, mag) = reference_dot(ty, w, at, &a, COLS);
             // Q8_1 stores d * sum(q) as a half: the min term carries its rounding.
             let tol = if at == GgmlType::Q8_1 { 2e-3 } else { 1e-5 } * mag.max(1e-3);
-            assert!((got - want).abs() <= tol, "{ty} row {r}: got {got}, want {want} (tol {tol})");
+            assert!(
+                (got - want).abs() <= tol,
+                "{ty} row {r}: got {got}, want {want} (tol {tol})"
+            );
         }
     }
 }

@@ -8,13 +8,19 @@ fn main() {
         eprintln!("usage: eval_ids MODEL.gguf ID,ID,... [precise]");
         std::process::exit(2);
     };
-    let ids: Vec<u32> = ids.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let ids: Vec<u32> = ids
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
     let precision = if args.get(3).is_some_and(|a| a == "precise") {
         torchless_model::Precision::F32
     } else {
         torchless_model::Precision::Reference
     };
-    let opts = torchless_model::LoadOptions { precision, ..Default::default() };
+    let opts = torchless_model::LoadOptions {
+        precision,
+        ..Default::default()
+    };
     let model = match torchless_model::Model::load(path, &opts) {
         Ok(m) => m,
         Err(e) => {
@@ -22,7 +28,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let mut s = torchless_model::Session::new(&model, torchless_model::SessionOptions { n_ctx: 512, ..Default::default() });
+    let mut s = torchless_model::Session::new(
+        &model,
+        torchless_model::SessionOptions {
+            n_ctx: 512,
+            ..Default::default()
+        },
+    );
     match s.eval(&ids) {
         Ok(logits) => {
             let mut idx: Vec<usize> = (0..logits.len()).collect();

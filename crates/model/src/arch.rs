@@ -47,7 +47,10 @@ impl Arch {
     /// The architecture a name (GGUF spelling or alias) denotes.
     pub fn from_name(name: &str) -> Option<Arch> {
         let n = name.trim().to_ascii_lowercase();
-        ARCHS.iter().find(|a| a.name == n || a.aliases.contains(&n.as_str())).map(|a| a.arch)
+        ARCHS
+            .iter()
+            .find(|a| a.name == n || a.aliases.contains(&n.as_str()))
+            .map(|a| a.arch)
     }
 
     pub fn info(self) -> &'static ArchInfo {

@@ -41,8 +41,12 @@ pub fn attend(
     max_ctx: usize,
 ) {
     match (cache.keys(), cache.values()) {
-        (KvStore::F16(k), KvStore::F16(v)) => attend_typed(kernels, pool, s, batch, cache, k, v, q, out, scratch, max_ctx),
-        (KvStore::F32(k), KvStore::F32(v)) => attend_typed(kernels, pool, s, batch, cache, k, v, q, out, scratch, max_ctx),
+        (KvStore::F16(k), KvStore::F16(v)) => attend_typed(
+            kernels, pool, s, batch, cache, k, v, q, out, scratch, max_ctx,
+        ),
+        (KvStore::F32(k), KvStore::F32(v)) => attend_typed(
+            kernels, pool, s, batch, cache, k, v, q, out, scratch, max_ctx,
+        ),
         _ => {}
     }
 }
@@ -65,7 +69,11 @@ fn attend_typed<E: KvElem>(
     let q_dim = s.n_head * hd;
     let group = s.n_head / s.n_head_kv;
     let per_thread = scratch_per_thread(max_ctx, hd);
-    let order = if batch.len() >= 2 { Reduce::Gemm } else { Reduce::Vec };
+    let order = if batch.len() >= 2 {
+        Reduce::Gemm
+    } else {
+        Reduce::Vec
+    };
     let shared_out = SharedOut::new(out);
     let shared_scratch = SharedOut::new(scratch);
     pool.parallel_for(batch.len() * s.n_head, 1, |tid, jobs| {
@@ -88,8 +96,21 @@ fn attend_typed<E: KvElem>(
             let base = t * q_dim + h * hd;
             // SAFETY: job (t, h) is the only writer of this head's slice of `out`.
             let o = unsafe { shared_out.slice_mut(base, hd) };
-            let scratch = HeadScratch { scores: &mut scores[..], acc: &mut acc[..], qr: &mut qr[..] };
-            attend_head(kernels, &q[base..base + hd], &kv, (pos + 1).min(max_ctx), s.scale, order, scratch, o);
+            let scratch = HeadScratch {
+                scores: &mut scores[..],
+                acc: &mut acc[..],
+                qr: &mut qr[..],
+            };
+            attend_head(
+                kernels,
+                &q[base..base + hd],
+                &kv,
+                (pos + 1).min(max_ctx),
+                s.scale,
+                order,
+                scratch,
+                o,
+            );
         }
     });
 }

@@ -48,11 +48,18 @@ fn positive(key: &str, v: u64) -> Result<usize, ModelError> {
 impl ModelConfig {
     /// Reads the hyper-parameters of `arch` from metadata whose keys use the prefix
     /// `meta_arch` (normally `general.architecture`); `vocab` comes from the embedding tensor.
-    pub fn from_metadata(m: &Metadata, arch: Arch, meta_arch: &str, vocab: usize) -> Result<ModelConfig, ModelError> {
+    pub fn from_metadata(
+        m: &Metadata,
+        arch: Arch,
+        meta_arch: &str,
+        vocab: usize,
+    ) -> Result<ModelConfig, ModelError> {
         let key = |k: &str| format!("{meta_arch}.{k}");
         let get = |k: &str| -> Result<usize, ModelError> { positive(&key(k), m.u64(&key(k))?) };
         let opt = |k: &str| -> Result<Option<usize>, ModelError> {
-            m.opt(&key(k), Metadata::u64)?.map(|v| positive(&key(k), v)).transpose()
+            m.opt(&key(k), Metadata::u64)?
+                .map(|v| positive(&key(k), v))
+                .transpose()
         };
         let n_embd = get("embedding_length")?;
         let n_head = get("attention.head_count")?;
@@ -70,7 +77,9 @@ impl ModelConfig {
             )));
         }
         if head_dim % 2 != 0 || head_dim > 1024 {
-            return Err(ModelError::Config(format!("head size {head_dim} is not supported")));
+            return Err(ModelError::Config(format!(
+                "head size {head_dim} is not supported"
+            )));
         }
         let rope_dims = opt("rope.dimension_count")?.unwrap_or(head_dim);
         if rope_dims > head_dim || rope_dims % 2 != 0 {
@@ -78,14 +87,22 @@ impl ModelConfig {
                 "rotary dimension {rope_dims} does not fit head size {head_dim}"
             )));
         }
-        let freq_base = m.opt(&key("rope.freq_base"), Metadata::f32)?.unwrap_or(10_000.0);
-        let scaling = m.opt(&key("rope.scaling.type"), Metadata::str)?.unwrap_or("none");
+        let freq_base = m
+            .opt(&key("rope.freq_base"), Metadata::f32)?
+            .unwrap_or(10_000.0);
+        let scaling = m
+            .opt(&key("rope.scaling.type"), Metadata::str)?
+            .unwrap_or("none");
         let freq_scale = match scaling {
             "none" => 1.0,
             "linear" => {
-                let f = m.opt(&key("rope.scaling.factor"), Metadata::f32)?.unwrap_or(1.0);
-                if !(f > 0.0) {
-                    return Err(ModelError::Config(format!("rope scaling factor {f} is invalid")));
+                let f = m
+                    .opt(&key("rope.scaling.factor"), Metadata::f32)?
+                    .unwrap_or(1.0);
+                if f.is_nan() || f <= 0.0 {
+                    return Err(ModelError::Config(format!(
+                        "rope scaling factor {f} is invalid"
+                    )));
                 }
                 1.0 / f
             }
@@ -96,9 +113,13 @@ impl ModelConfig {
                 )))
             }
         };
-        let norm_eps = m.opt(&key("attention.layer_norm_rms_epsilon"), Metadata::f32)?.unwrap_or(1e-5);
-        if !(freq_base > 0.0) || !(norm_eps >= 0.0) {
-            return Err(ModelError::Config("rope base or norm epsilon is invalid".into()));
+        let norm_eps = m
+            .opt(&key("attention.layer_norm_rms_epsilon"), Metadata::f32)?
+            .unwrap_or(1e-5);
+        if freq_base.is_nan() || freq_base <= 0.0 || norm_eps.is_nan() || norm_eps < 0.0 {
+            return Err(ModelError::Config(
+                "rope base or norm epsilon is invalid".into(),
+            ));
         }
         Ok(ModelConfig {
             arch,
@@ -113,7 +134,12 @@ impl ModelConfig {
             vocab,
             n_ctx_train: opt("context_length")?.unwrap_or(2048),
             norm_eps,
-            rope: RopeConfig { style: arch.info().rope, dims: rope_dims, freq_base, freq_scale },
+            rope: RopeConfig {
+                style: arch.info().rope,
+                dims: rope_dims,
+                freq_base,
+                freq_scale,
+            },
         })
     }
 

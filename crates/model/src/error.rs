@@ -20,7 +20,11 @@ pub enum ModelError {
     #[error("tensor '{0}' is missing from the model file")]
     MissingTensor(String),
     #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    TensorShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    TensorShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("tensor '{name}' has type {ty}, which torchless cannot compute with yet")]
     UnsupportedType { name: String, ty: GgmlType },
     #[error("the prompt and generation need {need} positions but the context holds {max}; use a shorter prompt or a larger context (-c)")]

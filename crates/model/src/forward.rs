@@ -33,15 +33,29 @@ fn dump(name: &str, data: &[f32], rows: usize) {
     }
     if let Some(dir) = std::env::var_os("TORCHLESS_DUMP_DIR") {
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{name}.bin")), bytes);
+        let _ = std::fs::write(
+            std::path::Path::new(&dir).join(format!("{name}.bin")),
+            bytes,
+        );
     }
     let w = data.len() / rows;
     eprintln!("{name} = [{w}, {rows}]");
     for r in data.chunks_exact(w.max(1)) {
         let e = |i: usize| r.get(i).copied().unwrap_or(0.0);
-        eprintln!("    [{:10.4} {:10.4} {:10.4} ... {:10.4} {:10.4} {:10.4}]", e(0), e(1), e(2), e(w - 3), e(w - 2), e(w - 1));
+        eprintln!(
+            "    [{:10.4} {:10.4} {:10.4} ... {:10.4} {:10.4} {:10.4}]",
+            e(0),
+            e(1),
+            e(2),
+            e(w - 3),
+            e(w - 2),
+            e(w - 1)
+        );
     }
-    eprintln!("    sum = {:.6}", data.iter().map(|&v| v as f64).sum::<f64>());
+    eprintln!(
+        "    sum = {:.6}",
+        data.iter().map(|&v| v as f64).sum::<f64>()
+    );
 }
 
 impl Model {
@@ -73,46 +87,102 @@ impl Model {
 
     /// Checks a batch against the model, the workspace and the cache, and reserves its
     /// positions.
-    fn prepare(&self, batch: &Batch, cache: &mut KvCache, ws: &Workspace) -> Result<(), ModelError> {
+    fn prepare(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        ws: &Workspace,
+    ) -> Result<(), ModelError> {
         let n = batch.len();
         if n > ws.max_batch {
-            return Err(ModelError::BatchTooLarge { n, max: ws.max_batch });
+            return Err(ModelError::BatchTooLarge {
+                n,
+                max: ws.max_batch,
+            });
         }
         let lens_ok = batch.pos.len() == n && batch.seq.len() == n && batch.logits.len() == n;
         if !lens_ok {
-            return Err(ModelError::Invalid("batch fields have different lengths".into()));
+            return Err(ModelError::Invalid(
+                "batch fields have different lengths".into(),
+            ));
         }
         for i in 0..n {
             let tok = batch.tokens[i];
             if tok as usize >= self.config.vocab {
-                return Err(ModelError::InvalidToken { id: tok, vocab: self.config.vocab });
+                return Err(ModelError::InvalidToken {
+                    id: tok,
+                    vocab: self.config.vocab,
+                });
             }
             let need = batch.pos[i] + 1;
             if need > ws.max_ctx {
-                return Err(ModelError::ContextFull { need, max: ws.max_ctx });
+                return Err(ModelError::ContextFull {
+                    need,
+                    max: ws.max_ctx,
+                });
             }
             cache
                 .reserve(batch.seq[i], need)
-                .map_err(|_| ModelError::ContextFull { need, max: cache.capacity() })?;
+                .map_err(|_| ModelError::ContextFull {
+                    need,
+                    max: cache.capacity(),
+                })?;
         }
         Ok(())
     }
 
     /// Runs `batch` through the model, storing its keys and values in `cache`. The logits of
     /// the entries marked in `batch.logits` are left in `ws.logits()`, one row each, in order.
-    pub fn forward(&self, batch: &Batch, cache: &mut KvCache, ws: &mut Workspace) -> Result<(), ModelError> {
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+    ) -> Result<(), ModelError> {
         self.prepare(batch, cache, ws)?;
         let c = &self.config;
         let n = batch.len();
         let (d, qd, kvd, ff, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff, c.head_dim);
         let rd = c.rope.dims;
-        let Workspace { x, xn, q, k, v, att, proj, gate, up, rope, scores, acts, out_rows, out_hidden, logits, max_ctx, n_outputs, .. } = ws;
+        let Workspace {
+            x,
+            xn,
+            q,
+            k,
+            v,
+            att,
+            proj,
+            gate,
+            up,
+            rope,
+            scores,
+            acts,
+            out_rows,
+            out_hidden,
+            logits,
+            max_ctx,
+            n_outputs,
+            ..
+        } = ws;
 
         for (t, &tok) in batch.tokens.iter().enumerate() {
-            if !self.weights.token_embd.row_to_f32(tok as usize, &mut x[t * d..(t + 1) * d]) {
-                return Err(ModelError::InvalidToken { id: tok, vocab: c.vocab });
+            if !self
+                .weights
+                .token_embd
+                .row_to_f32(tok as usize, &mut x[t * d..(t + 1) * d])
+            {
+                return Err(ModelError::InvalidToken {
+                    id: tok,
+                    vocab: c.vocab,
+                });
             }
-            rope_cache(batch.pos[t] as f32, rd, c.rope.freq_base, c.rope.freq_scale, &mut rope[t * rd..(t + 1) * rd]);
+            rope_cache(
+                batch.pos[t] as f32,
+                rd,
+                c.rope.freq_base,
+                c.rope.freq_scale,
+                &mut rope[t * rd..(t + 1) * rd],
+            );
         }
         dump("embd", &x[..n * d], n);
 
@@ -125,14 +195,32 @@ impl Model {
         };
         for (l, w) in self.weights.layers.iter().enumerate() {
             for t in 0..n {
-                rms_norm(&x[t * d..(t + 1) * d], &w.attn_norm, c.norm_eps, &mut xn[t * d..(t + 1) * d]);
+                rms_norm(
+                    &x[t * d..(t + 1) * d],
+                    &w.attn_norm,
+                    c.norm_eps,
+                    &mut xn[t * d..(t + 1) * d],
+                );
             }
             dump(&format!("attn_norm-{l}"), &xn[..n * d], n);
-            self.project(acts, &xn[..n * d], n, &mut [(&w.wq, &mut q[..n * qd]), (&w.wk, &mut k[..n * kvd]), (&w.wv, &mut v[..n * kvd])])?;
+            self.project(
+                acts,
+                &xn[..n * d],
+                n,
+                &mut [
+                    (&w.wq, &mut q[..n * qd]),
+                    (&w.wk, &mut k[..n * kvd]),
+                    (&w.wv, &mut v[..n * kvd]),
+                ],
+            )?;
             dump(&format!("Qcur-{l}"), &q[..n * qd], n);
             dump(&format!("Kcur-{l}"), &k[..n * kvd], n);
             dump(&format!("Vcur-{l}"), &v[..n * kvd], n);
-            for (bias, buf, width) in [(&w.bq, &mut *q, qd), (&w.bk, &mut *k, kvd), (&w.bv, &mut *v, kvd)] {
+            for (bias, buf, width) in [
+                (&w.bq, &mut *q, qd),
+                (&w.bk, &mut *k, kvd),
+                (&w.bv, &mut *v, kvd),
+            ] {
                 if let Some(b) = bias {
                     for row in buf[..n * width].chunks_exact_mut(width) {
                         torchless_kernels::ops::add_assign(row, b);
@@ -141,13 +229,43 @@ impl Model {
             }
             for t in 0..n {
                 let table = &rope[t * rd..(t + 1) * rd];
-                rope_heads(&self.kernels, &mut q[t * qd..(t + 1) * qd], hd, rd, c.rope.style, table);
-                rope_heads(&self.kernels, &mut k[t * kvd..(t + 1) * kvd], hd, rd, c.rope.style, table);
-                cache.write(l, batch.seq[t], batch.pos[t], &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+                rope_heads(
+                    &self.kernels,
+                    &mut q[t * qd..(t + 1) * qd],
+                    hd,
+                    rd,
+                    c.rope.style,
+                    table,
+                );
+                rope_heads(
+                    &self.kernels,
+                    &mut k[t * kvd..(t + 1) * kvd],
+                    hd,
+                    rd,
+                    c.rope.style,
+                    table,
+                );
+                cache.write(
+                    l,
+                    batch.seq[t],
+                    batch.pos[t],
+                    &k[t * kvd..(t + 1) * kvd],
+                    &v[t * kvd..(t + 1) * kvd],
+                );
             }
             dump(&format!("Qrope-{l}"), &q[..n * qd], n);
             dump(&format!("Krope-{l}"), &k[..n * kvd], n);
-            attend(&self.kernels, &self.pool, &shape(l), batch, cache, &q[..n * qd], &mut att[..n * qd], scores, *max_ctx);
+            attend(
+                &self.kernels,
+                &self.pool,
+                &shape(l),
+                batch,
+                cache,
+                &q[..n * qd],
+                &mut att[..n * qd],
+                scores,
+                *max_ctx,
+            );
             dump(&format!("kqv_out-{l}"), &att[..n * qd], n);
             self.project(acts, &att[..n * qd], n, &mut [(&w.wo, &mut proj[..n * d])])?;
             dump(&format!("attn_out-{l}"), &proj[..n * d], n);
@@ -155,15 +273,36 @@ impl Model {
             dump(&format!("ffn_inp-{l}"), &x[..n * d], n);
 
             for t in 0..n {
-                rms_norm(&x[t * d..(t + 1) * d], &w.ffn_norm, c.norm_eps, &mut xn[t * d..(t + 1) * d]);
+                rms_norm(
+                    &x[t * d..(t + 1) * d],
+                    &w.ffn_norm,
+                    c.norm_eps,
+                    &mut xn[t * d..(t + 1) * d],
+                );
             }
-            self.project(acts, &xn[..n * d], n, &mut [(&w.w_gate, &mut gate[..n * ff]), (&w.w_up, &mut up[..n * ff])])?;
+            self.project(
+                acts,
+                &xn[..n * d],
+                n,
+                &mut [
+                    (&w.w_gate, &mut gate[..n * ff]),
+                    (&w.w_up, &mut up[..n * ff]),
+                ],
+            )?;
             dump(&format!("ffn_gate-{l}"), &gate[..n * ff], n);
             dump(&format!("ffn_up-{l}"), &up[..n * ff], n);
-            for (g, u) in gate[..n * ff].chunks_exact_mut(ff).zip(up[..n * ff].chunks_exact(ff)) {
+            for (g, u) in gate[..n * ff]
+                .chunks_exact_mut(ff)
+                .zip(up[..n * ff].chunks_exact(ff))
+            {
                 swiglu(&self.kernels, g, u);
             }
-            self.project(acts, &gate[..n * ff], n, &mut [(&w.w_down, &mut proj[..n * d])])?;
+            self.project(
+                acts,
+                &gate[..n * ff],
+                n,
+                &mut [(&w.w_down, &mut proj[..n * d])],
+            )?;
             dump(&format!("ffn_out-{l}"), &proj[..n * d], n);
             torchless_kernels::ops::add_assign(&mut x[..n * d], &proj[..n * d]);
             dump(&format!("l_out-{l}"), &x[..n * d], n);
@@ -180,12 +319,22 @@ impl Model {
             out_hidden.resize(n_out * d, 0.0);
         }
         for (i, &t) in out_rows.iter().enumerate() {
-            rms_norm(&x[t * d..(t + 1) * d], &self.weights.output_norm, c.norm_eps, &mut out_hidden[i * d..(i + 1) * d]);
+            rms_norm(
+                &x[t * d..(t + 1) * d],
+                &self.weights.output_norm,
+                c.norm_eps,
+                &mut out_hidden[i * d..(i + 1) * d],
+            );
         }
         if logits.len() < n_out * c.vocab {
             logits.resize(n_out * c.vocab, 0.0);
         }
-        self.project(acts, &out_hidden[..n_out * d], n_out, &mut [(&self.weights.output, &mut logits[..n_out * c.vocab])])?;
+        self.project(
+            acts,
+            &out_hidden[..n_out * d],
+            n_out,
+            &mut [(&self.weights.output, &mut logits[..n_out * c.vocab])],
+        )?;
         dump("result_output", &logits[..n_out * c.vocab], n_out);
         Ok(())
     }

@@ -21,7 +21,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 128, sampler: SamplerConfig::default(), stop_at_eog: true, record_logits: false }
+        GenerateOptions {
+            max_tokens: 128,
+            sampler: SamplerConfig::default(),
+            stop_at_eog: true,
+            record_logits: false,
+        }
     }
 }
 
@@ -99,7 +104,10 @@ pub fn generate(
     let tokenizer = model.tokenizer();
     let mut sampler = Sampler::new(opts.sampler, vocab);
     let mut generated = Vec::with_capacity(opts.max_tokens);
-    let mut timings = Timings { prompt_tokens: prompt.len(), ..Timings::default() };
+    let mut timings = Timings {
+        prompt_tokens: prompt.len(),
+        ..Timings::default()
+    };
 
     if prompt.is_empty() {
         return Err(ModelError::Invalid("the prompt is empty".into()));
@@ -145,5 +153,9 @@ pub fn generate(
     }
     timings.gen_tokens = generated.len().saturating_sub(1);
     timings.gen_secs = t1.elapsed().as_secs_f64();
-    Ok(Generation { generated, stop, timings })
+    Ok(Generation {
+        generated,
+        stop,
+        timings,
+    })
 }

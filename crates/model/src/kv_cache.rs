@@ -81,7 +81,12 @@ pub struct KvConfig {
 impl KvConfig {
     /// Bytes the pool occupies once every block is in use.
     pub fn bytes(&self) -> usize {
-        2 * self.n_layers * self.n_blocks * self.n_kv_heads * self.block_size * self.head_dim * self.ty.bytes()
+        2 * self.n_layers
+            * self.n_blocks
+            * self.n_kv_heads
+            * self.block_size
+            * self.head_dim
+            * self.ty.bytes()
     }
 }
 
@@ -149,12 +154,15 @@ impl KvCache {
         let have = self.seqs.get(&seq).map_or(0, |s| s.blocks.len());
         let need = len.div_ceil(bs).saturating_sub(have);
         if need > self.free.len() {
-            return Err(CacheError::Full { need, free: self.free.len() });
+            return Err(CacheError::Full {
+                need,
+                free: self.free.len(),
+            });
         }
-        let entry = self
-            .seqs
-            .entry(seq)
-            .or_insert_with(|| SeqBlocks { blocks: Vec::with_capacity(max_blocks), len: 0 });
+        let entry = self.seqs.entry(seq).or_insert_with(|| SeqBlocks {
+            blocks: Vec::with_capacity(max_blocks),
+            len: 0,
+        });
         for _ in 0..need {
             if let Some(b) = self.free.pop() {
                 entry.blocks.push(b);
@@ -195,7 +203,8 @@ impl KvCache {
     #[inline(always)]
     pub fn offset(&self, layer: usize, block: u32, head: usize, slot: usize) -> usize {
         let c = &self.cfg;
-        (((layer * c.n_blocks + block as usize) * c.n_kv_heads + head) * c.block_size + slot) * c.head_dim
+        (((layer * c.n_blocks + block as usize) * c.n_kv_heads + head) * c.block_size + slot)
+            * c.head_dim
     }
 
     /// Distance between consecutive blocks of one (layer, head).
@@ -207,8 +216,12 @@ impl KvCache {
     /// `pos` of `seq` in `layer`. The position must have been reserved.
     pub fn write(&mut self, layer: usize, seq: SeqId, pos: usize, k: &[f32], v: &[f32]) {
         let (bs, hd) = (self.cfg.block_size, self.cfg.head_dim);
-        let Some(s) = self.seqs.get_mut(&seq) else { return };
-        let Some(&block) = s.blocks.get(pos / bs) else { return };
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return;
+        };
+        let Some(&block) = s.blocks.get(pos / bs) else {
+            return;
+        };
         s.len = s.len.max(pos + 1);
         for h in 0..self.cfg.n_kv_heads {
             let at = self.offset(layer, block, h, pos % bs);
@@ -232,7 +245,14 @@ mod tests {
     use super::*;
 
     fn cache(n_blocks: usize) -> KvCache {
-        KvCache::new(KvConfig { n_layers: 2, n_kv_heads: 2, head_dim: 4, block_size: 4, n_blocks, ty: KvType::F32 })
+        KvCache::new(KvConfig {
+            n_layers: 2,
+            n_kv_heads: 2,
+            head_dim: 4,
+            block_size: 4,
+            n_blocks,
+            ty: KvType::F32,
+        })
     }
 
     #[test]

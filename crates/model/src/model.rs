@@ -57,8 +57,12 @@ pub struct Model {
 
 /// The number of physical cores (logical CPUs when that cannot be told).
 pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
+    let logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
     let mut cores = std::collections::HashSet::new();
     let mut phys = String::new();
     for line in info.lines() {
@@ -105,11 +109,18 @@ impl Model {
         };
         if let Some(t) = &tokenizer {
             if t.len() > vocab {
-                tracing::warn!("the tokenizer has {} tokens but the model only {vocab} rows", t.len());
+                tracing::warn!(
+                    "the tokenizer has {} tokens but the model only {vocab} rows",
+                    t.len()
+                );
             }
         }
         let kernels = Kernels::from_env().map_err(|e| ModelError::Config(e.to_string()))?;
-        let threads = if opts.threads == 0 { physical_cores() } else { opts.threads };
+        let threads = if opts.threads == 0 {
+            physical_cores()
+        } else {
+            opts.threads
+        };
         tracing::info!(
             arch = arch.name(),
             layers = config.n_layers,
@@ -143,7 +154,9 @@ impl Model {
 
     /// The tokenizer, or an error saying the model has none.
     pub fn require_tokenizer(&self) -> Result<&Tokenizer, ModelError> {
-        self.tokenizer.as_ref().ok_or(ModelError::Tokenizer(torchless_tokenizer::TokenizerError::Missing))
+        self.tokenizer.as_ref().ok_or(ModelError::Tokenizer(
+            torchless_tokenizer::TokenizerError::Missing,
+        ))
     }
 
     pub fn file(&self) -> &GgufFile {

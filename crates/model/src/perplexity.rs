@@ -34,7 +34,9 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<Perplexity, ModelError> {
     if n_ctx < 4 {
-        return Err(ModelError::Invalid(format!("context {n_ctx} is too small for perplexity")));
+        return Err(ModelError::Invalid(format!(
+            "context {n_ctx} is too small for perplexity"
+        )));
     }
     if tokens.len() < 2 * n_ctx {
         return Err(ModelError::Invalid(format!(
@@ -43,10 +45,20 @@ pub fn perplexity(
             2 * n_ctx
         )));
     }
-    let bos = model.tokenizer().filter(|t| t.vocab().add_bos).and_then(|t| t.vocab().bos);
+    let bos = model
+        .tokenizer()
+        .filter(|t| t.vocab().add_bos)
+        .and_then(|t| t.vocab().bos);
     let chunks = tokens.len() / n_ctx;
     let first = n_ctx / 2;
-    let mut session = Session::new(model, SessionOptions { n_ctx, n_batch: n_batch.min(n_ctx), ..SessionOptions::default() });
+    let mut session = Session::new(
+        model,
+        SessionOptions {
+            n_ctx,
+            n_batch: n_batch.min(n_ctx),
+            ..SessionOptions::default()
+        },
+    );
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
     let mut chunk_tokens = Vec::with_capacity(n_ctx);
     for c in 0..chunks {
@@ -62,7 +74,10 @@ pub fn perplexity(
             if i >= first && i + 1 < n_ctx {
                 let next = tokens[start + i + 1] as usize;
                 if next >= row.len() {
-                    err = Some(ModelError::InvalidToken { id: next as u32, vocab: row.len() });
+                    err = Some(ModelError::InvalidToken {
+                        id: next as u32,
+                        vocab: row.len(),
+                    });
                     return;
                 }
                 let v = -log_softmax(row, next);
@@ -82,6 +97,15 @@ pub fn perplexity(
     let mean = nll / count as f64;
     let ppl = mean.exp();
     let var = nll2 / count as f64 - mean * mean;
-    let ppl_err = if var > 0.0 && count > 1 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
-    Ok(Perplexity { ppl, ppl_err, chunks, scored: count })
+    let ppl_err = if var > 0.0 && count > 1 {
+        (var / (count - 1) as f64).sqrt() * ppl
+    } else {
+        0.0
+    };
+    Ok(Perplexity {
+        ppl,
+        ppl_err,
+        chunks,
+        scored: count,
+    })
 }

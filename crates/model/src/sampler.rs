@@ -17,14 +17,26 @@ pub struct SamplerConfig {
 
 impl SamplerConfig {
     pub fn greedy() -> SamplerConfig {
-        SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 0 }
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 0,
+        }
     }
 }
 
 impl Default for SamplerConfig {
     /// llama.cpp's defaults.
     fn default() -> SamplerConfig {
-        SamplerConfig { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, seed: 0 }
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            seed: 0,
+        }
     }
 }
 
@@ -44,7 +56,9 @@ impl Rng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -74,7 +88,11 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(cfg: SamplerConfig, vocab: usize) -> Sampler {
-        Sampler { cfg, rng: Rng::new(cfg.seed), cand: Vec::with_capacity(vocab) }
+        Sampler {
+            cfg,
+            rng: Rng::new(cfg.seed),
+            cand: Vec::with_capacity(vocab),
+        }
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -88,13 +106,23 @@ impl Sampler {
         }
         let c = &mut self.cand;
         c.clear();
-        c.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (l, i as u32)));
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (l, i as u32)),
+        );
         if c.is_empty() {
             return 0;
         }
         let by_logit = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         // Top-k: partition, then sort only the survivors.
-        let k = if self.cfg.top_k == 0 { c.len() } else { self.cfg.top_k.min(c.len()) };
+        let k = if self.cfg.top_k == 0 {
+            c.len()
+        } else {
+            self.cfg.top_k.min(c.len())
+        };
         if k < c.len() {
             c.select_nth_unstable_by(k - 1, by_logit);
             c.truncate(k);
@@ -118,7 +146,7 @@ impl Sampler {
         }
         // Min-p.
         if self.cfg.min_p > 0.0 {
-            let floor = max + (self.cfg.min_p as f32).ln();
+            let floor = max + self.cfg.min_p.ln();
             let keep = c.iter().take_while(|&&(l, _)| l >= floor).count();
             c.truncate(keep.max(1));
         }
@@ -155,7 +183,13 @@ mod tests {
     #[test]
     fn same_seed_same_choices_and_filters_hold() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 5, top_p: 1.0, min_p: 0.0, seed: 42 };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 5,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 42,
+        };
         let run = |cfg| {
             let mut s = Sampler::new(cfg, 100);
             (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
@@ -169,15 +203,32 @@ mod tests {
         // top-p tiny keeps only the best; min-p 1 keeps only the best.
         let best = top5[0];
         let only = |cfg| run(cfg).iter().all(|&t| t == best);
-        assert!(only(SamplerConfig { top_k: 0, top_p: 1e-6, ..cfg }));
-        assert!(only(SamplerConfig { top_k: 0, min_p: 1.0, ..cfg }));
+        assert!(only(SamplerConfig {
+            top_k: 0,
+            top_p: 1e-6,
+            ..cfg
+        }));
+        assert!(only(SamplerConfig {
+            top_k: 0,
+            min_p: 1.0,
+            ..cfg
+        }));
     }
 
     #[test]
     fn draws_follow_the_distribution() {
         // Two tokens with probabilities 0.75 / 0.25 at temperature 1.
         let logits = [3f32.ln(), 0.0];
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 7 }, 2);
+        let mut s = Sampler::new(
+            SamplerConfig {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: 7,
+            },
+            2,
+        );
         let n = 20_000;
         let zeros = (0..n).filter(|_| s.sample(&logits) == 0).count();
         let frac = zeros as f64 / n as f64;

@@ -21,7 +21,11 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { n_ctx: 0, n_batch: 512, block_size: 16 }
+        SessionOptions {
+            n_ctx: 0,
+            n_batch: 512,
+            block_size: 16,
+        }
     }
 }
 
@@ -39,7 +43,11 @@ pub struct Session<'m> {
 impl<'m> Session<'m> {
     pub fn new(model: &'m Model, opts: SessionOptions) -> Session<'m> {
         let c = model.config();
-        let n_ctx = if opts.n_ctx == 0 { c.n_ctx_train.min(4096) } else { opts.n_ctx };
+        let n_ctx = if opts.n_ctx == 0 {
+            c.n_ctx_train.min(4096)
+        } else {
+            opts.n_ctx
+        };
         let bs = opts.block_size.max(1);
         let n_batch = opts.n_batch.clamp(1, n_ctx.max(1));
         let cache = KvCache::new(KvConfig {
@@ -106,7 +114,10 @@ impl<'m> Session<'m> {
     ) -> Result<(), ModelError> {
         let need = self.history.len() + tokens.len();
         if need > self.n_ctx {
-            return Err(ModelError::ContextFull { need, max: self.n_ctx });
+            return Err(ModelError::ContextFull {
+                need,
+                max: self.n_ctx,
+            });
         }
         let vocab = self.model.config().vocab;
         for (c, chunk) in tokens.chunks(self.n_batch).enumerate() {
@@ -117,12 +128,16 @@ impl<'m> Session<'m> {
                 let wanted = all || (last_chunk && i + 1 == chunk.len());
                 self.batch.push(t, base + i, self.seq, wanted);
             }
-            self.model.forward(&self.batch, &mut self.cache, &mut self.ws)?;
+            self.model
+                .forward(&self.batch, &mut self.cache, &mut self.ws)?;
             self.history.extend_from_slice(chunk);
             let mut row = 0;
             for (i, &wanted) in self.batch.logits.iter().enumerate() {
                 if wanted {
-                    on_logits(c * self.n_batch + i, &self.ws.logits()[row * vocab..(row + 1) * vocab]);
+                    on_logits(
+                        c * self.n_batch + i,
+                        &self.ws.logits()[row * vocab..(row + 1) * vocab],
+                    );
                     row += 1;
                 }
             }
@@ -133,7 +148,9 @@ impl<'m> Session<'m> {
     /// Appends `tokens` and returns the logits after the last one.
     pub fn eval(&mut self, tokens: &[u32]) -> Result<&[f32], ModelError> {
         if tokens.is_empty() {
-            return Err(ModelError::Invalid("nothing to evaluate: the prompt is empty".into()));
+            return Err(ModelError::Invalid(
+                "nothing to evaluate: the prompt is empty".into(),
+            ));
         }
         self.eval_with(tokens, false, |_, _| {})?;
         Ok(self.ws.logits_row(0))

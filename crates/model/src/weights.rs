@@ -5,7 +5,7 @@
 //! GGUF's naming lives here and only here (`blk.{i}.attn_q.weight` …).
 
 use torchless_gguf::GgufFile;
-use torchless_kernels::{GgmlType, Tensor};
+use torchless_kernels::Tensor;
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -53,12 +53,18 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn get(&self, name: &str, dims: &[usize]) -> Result<Tensor, ModelError> {
-        let t = self.file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let t = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         self.check(name, t, dims)
     }
 
     fn get_opt(&self, name: &str, dims: &[usize]) -> Result<Option<Tensor>, ModelError> {
-        self.file.tensor(name).map(|t| self.check(name, t, dims)).transpose()
+        self.file
+            .tensor(name)
+            .map(|t| self.check(name, t, dims))
+            .transpose()
     }
 
     fn check(&self, name: &str, t: Tensor, dims: &[usize]) -> Result<Tensor, ModelError> {
@@ -68,22 +74,35 @@ impl Loader<'_> {
             found.pop();
         }
         if found != dims {
-            return Err(ModelError::TensorShape { name: name.to_string(), expected: dims.to_vec(), found: t.dims().to_vec() });
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                expected: dims.to_vec(),
+                found: t.dims().to_vec(),
+            });
         }
         if !t.ty().is_supported() {
-            return Err(ModelError::UnsupportedType { name: name.to_string(), ty: t.ty() });
+            return Err(ModelError::UnsupportedType {
+                name: name.to_string(),
+                ty: t.ty(),
+            });
         }
         Ok(t)
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.get(name, &[len])?;
-        t.to_f32_vec().ok_or(ModelError::UnsupportedType { name: name.to_string(), ty: t.ty() })
+        t.to_f32_vec().ok_or(ModelError::UnsupportedType {
+            name: name.to_string(),
+            ty: t.ty(),
+        })
     }
 
     fn vector_opt(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
         match self.get_opt(name, &[len])? {
-            Some(t) => t.to_f32_vec().map(Some).ok_or(ModelError::UnsupportedType { name: name.to_string(), ty: t.ty() }),
+            Some(t) => t.to_f32_vec().map(Some).ok_or(ModelError::UnsupportedType {
+                name: name.to_string(),
+                ty: t.ty(),
+            }),
             None => Ok(None),
         }
     }
@@ -92,10 +111,15 @@ impl Loader<'_> {
 impl Weights {
     /// The vocabulary size, from the embedding table's shape.
     pub fn vocab_of(file: &GgufFile) -> Result<usize, ModelError> {
-        let t = file.tensor_info("token_embd.weight").ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
+        let t = file
+            .tensor_info("token_embd.weight")
+            .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
         match t.dims.as_slice() {
             [_, v] | [_, v, 1] if *v > 0 => Ok(*v as usize),
-            _ => Err(ModelError::Config(format!("token_embd.weight has shape {:?}, expected [n_embd, vocab]", t.dims))),
+            _ => Err(ModelError::Config(format!(
+                "token_embd.weight has shape {:?}, expected [n_embd, vocab]",
+                t.dims
+            ))),
         }
     }
 
@@ -147,9 +171,4 @@ impl Weights {
         let m: u64 = self.matrices().iter().map(|t| t.bytes().len() as u64).sum();
         m + self.token_embd.row_bytes() as u64
     }
-}
-
-/// Whether `ty` can be used for a weight matrix (dequantize + dot product exist).
-pub fn usable(ty: GgmlType) -> bool {
-    ty.is_supported()
 }

@@ -59,7 +59,10 @@ impl Workspace {
             gate: vec![0.0; b * c.n_ff],
             up: vec![0.0; b * c.n_ff],
             rope: vec![0.0; b * c.rope.dims],
-            scores: vec![0.0; threads.max(1) * crate::attention::scratch_per_thread(max_ctx, c.head_dim)],
+            scores: vec![
+                0.0;
+                threads.max(1) * crate::attention::scratch_per_thread(max_ctx, c.head_dim)
+            ],
             acts,
             out_rows: Vec::with_capacity(b),
             out_hidden: vec![0.0; c.n_embd],
@@ -80,6 +83,8 @@ impl Workspace {
 
     /// Logits row `i` of the last forward pass.
     pub fn logits_row(&self, i: usize) -> &[f32] {
-        self.logits.get(i * self.vocab..(i + 1) * self.vocab).unwrap_or(&[])
+        self.logits
+            .get(i * self.vocab..(i + 1) * self.vocab)
+            .unwrap_or(&[])
     }
 }

@@ -14,8 +14,7 @@ use crate::vocab::Vocab;
 use crate::TokenizerError;
 
 /// GPT-2's split pattern (HF's ByteLevel uses it when `use_regex` is on).
-const GPT2: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// How a named pre-tokenizer splits text before BPE: regexes applied in turn (each splitting
@@ -27,7 +26,11 @@ struct PreSplit {
 }
 
 fn pre_split(pre: &str) -> Option<PreSplit> {
-    let p = |patterns, gpt2_last, ignore_merges| PreSplit { patterns, gpt2_last, ignore_merges };
+    let p = |patterns, gpt2_last, ignore_merges| PreSplit {
+        patterns,
+        gpt2_last,
+        ignore_merges,
+    };
     Some(match pre {
         "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" | "phi-2" | "stablelm2" => p(&[], true, false),
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
@@ -38,7 +41,11 @@ fn pre_split(pre: &str) -> Option<PreSplit> {
             p(&[LLAMA3], false, true)
         }
         "tekken" => p(&[LLAMA3], false, true),
-        "default" => p(&[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"], false, false),
+        "default" => p(
+            &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
+            false,
+            false,
+        ),
         _ => return None,
     })
 }
@@ -49,23 +56,37 @@ pub struct ByteLevelBpe {
 }
 
 impl ByteLevelBpe {
-    pub fn new(vocab: &Vocab, merges: &[String], pre: &str) -> Result<ByteLevelBpe, TokenizerError> {
+    pub fn new(
+        vocab: &Vocab,
+        merges: &[String],
+        pre: &str,
+    ) -> Result<ByteLevelBpe, TokenizerError> {
         let split = pre_split(pre).ok_or_else(|| TokenizerError::UnknownPre(pre.to_string()))?;
-        let map: HfVocab =
-            vocab.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let map: HfVocab = vocab
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let mut pairs = Vec::with_capacity(merges.len());
         let mut skipped = 0usize;
         for m in merges {
             let pair = m.split_once(' ');
             match pair {
-                Some((a, b)) if vocab.id(a).is_some() && vocab.id(b).is_some() && vocab.id(&format!("{a}{b}")).is_some() => {
+                Some((a, b))
+                    if vocab.id(a).is_some()
+                        && vocab.id(b).is_some()
+                        && vocab.id(&format!("{a}{b}")).is_some() =>
+                {
                     pairs.push((a.to_string(), b.to_string()))
                 }
                 _ => skipped += 1,
             }
         }
         if skipped > 0 {
-            tracing::warn!("{skipped} BPE merges name tokens that are not in the vocabulary; ignored");
+            tracing::warn!(
+                "{skipped} BPE merges name tokens that are not in the vocabulary; ignored"
+            );
         }
         let model = BPE::builder()
             .vocab_and_merges(map, pairs)
@@ -74,8 +95,12 @@ impl ByteLevelBpe {
             .map_err(|e| TokenizerError::Invalid(format!("BPE model: {e}")))?;
         let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
         for pat in split.patterns {
-            let s = Split::new(SplitPattern::Regex(pat.to_string()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| TokenizerError::Invalid(format!("pre-tokenizer regex: {e}")))?;
+            let s = Split::new(
+                SplitPattern::Regex(pat.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| TokenizerError::Invalid(format!("pre-tokenizer regex: {e}")))?;
             steps.push(s.into());
         }
         steps.push(ByteLevel::new(false, false, split.gpt2_last).into());
@@ -142,7 +167,9 @@ mod tests {
         assert_eq!(token_bytes("ĉ"), b"\t");
         assert_eq!(char_to_byte('Ā'), Some(0));
         assert_eq!(char_to_byte('ł'), Some(0xAD)); // the last of the remapped bytes
-        let all: Vec<u8> = (0u32..512).filter_map(|c| char::from_u32(c).and_then(char_to_byte)).collect();
+        let all: Vec<u8> = (0u32..512)
+            .filter_map(|c| char::from_u32(c).and_then(char_to_byte))
+            .collect();
         let mut sorted = all.clone();
         sorted.sort_unstable();
         sorted.dedup();
@@ -154,8 +181,12 @@ mod tests {
         for pre in ["gpt2", "smollm", "qwen2", "llama3", "llama-bpe", "default"] {
             let p = pre_split(pre).unwrap();
             for pat in p.patterns {
-                Split::new(SplitPattern::Regex(pat.to_string()), SplitDelimiterBehavior::Isolated, false)
-                    .unwrap_or_else(|e| panic!("{pre}: {e}"));
+                Split::new(
+                    SplitPattern::Regex(pat.to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .unwrap_or_else(|e| panic!("{pre}: {e}"));
             }
         }
         assert!(pre_split("no-such-thing").is_none());

@@ -65,7 +65,12 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokenizer({}, {} tokens)", self.describe(), self.vocab.len())
+        write!(
+            f,
+            "Tokenizer({}, {} tokens)",
+            self.describe(),
+            self.vocab.len()
+        )
     }
 }
 
@@ -83,7 +88,10 @@ impl Tokenizer {
         let vocab = Vocab::from_metadata(m, &model_name)?;
         let (model, pre) = match model_name.as_str() {
             "gpt2" => {
-                let pre = m.opt("tokenizer.ggml.pre", Metadata::str)?.unwrap_or("default").to_string();
+                let pre = m
+                    .opt("tokenizer.ggml.pre", Metadata::str)?
+                    .unwrap_or("default")
+                    .to_string();
                 let merges = m.strings("tokenizer.ggml.merges")?;
                 let b = bpe::ByteLevelBpe::new(&vocab, merges, &pre)?;
                 (Model::Bpe(Box::new(b)), Some(pre))
@@ -106,8 +114,19 @@ impl Tokenizer {
             offsets.push(pieces.len() as u32);
         }
         let specials = vocab.special_tokens();
-        let chat_template = m.opt("tokenizer.chat_template", Metadata::str)?.map(str::to_string);
-        Ok(Tokenizer { vocab, model, model_name, pre, specials, pieces, offsets, chat_template })
+        let chat_template = m
+            .opt("tokenizer.chat_template", Metadata::str)?
+            .map(str::to_string);
+        Ok(Tokenizer {
+            vocab,
+            model,
+            model_name,
+            pre,
+            specials,
+            pieces,
+            offsets,
+            chat_template,
+        })
     }
 
     pub fn vocab(&self) -> &Vocab {
@@ -125,7 +144,10 @@ impl Tokenizer {
     /// "byte-level BPE (pre-tokenizer smollm)" or "SentencePiece (llama)".
     pub fn describe(&self) -> String {
         match &self.pre {
-            Some(pre) => format!("byte-level BPE ({} model, pre-tokenizer {pre})", self.model_name),
+            Some(pre) => format!(
+                "byte-level BPE ({} model, pre-tokenizer {pre})",
+                self.model_name
+            ),
             None => format!("SentencePiece ({} model)", self.model_name),
         }
     }
@@ -136,7 +158,10 @@ impl Tokenizer {
 
     /// The model's chat template, compiled.
     pub fn chat_template(&self) -> Result<Option<ChatTemplate>, TokenizerError> {
-        let text = |id: Option<u32>| id.map(|i| self.vocab.tokens[i as usize].clone()).unwrap_or_default();
+        let text = |id: Option<u32>| {
+            id.map(|i| self.vocab.tokens[i as usize].clone())
+                .unwrap_or_default()
+        };
         self.chat_template
             .as_deref()
             .map(|src| ChatTemplate::new(src, &text(self.vocab.bos), &text(self.vocab.eos)))
@@ -191,7 +216,9 @@ impl Tokenizer {
     /// their text only when `render_special` is set. Unknown ids give nothing.
     pub fn token_bytes(&self, id: u32, render_special: bool) -> &[u8] {
         let i = id as usize;
-        let Some(kind) = self.vocab.kind(id) else { return &[] };
+        let Some(kind) = self.vocab.kind(id) else {
+            return &[];
+        };
         if !render_special && matches!(kind, TokenKind::Control | TokenKind::Unknown) {
             return &[];
         }
@@ -204,7 +231,8 @@ impl Tokenizer {
         for (k, &id) in ids.iter().enumerate() {
             let piece = self.token_bytes(id, render_special);
             // SentencePiece models that prefix a space strip it from the first token.
-            let piece = if k == 0 && self.vocab.add_space_prefix && matches!(self.model, Model::Spm) {
+            let piece = if k == 0 && self.vocab.add_space_prefix && matches!(self.model, Model::Spm)
+            {
                 piece.strip_prefix(b" ").unwrap_or(piece)
             } else {
                 piece

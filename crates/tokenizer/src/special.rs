@@ -30,7 +30,10 @@ pub fn partition<'a>(
             continue;
         }
         let tok = &vocab.tokens[id as usize];
-        if !frags.iter().any(|f| matches!(f, Fragment::Text(t) if t.contains(tok.as_str()))) {
+        if !frags
+            .iter()
+            .any(|f| matches!(f, Fragment::Text(t) if t.contains(tok.as_str())))
+        {
             continue;
         }
         let mut next = Vec::with_capacity(frags.len() + 2);

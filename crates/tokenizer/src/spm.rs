@@ -39,7 +39,9 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     /// Highest score first; on equal scores the leftmost pair first.
     fn cmp(&self, o: &Self) -> Ordering {
-        self.score.total_cmp(&o.score).then_with(|| o.left.cmp(&self.left))
+        self.score
+            .total_cmp(&o.score)
+            .then_with(|| o.left.cmp(&self.left))
     }
 }
 
@@ -72,11 +74,18 @@ pub fn encode(vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
                    left: Option<usize>,
                    right: Option<usize>,
                    queue: &mut BinaryHeap<Bigram>| {
-        let (Some(l), Some(r)) = (left, right) else { return };
+        let (Some(l), Some(r)) = (left, right) else {
+            return;
+        };
         let (a, b) = (&symbols[l], &symbols[r]);
         let piece = &text[a.start..b.start + b.len];
         if let Some(id) = vocab.id(piece) {
-            queue.push(Bigram { score: score(id), left: l, right: r, size: piece.len() });
+            queue.push(Bigram {
+                score: score(id),
+                left: l,
+                right: r,
+                size: piece.len(),
+            });
         }
     };
     for i in 1..n {
@@ -84,7 +93,8 @@ pub fn encode(vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
     }
     while let Some(bg) = queue.pop() {
         let (l, r) = (bg.left, bg.right);
-        if symbols[l].len == 0 || symbols[r].len == 0 || symbols[l].len + symbols[r].len != bg.size {
+        if symbols[l].len == 0 || symbols[r].len == 0 || symbols[l].len + symbols[r].len != bg.size
+        {
             continue;
         }
         symbols[l].len += symbols[r].len;

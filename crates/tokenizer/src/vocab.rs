@@ -73,12 +73,14 @@ impl Vocab {
         let tokens = m.strings("tokenizer.ggml.tokens")?.to_vec();
         let n = tokens.len();
         if n == 0 {
-            return Err(TokenizerError::Invalid("tokenizer.ggml.tokens is empty".into()));
+            return Err(TokenizerError::Invalid(
+                "tokenizer.ggml.tokens is empty".into(),
+            ));
         }
         let kinds = match m.opt("tokenizer.ggml.token_type", Metadata::array)? {
-            Some(a) if a.len() == n => {
-                (0..n).map(|i| TokenKind::from_gguf(a.int_at(i).unwrap_or(1))).collect()
-            }
+            Some(a) if a.len() == n => (0..n)
+                .map(|i| TokenKind::from_gguf(a.int_at(i).unwrap_or(1)))
+                .collect(),
             Some(a) => {
                 return Err(TokenizerError::Invalid(format!(
                     "tokenizer.ggml.token_type has {} entries for {n} tokens",
@@ -88,7 +90,9 @@ impl Vocab {
             None => vec![TokenKind::Normal; n],
         };
         let scores = match m.opt("tokenizer.ggml.scores", Metadata::array)? {
-            Some(a) if a.len() == n => (0..n).map(|i| a.float_at(i).unwrap_or(0.0) as f32).collect(),
+            Some(a) if a.len() == n => (0..n)
+                .map(|i| a.float_at(i).unwrap_or(0.0) as f32)
+                .collect(),
             Some(Array::F32(v)) if v.is_empty() => Vec::new(),
             Some(a) => {
                 return Err(TokenizerError::Invalid(format!(
@@ -119,8 +123,12 @@ impl Vocab {
             eos: id("tokenizer.ggml.eos_token_id")?,
             unk: id("tokenizer.ggml.unknown_token_id")?,
             pad: id("tokenizer.ggml.padding_token_id")?,
-            add_bos: m.opt("tokenizer.ggml.add_bos_token", Metadata::bool)?.unwrap_or(spm),
-            add_eos: m.opt("tokenizer.ggml.add_eos_token", Metadata::bool)?.unwrap_or(false),
+            add_bos: m
+                .opt("tokenizer.ggml.add_bos_token", Metadata::bool)?
+                .unwrap_or(spm),
+            add_eos: m
+                .opt("tokenizer.ggml.add_eos_token", Metadata::bool)?
+                .unwrap_or(false),
             add_space_prefix: m
                 .opt("tokenizer.ggml.add_space_prefix", Metadata::bool)?
                 .unwrap_or(spm),
@@ -187,7 +195,11 @@ impl Vocab {
             })
             .collect();
         // Stable sort: equal lengths keep id order.
-        ids.sort_by(|a, b| self.tokens[*b as usize].len().cmp(&self.tokens[*a as usize].len()));
+        ids.sort_by(|a, b| {
+            self.tokens[*b as usize]
+                .len()
+                .cmp(&self.tokens[*a as usize].len())
+        });
         ids
     }
 }

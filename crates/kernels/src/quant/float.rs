@@ -4,11 +4,13 @@
 use half::{bf16, f16};
 
 fn halves(src: &[u8]) -> impl Iterator<Item = u16> + '_ {
-    src.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+    src.chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
 }
 
 fn floats(src: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    src.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    src.chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 pub fn f32_to_f32(src: &[u8], dst: &mut [f32]) {

@@ -19,7 +19,13 @@ struct Unpacked {
 
 impl Unpacked {
     fn zeroed() -> Self {
-        Unpacked { q: [0; QK_K], scale: [0; 16], min: [0; 16], d: 0.0, dmin: 0.0 }
+        Unpacked {
+            q: [0; QK_K],
+            scale: [0; 16],
+            min: [0; 16],
+            d: 0.0,
+            dmin: 0.0,
+        }
     }
 
     fn dequantize(&self, y: &mut [f32]) {
@@ -36,7 +42,9 @@ impl Unpacked {
         let mut isum = 0i32;
         let mut msum = 0i32;
         for g in 0..16 {
-            let s: i32 = (16 * g..16 * g + 16).map(|e| self.q[e] as i32 * y.q(e)).sum();
+            let s: i32 = (16 * g..16 * g + 16)
+                .map(|e| self.q[e] as i32 * y.q(e))
+                .sum();
             isum += self.scale[g] * s;
             msum += self.min[g] * y.bsum(g);
         }
@@ -141,7 +149,10 @@ macro_rules! kquant_fns {
     ($block:ty, $unpack:ident, $dequant:ident, $dot:ident) => {
         pub fn $dequant(src: &[u8], dst: &mut [f32]) {
             let mut u = Unpacked::zeroed();
-            for (b, y) in as_blocks::<$block>(src).iter().zip(dst.chunks_exact_mut(QK_K)) {
+            for (b, y) in as_blocks::<$block>(src)
+                .iter()
+                .zip(dst.chunks_exact_mut(QK_K))
+            {
                 $unpack(b, &mut u);
                 u.dequantize(y);
             }
@@ -167,7 +178,10 @@ kquant_fns!(BlockQ5K, unpack_q5_k, dequant_q5_k, dot_q5_k_q8_k);
 kquant_fns!(BlockQ6K, unpack_q6_k, dequant_q6_k, dot_q6_k_q8_k);
 
 pub fn dequant_q8_k(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in as_blocks::<BlockQ8K>(src).iter().zip(dst.chunks_exact_mut(QK_K)) {
+    for (b, y) in as_blocks::<BlockQ8K>(src)
+        .iter()
+        .zip(dst.chunks_exact_mut(QK_K))
+    {
         let d = b.scale();
         for (e, v) in y.iter_mut().enumerate() {
             *v = d * b.q(e) as f32;
@@ -197,7 +211,10 @@ pub fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
             *q = r as i8 as u8;
         }
         for g in 0..16 {
-            let s: i32 = b.qs[16 * g..16 * g + 16].iter().map(|&q| q as i8 as i32).sum();
+            let s: i32 = b.qs[16 * g..16 * g + 16]
+                .iter()
+                .map(|&q| q as i8 as i32)
+                .sum();
             let bytes = (s as i16).to_le_bytes();
             b.bsums[2 * g] = bytes[0];
             b.bsums[2 * g + 1] = bytes[1];

@@ -25,7 +25,10 @@ fn high_bit(qh: &[u8; 4], j: usize) -> i32 {
 }
 
 pub fn dequant_q4_0(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in as_blocks::<BlockQ4_0>(src).iter().zip(dst.chunks_exact_mut(QK)) {
+    for (b, y) in as_blocks::<BlockQ4_0>(src)
+        .iter()
+        .zip(dst.chunks_exact_mut(QK))
+    {
         let d = f16_at(b.d);
         for (j, v) in y.iter_mut().enumerate() {
             *v = (nibble(&b.qs, j) - 8) as f32 * d;
@@ -34,7 +37,10 @@ pub fn dequant_q4_0(src: &[u8], dst: &mut [f32]) {
 }
 
 pub fn dequant_q4_1(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in as_blocks::<BlockQ4_1>(src).iter().zip(dst.chunks_exact_mut(QK)) {
+    for (b, y) in as_blocks::<BlockQ4_1>(src)
+        .iter()
+        .zip(dst.chunks_exact_mut(QK))
+    {
         let (d, m) = (f16_at(b.d), f16_at(b.m));
         for (j, v) in y.iter_mut().enumerate() {
             *v = nibble(&b.qs, j) as f32 * d + m;
@@ -43,7 +49,10 @@ pub fn dequant_q4_1(src: &[u8], dst: &mut [f32]) {
 }
 
 pub fn dequant_q5_0(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in as_blocks::<BlockQ5_0>(src).iter().zip(dst.chunks_exact_mut(QK)) {
+    for (b, y) in as_blocks::<BlockQ5_0>(src)
+        .iter()
+        .zip(dst.chunks_exact_mut(QK))
+    {
         let d = f16_at(b.d);
         for (j, v) in y.iter_mut().enumerate() {
             *v = ((nibble(&b.qs, j) | high_bit(&b.qh, j)) - 16) as f32 * d;
@@ -52,7 +61,10 @@ pub fn dequant_q5_0(src: &[u8], dst: &mut [f32]) {
 }
 
 pub fn dequant_q5_1(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in as_blocks::<BlockQ5_1>(src).iter().zip(dst.chunks_exact_mut(QK)) {
+    for (b, y) in as_blocks::<BlockQ5_1>(src)
+        .iter()
+        .zip(dst.chunks_exact_mut(QK))
+    {
         let (d, m) = (f16_at(b.d), f16_at(b.m));
         for (j, v) in y.iter_mut().enumerate() {
             *v = (nibble(&b.qs, j) | high_bit(&b.qh, j)) as f32 * d + m;
@@ -61,7 +73,10 @@ pub fn dequant_q5_1(src: &[u8], dst: &mut [f32]) {
 }
 
 pub fn dequant_q8_0(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in as_blocks::<BlockQ8_0>(src).iter().zip(dst.chunks_exact_mut(QK)) {
+    for (b, y) in as_blocks::<BlockQ8_0>(src)
+        .iter()
+        .zip(dst.chunks_exact_mut(QK))
+    {
         let d = f16_at(b.d);
         for (v, q) in y.iter_mut().zip(b.qs) {
             *v = (q as i8) as f32 * d;
@@ -70,7 +85,10 @@ pub fn dequant_q8_0(src: &[u8], dst: &mut [f32]) {
 }
 
 pub fn dequant_q8_1(src: &[u8], dst: &mut [f32]) {
-    for (b, y) in as_blocks::<BlockQ8_1>(src).iter().zip(dst.chunks_exact_mut(QK)) {
+    for (b, y) in as_blocks::<BlockQ8_1>(src)
+        .iter()
+        .zip(dst.chunks_exact_mut(QK))
+    {
         let d = f16_at(b.d);
         for (v, q) in y.iter_mut().zip(b.qs) {
             *v = (q as i8) as f32 * d;
@@ -138,7 +156,11 @@ fn accumulate(acc: &mut [f32; LANES], d: f32, lanes: &[f32; LANES]) {
 
 pub fn dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = [0.0f32; LANES];
-    for (x, y) in as_blocks::<BlockQ4_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(n / QK) {
+    for (x, y) in as_blocks::<BlockQ4_0>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8_0>(a))
+        .take(n / QK)
+    {
         let l = lane_sums(|j| (nibble(&x.qs, j) - 8) * q8(&y.qs, j));
         accumulate(&mut acc, f16_at(x.d) * f16_at(y.d), &l);
     }
@@ -148,7 +170,11 @@ pub fn dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 pub fn dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut summs = 0.0f32;
-    for (x, y) in as_blocks::<BlockQ4_1>(w).iter().zip(as_blocks::<BlockQ8_1>(a)).take(n / QK) {
+    for (x, y) in as_blocks::<BlockQ4_1>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8_1>(a))
+        .take(n / QK)
+    {
         summs += f16_at(x.m) * f16_at(y.s);
         let l = lane_sums(|j| nibble(&x.qs, j) * q8(&y.qs, j));
         accumulate(&mut acc, f16_at(x.d) * f16_at(y.d), &l);
@@ -158,7 +184,11 @@ pub fn dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 pub fn dot_q5_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = [0.0f32; LANES];
-    for (x, y) in as_blocks::<BlockQ5_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(n / QK) {
+    for (x, y) in as_blocks::<BlockQ5_0>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8_0>(a))
+        .take(n / QK)
+    {
         let l = lane_sums(|j| ((nibble(&x.qs, j) | high_bit(&x.qh, j)) - 16) * q8(&y.qs, j));
         accumulate(&mut acc, f16_at(x.d) * f16_at(y.d), &l);
     }
@@ -168,7 +198,11 @@ pub fn dot_q5_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 pub fn dot_q5_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut summs = 0.0f32;
-    for (x, y) in as_blocks::<BlockQ5_1>(w).iter().zip(as_blocks::<BlockQ8_1>(a)).take(n / QK) {
+    for (x, y) in as_blocks::<BlockQ5_1>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8_1>(a))
+        .take(n / QK)
+    {
         summs += f16_at(x.m) * f16_at(y.s);
         let l = lane_sums(|j| (nibble(&x.qs, j) | high_bit(&x.qh, j)) * q8(&y.qs, j));
         accumulate(&mut acc, f16_at(x.d) * f16_at(y.d), &l);
@@ -178,7 +212,11 @@ pub fn dot_q5_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 pub fn dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = [0.0f32; LANES];
-    for (x, y) in as_blocks::<BlockQ8_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(n / QK) {
+    for (x, y) in as_blocks::<BlockQ8_0>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8_0>(a))
+        .take(n / QK)
+    {
         let l = lane_sums(|j| q8(&x.qs, j) * q8(&y.qs, j));
         accumulate(&mut acc, f16_at(x.d) * f16_at(y.d), &l);
     }

@@ -78,6 +78,7 @@ pub struct TypeTraits {
     pub vec_dot: Option<VecDotFn>,
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn row(
     ty: GgmlType,
     name: &'static str,
@@ -88,7 +89,16 @@ const fn row(
     vec_dot_type: GgmlType,
     vec_dot: Option<VecDotFn>,
 ) -> TypeTraits {
-    TypeTraits { ty, name, block_elems, block_bytes, to_f32, from_f32, vec_dot_type, vec_dot }
+    TypeTraits {
+        ty,
+        name,
+        block_elems,
+        block_bytes,
+        to_f32,
+        from_f32,
+        vec_dot_type,
+        vec_dot,
+    }
 }
 
 const fn shape_only(ty: GgmlType, name: &'static str, elems: usize, bytes: usize) -> TypeTraits {
@@ -99,21 +109,156 @@ use GgmlType as T;
 
 /// The table. Geometry rows come first for every type; kernels where the engine has them.
 pub static TRAITS: &[TypeTraits] = &[
-    row(T::F32, "F32", 1, 4, Some(float::f32_to_f32), Some(float::f32_from_f32), T::F32, Some(float::dot_f32)),
-    row(T::F16, "F16", 1, 2, Some(float::f16_to_f32), Some(float::f16_from_f32), T::F16, Some(float::dot_f16)),
-    row(T::BF16, "BF16", 1, 2, Some(float::bf16_to_f32), Some(float::bf16_from_f32), T::BF16, Some(float::dot_bf16)),
-    row(T::Q4_0, "Q4_0", 32, 18, Some(legacy::dequant_q4_0), None, T::Q8_0, Some(legacy::dot_q4_0_q8_0)),
-    row(T::Q4_1, "Q4_1", 32, 20, Some(legacy::dequant_q4_1), None, T::Q8_1, Some(legacy::dot_q4_1_q8_1)),
-    row(T::Q5_0, "Q5_0", 32, 22, Some(legacy::dequant_q5_0), None, T::Q8_0, Some(legacy::dot_q5_0_q8_0)),
-    row(T::Q5_1, "Q5_1", 32, 24, Some(legacy::dequant_q5_1), None, T::Q8_1, Some(legacy::dot_q5_1_q8_1)),
-    row(T::Q8_0, "Q8_0", 32, 34, Some(legacy::dequant_q8_0), Some(legacy::quantize_q8_0), T::Q8_0, Some(legacy::dot_q8_0_q8_0)),
-    row(T::Q8_1, "Q8_1", 32, 36, Some(legacy::dequant_q8_1), Some(legacy::quantize_q8_1), T::Q8_1, None),
-    row(T::Q2_K, "Q2_K", 256, 84, Some(kquants::dequant_q2_k), None, T::Q8_K, Some(kquants::dot_q2_k_q8_k)),
-    row(T::Q3_K, "Q3_K", 256, 110, Some(kquants::dequant_q3_k), None, T::Q8_K, Some(kquants::dot_q3_k_q8_k)),
-    row(T::Q4_K, "Q4_K", 256, 144, Some(kquants::dequant_q4_k), None, T::Q8_K, Some(kquants::dot_q4_k_q8_k)),
-    row(T::Q5_K, "Q5_K", 256, 176, Some(kquants::dequant_q5_k), None, T::Q8_K, Some(kquants::dot_q5_k_q8_k)),
-    row(T::Q6_K, "Q6_K", 256, 210, Some(kquants::dequant_q6_k), None, T::Q8_K, Some(kquants::dot_q6_k_q8_k)),
-    row(T::Q8_K, "Q8_K", 256, 292, Some(kquants::dequant_q8_k), Some(kquants::quantize_q8_k), T::Q8_K, None),
+    row(
+        T::F32,
+        "F32",
+        1,
+        4,
+        Some(float::f32_to_f32),
+        Some(float::f32_from_f32),
+        T::F32,
+        Some(float::dot_f32),
+    ),
+    row(
+        T::F16,
+        "F16",
+        1,
+        2,
+        Some(float::f16_to_f32),
+        Some(float::f16_from_f32),
+        T::F16,
+        Some(float::dot_f16),
+    ),
+    row(
+        T::BF16,
+        "BF16",
+        1,
+        2,
+        Some(float::bf16_to_f32),
+        Some(float::bf16_from_f32),
+        T::BF16,
+        Some(float::dot_bf16),
+    ),
+    row(
+        T::Q4_0,
+        "Q4_0",
+        32,
+        18,
+        Some(legacy::dequant_q4_0),
+        None,
+        T::Q8_0,
+        Some(legacy::dot_q4_0_q8_0),
+    ),
+    row(
+        T::Q4_1,
+        "Q4_1",
+        32,
+        20,
+        Some(legacy::dequant_q4_1),
+        None,
+        T::Q8_1,
+        Some(legacy::dot_q4_1_q8_1),
+    ),
+    row(
+        T::Q5_0,
+        "Q5_0",
+        32,
+        22,
+        Some(legacy::dequant_q5_0),
+        None,
+        T::Q8_0,
+        Some(legacy::dot_q5_0_q8_0),
+    ),
+    row(
+        T::Q5_1,
+        "Q5_1",
+        32,
+        24,
+        Some(legacy::dequant_q5_1),
+        None,
+        T::Q8_1,
+        Some(legacy::dot_q5_1_q8_1),
+    ),
+    row(
+        T::Q8_0,
+        "Q8_0",
+        32,
+        34,
+        Some(legacy::dequant_q8_0),
+        Some(legacy::quantize_q8_0),
+        T::Q8_0,
+        Some(legacy::dot_q8_0_q8_0),
+    ),
+    row(
+        T::Q8_1,
+        "Q8_1",
+        32,
+        36,
+        Some(legacy::dequant_q8_1),
+        Some(legacy::quantize_q8_1),
+        T::Q8_1,
+        None,
+    ),
+    row(
+        T::Q2_K,
+        "Q2_K",
+        256,
+        84,
+        Some(kquants::dequant_q2_k),
+        None,
+        T::Q8_K,
+        Some(kquants::dot_q2_k_q8_k),
+    ),
+    row(
+        T::Q3_K,
+        "Q3_K",
+        256,
+        110,
+        Some(kquants::dequant_q3_k),
+        None,
+        T::Q8_K,
+        Some(kquants::dot_q3_k_q8_k),
+    ),
+    row(
+        T::Q4_K,
+        "Q4_K",
+        256,
+        144,
+        Some(kquants::dequant_q4_k),
+        None,
+        T::Q8_K,
+        Some(kquants::dot_q4_k_q8_k),
+    ),
+    row(
+        T::Q5_K,
+        "Q5_K",
+        256,
+        176,
+        Some(kquants::dequant_q5_k),
+        None,
+        T::Q8_K,
+        Some(kquants::dot_q5_k_q8_k),
+    ),
+    row(
+        T::Q6_K,
+        "Q6_K",
+        256,
+        210,
+        Some(kquants::dequant_q6_k),
+        None,
+        T::Q8_K,
+        Some(kquants::dot_q6_k_q8_k),
+    ),
+    row(
+        T::Q8_K,
+        "Q8_K",
+        256,
+        292,
+        Some(kquants::dequant_q8_k),
+        Some(kquants::quantize_q8_k),
+        T::Q8_K,
+        None,
+    ),
     shape_only(T::IQ2_XXS, "IQ2_XXS", 256, 66),
     shape_only(T::IQ2_XS, "IQ2_XS", 256, 74),
     shape_only(T::IQ3_XXS, "IQ3_XXS", 256, 98),
@@ -143,7 +288,10 @@ impl GgmlType {
 
     /// The type whose name is `name` (as GGML spells it, case-insensitive: `q4_k`, `Q8_0`, `f16`).
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        TRAITS.iter().find(|t| t.name.eq_ignore_ascii_case(name)).map(|t| t.ty)
+        TRAITS
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+            .map(|t| t.ty)
     }
 
     /// This type's row of the table.
@@ -174,7 +322,7 @@ impl GgmlType {
     /// size overflows.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
         let t = self.traits();
-        if n % t.block_elems != 0 {
+        if !n.is_multiple_of(t.block_elems) {
             return None;
         }
         (n / t.block_elems).checked_mul(t.block_bytes)

@@ -15,7 +15,9 @@ use crate::quant::blocks::*;
 /// Half to float with F16C.
 #[inline(always)]
 unsafe fn h(b: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
+    ))
 }
 
 #[inline(always)]
@@ -38,7 +40,12 @@ unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
 #[inline(always)]
 unsafe fn bits_to_bytes(qh: &[u8; 4]) -> __m256i {
     let x = u32::from_le_bytes(*qh) as i32;
-    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0,
+    );
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x), shuf);
     let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
     _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
@@ -65,7 +72,11 @@ unsafe fn load32(qs: &[u8; 32]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for (x, y) in as_blocks::<BlockQ4_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(n / QK) {
+    for (x, y) in as_blocks::<BlockQ4_0>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8_0>(a))
+        .take(n / QK)
+    {
         let d = _mm256_set1_ps(h(x.d) * h(y.d));
         let qx = _mm256_sub_epi8(nibbles(&x.qs), _mm256_set1_epi8(8));
         acc = _mm256_fmadd_ps(d, dot_s8(qx, load32(&y.qs)), acc);
@@ -77,7 +88,11 @@ pub unsafe fn dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 pub unsafe fn dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0.0f32;
-    for (x, y) in as_blocks::<BlockQ4_1>(w).iter().zip(as_blocks::<BlockQ8_1>(a)).take(n / QK) {
+    for (x, y) in as_blocks::<BlockQ4_1>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8_1>(a))
+        .take(n / QK)
+    {
         summs += h(x.m) * h(y.s);
         let d = _mm256_set1_ps(h(x.d) * h(y.d));
         acc = _mm256_fmadd_ps(d, dot_us8(nibbles(&x.qs), load32(&y.qs)), acc);
@@ -88,7 +103,11 @@ pub unsafe fn dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q5_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for (x, y) in as_blocks::<BlockQ5_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(n / QK) {
+    for (x, y) in as_blocks::<BlockQ5_0>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8_0>(a))
+        .take(n / QK)
+    {
         let d = _mm256_set1_ps(h(x.d) * h(y.d));
         let hi = _mm256_andnot_si256(bits_to_bytes(&x.qh), _mm256_set1_epi8(0xF0u8 as i8));
         let qx = _mm256_or_si256(nibbles(&x.qs), hi);
@@ -101,7 +120,11 @@ pub unsafe fn dot_q5_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
 pub unsafe fn dot_q5_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0.0f32;
-    for (x, y) in as_blocks::<BlockQ5_1>(w).iter().zip(as_blocks::<BlockQ8_1>(a)).take(n / QK) {
+    for (x, y) in as_blocks::<BlockQ5_1>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8_1>(a))
+        .take(n / QK)
+    {
         summs += h(x.m) * h(y.s);
         let hi = _mm256_and_si256(bits_to_bytes(&x.qh), _mm256_set1_epi8(0x10));
         let qx = _mm256_or_si256(nibbles(&x.qs), hi);
@@ -114,7 +137,11 @@ pub unsafe fn dot_q5_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for (x, y) in as_blocks::<BlockQ8_0>(w).iter().zip(as_blocks::<BlockQ8_0>(a)).take(n / QK) {
+    for (x, y) in as_blocks::<BlockQ8_0>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8_0>(a))
+        .take(n / QK)
+    {
         let d = _mm256_set1_ps(h(x.d) * h(y.d));
         acc = _mm256_fmadd_ps(d, dot_s8(load32(&x.qs), load32(&y.qs)), acc);
     }

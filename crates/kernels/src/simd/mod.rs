@@ -2,7 +2,7 @@
 //! They compute exactly what the scalar reference does (same operations, same order).
 
 #[cfg(target_arch = "x86_64")]
-pub mod avx2;
+pub(crate) mod avx2;
 
 use crate::dispatch::Isa;
 use crate::quant::{GgmlType, VecDotFn};

@@ -1,0 +1,171 @@
+//! `torchless bench`: prompt processing and generation speed, llama-bench style — mean and
+//! standard deviation over repetitions, peak memory, the kernel path, and the memory-bandwidth
+//! bound of generation (weight bytes read per token over a measured read bandwidth).
+
+use std::time::Instant;
+
+use torchless_model::{Model, Session, SessionOptions};
+
+use crate::options::{CliError, ModelOpts};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelOpts,
+    /// Prompt tokens of the prompt-processing test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Tokens of the generation test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub reps: usize,
+    /// Prompt tokens per forward pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    pub batch: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn stats(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Peak resident memory of this process in bytes (Linux), if known.
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Deterministic token ids spread over the vocabulary.
+fn tokens(n: usize, vocab: usize) -> Vec<u32> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab as u64) as u32
+        })
+        .collect()
+}
+
+fn pp(model: &Model, n: usize, batch: usize) -> Result<f64, CliError> {
+    let toks = tokens(n, model.config().vocab);
+    let mut s = Session::new(
+        model,
+        SessionOptions {
+            n_ctx: n + 1,
+            n_batch: batch,
+            ..SessionOptions::default()
+        },
+    );
+    let t = Instant::now();
+    s.eval(&toks)?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+fn tg(model: &Model, n: usize) -> Result<f64, CliError> {
+    let toks = tokens(n, model.config().vocab);
+    let mut s = Session::new(
+        model,
+        SessionOptions {
+            n_ctx: n + 1,
+            n_batch: 1,
+            ..SessionOptions::default()
+        },
+    );
+    let t = Instant::now();
+    for tok in &toks {
+        s.eval(std::slice::from_ref(tok))?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let model = a.model.load()?;
+    let path = a.model.path()?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let size = model.file().file_size();
+    let mut results = Vec::new();
+    let mut run_test =
+        |label: String, f: &dyn Fn() -> Result<f64, CliError>| -> Result<(), CliError> {
+            eprint!("bench: {label} warm-up");
+            f()?;
+            let mut xs = Vec::with_capacity(a.reps);
+            for r in 0..a.reps.max(1) {
+                eprint!("\rbench: {label} run {}/{}   ", r + 1, a.reps.max(1));
+                xs.push(f()?);
+            }
+            eprintln!();
+            let (mean, sd) = stats(&xs);
+            results.push((label, mean, sd, xs));
+            Ok(())
+        };
+    if a.n_prompt > 0 {
+        run_test(format!("pp{}", a.n_prompt), &|| {
+            pp(&model, a.n_prompt, a.batch)
+        })?;
+    }
+    if a.n_gen > 0 {
+        run_test(format!("tg{}", a.n_gen), &|| tg(&model, a.n_gen))?;
+    }
+    let pool = torchless_kernels::ThreadPool::new(model.threads());
+    let bw = torchless_kernels::bandwidth::measure_read(&pool, 512 << 20, 5);
+    let bytes_per_token = model.weights().bytes_per_token();
+    let bound = bw / bytes_per_token as f64;
+    let peak = peak_rss();
+    let isa = model.kernels().isa().name();
+    if a.json {
+        let j = serde_json::json!({
+            "model": name, "model_bytes": size, "threads": model.threads(), "kernels": isa,
+            "results": results.iter().map(|(l, m, s, xs)| serde_json::json!({"test": l, "tokens_per_s": m, "stddev": s, "samples": xs})).collect::<Vec<_>>(),
+            "peak_rss_bytes": peak, "read_bandwidth_bytes_per_s": bw,
+            "weight_bytes_per_token": bytes_per_token, "generation_bound_tokens_per_s": bound,
+        });
+        println!("{j:#}");
+        return Ok(());
+    }
+    println!("| model | size | threads | kernels | test | t/s |");
+    println!("| --- | ---: | ---: | --- | ---: | ---: |");
+    for (label, mean, sd, _) in &results {
+        println!(
+            "| {name} | {:.1} MiB | {} | {isa} | {label} | {mean:.2} ± {sd:.2} |",
+            size as f64 / 1048576.0,
+            model.threads()
+        );
+    }
+    println!();
+    println!(
+        "peak memory: {}",
+        peak.map(|p| format!("{:.1} MiB", p as f64 / 1048576.0))
+            .unwrap_or_else(|| "unknown".into())
+    );
+    println!(
+        "read bandwidth: {:.1} GB/s; weights read per token: {:.1} MiB; generation bound: {:.1} t/s",
+        bw / 1e9,
+        bytes_per_token as f64 / 1048576.0,
+        bound
+    );
+    if let Some((_, mean, _, _)) = results.iter().find(|r| r.0.starts_with("tg")) {
+        println!(
+            "generation at {:.0}% of the bandwidth bound",
+            100.0 * mean / bound
+        );
+    }
+    Ok(())
+}

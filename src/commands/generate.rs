@@ -1,0 +1,225 @@
+//! `torchless generate`: prompt in, streamed text out, speeds on stderr (or one JSON object).
+
+use std::io::Write;
+
+use torchless_model::{generate, GenerateOptions, SamplerConfig, Session, SessionOptions};
+use torchless_tokenizer::{Message, TextStream};
+
+use crate::options::{parse_ids, CliError, ModelOpts};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelOpts,
+    /// The prompt.
+    #[arg(short = 'p', long)]
+    pub prompt: Option<String>,
+    /// Token ids to use as the prompt instead of text, e.g. 1,2,3.
+    #[arg(long, conflicts_with = "prompt")]
+    pub prompt_ids: Option<String>,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    pub n_predict: usize,
+    /// Sampling temperature; 0 picks the most likely token every time.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Render the prompt with the model's chat template, as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Context length (default: the model's, at most 4096).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
+    pub ctx: usize,
+    /// Prompt tokens per forward pass.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    pub batch: usize,
+    /// Print {prompt_ids, generated_ids, text, stop_reason, timings} as JSON instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the raw little-endian f32 logits of every evaluated position to this file.
+    #[arg(long)]
+    pub logits_out: Option<std::path::PathBuf>,
+    /// Keep generating after an end-of-generation token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    if a.prompt.is_none() && a.prompt_ids.is_none() {
+        return Err(CliError::Usage(
+            "give a prompt with -p TEXT or --prompt-ids 1,2,3".into(),
+        ));
+    }
+    let model = a.model.load()?;
+    let prompt_ids = match (&a.prompt_ids, &a.prompt) {
+        (Some(ids), _) => parse_ids(ids)?,
+        (None, Some(text)) => {
+            let tok = model.require_tokenizer()?;
+            let text = if a.chat {
+                let template = tok.chat_template()?.ok_or_else(|| {
+                    CliError::Usage(
+                        "this model has no chat template (tokenizer.chat_template); drop --chat"
+                            .into(),
+                    )
+                })?;
+                let mut msgs = Vec::new();
+                if let Some(s) = &a.system {
+                    msgs.push(Message::new("system", s.as_str()));
+                }
+                msgs.push(Message::new("user", text.as_str()));
+                template.render(&msgs, true)?
+            } else {
+                text.clone()
+            };
+            // A template that writes the BOS token itself must not get a second one.
+            let bos_text = tok
+                .vocab()
+                .bos
+                .and_then(|b| tok.token_text(b))
+                .unwrap_or_default();
+            let add_special = !(a.chat && !bos_text.is_empty() && text.starts_with(bos_text));
+            tok.encode(&text, add_special, true)?
+        }
+        (None, None) => Vec::new(),
+    };
+    if prompt_ids.is_empty() {
+        return Err(CliError::Usage("the prompt is empty".into()));
+    }
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let opts = GenerateOptions {
+        max_tokens: a.n_predict,
+        sampler: SamplerConfig {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            seed,
+        },
+        stop_at_eog: !a.ignore_eos,
+        record_logits: a.logits_out.is_some(),
+    };
+    let mut logits_file = match &a.logits_out {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
+            |source| CliError::Io {
+                what: "create",
+                path: p.display().to_string(),
+                source,
+            },
+        )?)),
+        None => None,
+    };
+    let mut write_err = None;
+    let mut session = Session::new(
+        &model,
+        SessionOptions {
+            n_ctx: a.ctx,
+            n_batch: a.batch,
+            ..SessionOptions::default()
+        },
+    );
+    if prompt_ids.len() > session.n_ctx() {
+        return Err(torchless_model::ModelError::ContextFull {
+            need: prompt_ids.len(),
+            max: session.n_ctx(),
+        }
+        .into());
+    }
+    let tok = model.tokenizer();
+    let mut stream = TextStream::new();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let streaming = !a.json;
+    let result = generate(
+        &mut session,
+        &prompt_ids,
+        &opts,
+        |row| {
+            if let Some(f) = logits_file.as_mut() {
+                let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+                if let Err(e) = f.write_all(&bytes) {
+                    write_err.get_or_insert(e);
+                }
+            }
+        },
+        |t| {
+            if streaming {
+                if let Some(tok) = tok {
+                    let text = stream.push(tok.token_bytes(t, false));
+                    // A closed stdout (e.g. `| head`) ends generation quietly.
+                    return out
+                        .write_all(text.as_bytes())
+                        .and_then(|_| out.flush())
+                        .is_ok();
+                }
+            }
+            true
+        },
+    )?;
+    if streaming {
+        let _ = writeln!(out, "{}", stream.finish());
+    }
+    if let Some(mut f) = logits_file {
+        if let Some(e) = write_err.take().or_else(|| f.flush().err()) {
+            let path = a
+                .logits_out
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(CliError::Io {
+                what: "write logits to",
+                path,
+                source: e,
+            });
+        }
+    }
+    let t = result.timings;
+    if a.json {
+        let text = tok
+            .map(|t| t.decode(&result.generated, false))
+            .unwrap_or_default();
+        let j = serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "generated_ids": result.generated,
+            "text": text,
+            "stop_reason": result.stop.as_str(),
+            "timings": {
+                "prompt_tokens": t.prompt_tokens,
+                "prompt_ms": t.prompt_secs * 1e3,
+                "prompt_tokens_per_s": t.prompt_tps(),
+                "generated_tokens": result.generated.len(),
+                "generation_ms": t.gen_secs * 1e3,
+                "generation_tokens_per_s": t.gen_tps(),
+            },
+        });
+        let _ = writeln!(out, "{j}");
+    } else {
+        eprintln!(
+            "\nprompt: {} tokens, {:.1} tokens/s | generation: {} tokens, {:.1} tokens/s | stop: {}",
+            t.prompt_tokens,
+            t.prompt_tps(),
+            result.generated.len(),
+            t.gen_tps(),
+            result.stop.as_str()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `torchless info`: what a model file holds and what running it costs.
+
+use std::collections::BTreeMap;
+
+use torchless_gguf::{GgufFile, LoadMode};
+use torchless_model::{Arch, ModelConfig};
+use torchless_tokenizer::Tokenizer;
+
+use crate::options::{CliError, ModelOpts};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelOpts,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let path = a.model.path()?;
+    let load = |e| CliError::Load {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let file = GgufFile::open(&path, LoadMode::Mmap).map_err(|e| load(e.into()))?;
+    let m = file.metadata();
+    let meta_arch = m
+        .str("general.architecture")
+        .map_err(|e| load(e.into()))?
+        .to_string();
+    let arch = Arch::from_name(a.model.arch.as_deref().unwrap_or(&meta_arch));
+    let vocab = torchless_model::weights::Weights::vocab_of(&file).ok();
+    let config: Option<ModelConfig> = match (arch, vocab) {
+        (Some(arch), Some(v)) => {
+            Some(ModelConfig::from_metadata(m, arch, &meta_arch, v).map_err(load)?)
+        }
+        _ => None,
+    };
+    let mut types: BTreeMap<&'static str, (usize, u64, u64)> = BTreeMap::new();
+    for t in file.tensors() {
+        let e = types.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.n_elements();
+        e.2 += t.size;
+    }
+    let params: u64 = types.values().map(|v| v.1).sum();
+    let weight_bytes: u64 = types.values().map(|v| v.2).sum();
+    let tokenizer = Tokenizer::from_metadata(m).ok();
+    let kv_f16 = config
+        .as_ref()
+        .map(|c| (c.n_ctx_train as u64) * c.kv_bytes_per_token(2) as u64);
+
+    if a.json {
+        let j = serde_json::json!({
+            "file": path.display().to_string(),
+            "file_bytes": file.file_size(),
+            "gguf_version": file.version(),
+            "name": m.str("general.name").ok(),
+            "architecture": meta_arch,
+            "supported": arch.is_some(),
+            "config": config.as_ref().map(|c| serde_json::json!({
+                "layers": c.n_layers, "n_embd": c.n_embd, "n_ff": c.n_ff, "n_head": c.n_head,
+                "n_head_kv": c.n_head_kv, "head_dim": c.head_dim, "vocab": c.vocab,
+                "context_length": c.n_ctx_train, "rope_freq_base": c.rope.freq_base,
+                "rope_dims": c.rope.dims, "rope_style": format!("{:?}", c.rope.style), "norm_eps": c.norm_eps,
+            })),
+            "tensors": types.iter().map(|(k, v)| serde_json::json!({"type": k, "count": v.0, "elements": v.1, "bytes": v.2})).collect::<Vec<_>>(),
+            "parameters": params,
+            "weight_bytes": weight_bytes,
+            "kv_cache_bytes_at_context_f16": kv_f16,
+            "tokenizer": tokenizer.as_ref().map(|t| serde_json::json!({
+                "kind": t.describe(), "tokens": t.len(),
+                "bos": t.vocab().bos, "eos": t.vocab().eos, "add_bos": t.vocab().add_bos,
+                "chat_template": t.chat_template_source().is_some(),
+            })),
+        });
+        println!("{j:#}");
+        return Ok(());
+    }
+    println!(
+        "file            {} ({:.1} MiB, GGUF v{})",
+        path.display(),
+        mib(file.file_size()),
+        file.version()
+    );
+    if let Ok(n) = m.str("general.name") {
+        println!("name            {n}");
+    }
+    match &config {
+        Some(c) => {
+            println!("architecture    {meta_arch}");
+            println!("layers          {}", c.n_layers);
+            println!("embedding       {}", c.n_embd);
+            println!("feed-forward    {}", c.n_ff);
+            println!(
+                "heads           {} query, {} key/value, {} wide",
+                c.n_head, c.n_head_kv, c.head_dim
+            );
+            println!("vocabulary      {}", c.vocab);
+            println!("context         {} (trained)", c.n_ctx_train);
+            println!(
+                "rope            base {}, {} dims, {:?} layout, scale {}",
+                c.rope.freq_base, c.rope.dims, c.rope.style, c.rope.freq_scale
+            );
+            println!("norm epsilon    {:e}", c.norm_eps);
+        }
+        None => println!(
+            "architecture    {meta_arch} (not supported by this build: {})",
+            Arch::supported()
+        ),
+    }
+    println!("parameters      {:.1} M", params as f64 / 1e6);
+    println!("tensors:");
+    for (k, v) in &types {
+        println!(
+            "  {:<8} {:>4} tensors {:>12} elements {:>9.1} MiB",
+            k,
+            v.0,
+            v.1,
+            mib(v.2)
+        );
+    }
+    match &tokenizer {
+        Some(t) => {
+            let name = |id: Option<u32>| {
+                id.and_then(|i| t.token_text(i))
+                    .map(|s| format!("{s:?}"))
+                    .unwrap_or_else(|| "none".into())
+            };
+            println!("tokenizer       {}, {} tokens", t.describe(), t.len());
+            println!(
+                "special         BOS {} (added: {}), EOS {}",
+                name(t.vocab().bos),
+                t.vocab().add_bos,
+                name(t.vocab().eos)
+            );
+            println!(
+                "chat template   {}",
+                if t.chat_template_source().is_some() {
+                    "present"
+                } else {
+                    "absent"
+                }
+            );
+        }
+        None => println!("tokenizer       none"),
+    }
+    println!(
+        "memory          weights {:.1} MiB{}",
+        mib(weight_bytes),
+        match (kv_f16, &config) {
+            (Some(kv), Some(c)) => format!(
+                ", KV cache {:.1} MiB at {} tokens (f16)",
+                mib(kv),
+                c.n_ctx_train
+            ),
+            _ => String::new(),
+        }
+    );
+    Ok(())
+}

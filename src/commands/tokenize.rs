@@ -1,0 +1,48 @@
+//! `torchless tokenize`: the token ids of a text (and their pieces with --json).
+
+use torchless_gguf::{GgufFile, LoadMode};
+use torchless_tokenizer::Tokenizer;
+
+use crate::options::{CliError, ModelOpts};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelOpts,
+    /// Recognise special-token texts such as <|im_start|> as their ids.
+    #[arg(long)]
+    pub special: bool,
+    /// Do not add the BOS token even if the model asks for it.
+    #[arg(long)]
+    pub no_bos: bool,
+    /// Print {"ids": [...], "pieces": [...]}.
+    #[arg(long)]
+    pub json: bool,
+    /// The text.
+    pub text: String,
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    // Only the metadata is needed: no weights are touched.
+    let path = a.model.path()?;
+    let load = |e| CliError::Load {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let file = GgufFile::open(&path, LoadMode::Mmap).map_err(|e| load(e.into()))?;
+    let tok = Tokenizer::from_metadata(file.metadata()).map_err(|e| load(e.into()))?;
+    let ids = tok.encode(&a.text, !a.no_bos, a.special)?;
+    if a.json {
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|&i| String::from_utf8_lossy(tok.token_bytes(i, true)).into_owned())
+            .collect();
+        println!("{}", serde_json::json!({ "ids": ids, "pieces": pieces }));
+    } else {
+        println!(
+            "{}",
+            ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+        );
+    }
+    Ok(())
+}

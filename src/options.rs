@@ -1,0 +1,100 @@
+//! Options shared by the commands that load a model, and the one place that turns them into a
+//! loaded [`Model`].
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use torchless_gguf::LoadMode;
+use torchless_model::{LoadOptions, Model, ModelError, Precision};
+
+/// The error of a command: what went wrong, in one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Hub(#[from] torchless_hub::HubError),
+    #[error("cannot load model '{path}': {source}")]
+    Load { path: String, source: ModelError },
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Tokenizer(#[from] torchless_tokenizer::TokenizerError),
+    #[error("cannot {what} '{path}': {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// File formats `--format` accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Decide from the file's contents.
+    Auto,
+    Gguf,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelOpts {
+    /// Model: a GGUF file, or a known model name (fetched on first use). Default: SmolLM2-135M-Instruct.
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<String>,
+    /// Force an architecture instead of the one the file names (e.g. llama, qwen2).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// File format.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: Format,
+    /// Read the whole file into memory instead of memory-mapping it.
+    #[arg(long)]
+    pub no_mmap: bool,
+    /// Compute threads (default: the number of physical cores).
+    #[arg(short = 't', long, default_value_t = 0)]
+    pub threads: usize,
+    /// Compute everything in f32 (dequantized weights, f32 activations and KV cache) instead of
+    /// llama.cpp's quantized-activation arithmetic.
+    #[arg(long)]
+    pub precise: bool,
+}
+
+impl ModelOpts {
+    /// The model file, fetched first if it is a known name not yet in the cache.
+    pub fn path(&self) -> Result<PathBuf, CliError> {
+        Ok(torchless_hub::resolve(self.model.as_deref())?)
+    }
+
+    pub fn load(&self) -> Result<Model, CliError> {
+        let path = self.path()?;
+        let opts = LoadOptions {
+            mode: if self.no_mmap {
+                LoadMode::Read
+            } else {
+                LoadMode::Mmap
+            },
+            arch: self.arch.clone(),
+            threads: self.threads,
+            precision: if self.precise {
+                Precision::F32
+            } else {
+                Precision::Reference
+            },
+        };
+        Model::load(&path, &opts).map_err(|source| CliError::Load {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// Parses "1,2,3" (spaces allowed) into token ids.
+pub fn parse_ids(s: &str) -> Result<Vec<u32>, CliError> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| CliError::Usage(format!("'{t}' in --prompt-ids is not a token id")))
+        })
+        .collect()
+}
