@@ -85,11 +85,14 @@ fn diff(a: &[f32], b: &[f32]) -> Diff {
 /// Checks the logits of prompt `i`; `argmax_margin` is the reference margin above which the
 /// argmax must agree (0.05 for the reference numerics).
 fn check_prompt_logits(model: &Model, i: usize, argmax_margin: f32) -> Diff {
+    check_logits_in(model, "smollm2-q4_1", i, argmax_margin)
+}
+
+/// Checks prompt `i` of the reference directory `dir` (tests/data/DIR/logits/).
+fn check_logits_in(model: &Model, dir: &str, i: usize, argmax_margin: f32) -> Diff {
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::data(&format!(
-            "smollm2-q4_1/logits/prompt{i}_top20.json"
-        )))
-        .unwrap(),
+        &std::fs::read_to_string(common::data(&format!("{dir}/logits/prompt{i}_top20.json")))
+            .unwrap(),
     )
     .unwrap();
     let ids = common::ids(&reference["prompt_ids"]);
@@ -118,12 +121,10 @@ fn check_prompt_logits(model: &Model, i: usize, argmax_margin: f32) -> Diff {
             "prompt {i} position {p}: top-10 overlap {overlap}"
         );
     }
-    let last = common::read_f32(&format!(
-        "smollm2-q4_1/logits/prompt{i}_last_logits.f32.bin"
-    ));
+    let last = common::read_f32(&format!("{dir}/logits/prompt{i}_last_logits.f32.bin"));
     let d = diff(rows.last().unwrap(), &last);
     eprintln!(
-        "prompt {i}: last-position mean |d| {:.4}, max |d| {:.4}, cosine {:.6}",
+        "{dir} prompt {i}: last-position mean |d| {:.4}, max |d| {:.4}, cosine {:.6}",
         d.mean, d.max, d.cosine
     );
     assert!(
@@ -188,8 +189,11 @@ fn precise_path_matches_transformers_in_f32() {
 
 #[test]
 fn greedy_generation_matches_until_the_first_near_tie() {
-    let model = smollm2();
-    for case in common::read_jsonl("smollm2-q4_1/greedy.jsonl") {
+    check_greedy_in(smollm2(), "smollm2-q4_1");
+}
+
+fn check_greedy_in(model: &Model, dir: &str) {
+    for case in common::read_jsonl(&format!("{dir}/greedy.jsonl")) {
         let prompt = common::ids(&case["prompt_ids"]);
         let want = common::ids(&case["generated_ids"]);
         let margins: Vec<f64> = case["top1_minus_top2_logit"]
@@ -253,4 +257,22 @@ fn perplexity_matches_llama_cpp_within_one_percent() {
         "error estimate {}",
         r.ppl_err
     );
+}
+
+fn qwen() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| {
+        Model::load(common::model("qwen2.5-coder-0.5b"), &LoadOptions::default()).expect("load")
+    })
+}
+
+#[test]
+fn qwen2_logits_match_llama_cpp() {
+    check_logits_in(qwen(), "qwen2.5-coder-0.5b-q4_k_m", 0, 0.05);
+    check_logits_in(qwen(), "qwen2.5-coder-0.5b-q4_k_m", 1, 0.05);
+}
+
+#[test]
+fn qwen2_greedy_generation_matches_until_the_first_near_tie() {
+    check_greedy_in(qwen(), "qwen2.5-coder-0.5b-q4_k_m");
 }

@@ -27,8 +27,18 @@ fn dump_enabled() -> bool {
     *ON.get_or_init(|| std::env::var_os("TORCHLESS_DUMP").is_some())
 }
 
-fn dump(name: &str, data: &[f32], rows: usize) {
-    if !dump_enabled() || rows == 0 {
+/// `dump!("name-{l}", data, rows)`: formats the name only when dumping is on, so the forward
+/// pass allocates nothing otherwise.
+macro_rules! dump {
+    ($($fmt:literal)+, $data:expr, $rows:expr) => {
+        if dump_enabled() {
+            dump_tensor(&format!($($fmt)+), $data, $rows);
+        }
+    };
+}
+
+fn dump_tensor(name: &str, data: &[f32], rows: usize) {
+    if rows == 0 {
         return;
     }
     if let Some(dir) = std::env::var_os("TORCHLESS_DUMP_DIR") {
@@ -184,7 +194,7 @@ impl Model {
                 &mut rope[t * rd..(t + 1) * rd],
             );
         }
-        dump("embd", &x[..n * d], n);
+        dump!("embd", &x[..n * d], n);
 
         let shape = |layer| AttnShape {
             layer,
@@ -202,7 +212,7 @@ impl Model {
                     &mut xn[t * d..(t + 1) * d],
                 );
             }
-            dump(&format!("attn_norm-{l}"), &xn[..n * d], n);
+            dump!("attn_norm-{l}", &xn[..n * d], n);
             self.project(
                 acts,
                 &xn[..n * d],
@@ -213,9 +223,9 @@ impl Model {
                     (&w.wv, &mut v[..n * kvd]),
                 ],
             )?;
-            dump(&format!("Qcur-{l}"), &q[..n * qd], n);
-            dump(&format!("Kcur-{l}"), &k[..n * kvd], n);
-            dump(&format!("Vcur-{l}"), &v[..n * kvd], n);
+            dump!("Qcur-{l}", &q[..n * qd], n);
+            dump!("Kcur-{l}", &k[..n * kvd], n);
+            dump!("Vcur-{l}", &v[..n * kvd], n);
             for (bias, buf, width) in [
                 (&w.bq, &mut *q, qd),
                 (&w.bk, &mut *k, kvd),
@@ -253,8 +263,8 @@ impl Model {
                     &v[t * kvd..(t + 1) * kvd],
                 );
             }
-            dump(&format!("Qrope-{l}"), &q[..n * qd], n);
-            dump(&format!("Krope-{l}"), &k[..n * kvd], n);
+            dump!("Qrope-{l}", &q[..n * qd], n);
+            dump!("Krope-{l}", &k[..n * kvd], n);
             attend(
                 &self.kernels,
                 &self.pool,
@@ -266,11 +276,11 @@ impl Model {
                 scores,
                 *max_ctx,
             );
-            dump(&format!("kqv_out-{l}"), &att[..n * qd], n);
+            dump!("kqv_out-{l}", &att[..n * qd], n);
             self.project(acts, &att[..n * qd], n, &mut [(&w.wo, &mut proj[..n * d])])?;
-            dump(&format!("attn_out-{l}"), &proj[..n * d], n);
+            dump!("attn_out-{l}", &proj[..n * d], n);
             torchless_kernels::ops::add_assign(&mut x[..n * d], &proj[..n * d]);
-            dump(&format!("ffn_inp-{l}"), &x[..n * d], n);
+            dump!("ffn_inp-{l}", &x[..n * d], n);
 
             for t in 0..n {
                 rms_norm(
@@ -289,8 +299,8 @@ impl Model {
                     (&w.w_up, &mut up[..n * ff]),
                 ],
             )?;
-            dump(&format!("ffn_gate-{l}"), &gate[..n * ff], n);
-            dump(&format!("ffn_up-{l}"), &up[..n * ff], n);
+            dump!("ffn_gate-{l}", &gate[..n * ff], n);
+            dump!("ffn_up-{l}", &up[..n * ff], n);
             for (g, u) in gate[..n * ff]
                 .chunks_exact_mut(ff)
                 .zip(up[..n * ff].chunks_exact(ff))
@@ -303,9 +313,9 @@ impl Model {
                 n,
                 &mut [(&w.w_down, &mut proj[..n * d])],
             )?;
-            dump(&format!("ffn_out-{l}"), &proj[..n * d], n);
+            dump!("ffn_out-{l}", &proj[..n * d], n);
             torchless_kernels::ops::add_assign(&mut x[..n * d], &proj[..n * d]);
-            dump(&format!("l_out-{l}"), &x[..n * d], n);
+            dump!("l_out-{l}", &x[..n * d], n);
         }
 
         out_rows.clear();
@@ -335,7 +345,7 @@ impl Model {
             n_out,
             &mut [(&self.weights.output, &mut logits[..n_out * c.vocab])],
         )?;
-        dump("result_output", &logits[..n_out * c.vocab], n_out);
+        dump!("result_output", &logits[..n_out * c.vocab], n_out);
         Ok(())
     }
 }

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Reference outputs of llama.cpp for a GGUF model, in the format of tests/data/smollm2-q4_1/.
+
+Runs llama.cpp through llama-cpp-python (n_ctx 512, whole prompt in one batch, no flash
+attention, f16 KV cache), as the project's shared reference data was made, and writes into OUT:
+  logits/prompt{i}_top20.json      top-20 (id, logit) at every prompt position
+  logits/prompt{i}_last_logits.f32.bin  the full last-position logits
+  greedy.jsonl                      greedy continuations with per-step top1-top2 margins
+
+Usage: bench/llama_cpp_reference.py MODEL.gguf OUT [--threads N]
+Needs llama_cpp importable (bench/compare.sh builds it; PYTHONPATH and LLAMA_CPP_LIB_PATH as it
+sets them).
+"""
+import argparse, json, os, sys
+
+import numpy as np
+from llama_cpp import Llama
+
+PROMPTS = [
+    ("plain", "def fibonacci(n):"),
+    ("plain", "The three primary colors are"),
+    ("chat", "Write a Python function that reverses a string."),
+    ("chat", "What is the capital of Japan?"),
+]
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("out")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=48)
+    a = ap.parse_args()
+    os.makedirs(os.path.join(a.out, "logits"), exist_ok=True)
+    m = Llama(model_path=a.model, n_ctx=512, n_batch=512, n_threads=a.threads, logits_all=True,
+              verbose=False, flash_attn=False)
+    vocab = m.n_vocab()
+    greedy = []
+    for i, (kind, text) in enumerate(PROMPTS):
+        if kind == "chat":
+            msgs = [{"role": "user", "content": text}]
+            rendered = m.tokenizer_.tokenize if False else None
+            from jinja2 import Template
+            tmpl = m.metadata.get("tokenizer.chat_template")
+            prompt = Template(tmpl).render(messages=msgs, add_generation_prompt=True,
+                                           bos_token="", eos_token="")
+        else:
+            prompt = text
+        ids = m.tokenize(prompt.encode(), add_bos=True, special=True)
+        m.reset()
+        m.eval(ids)
+        scores = np.array(m.scores[: len(ids)], dtype=np.float32)
+        top = []
+        for row in scores:
+            idx = np.argsort(-row, kind="stable")[:20]
+            top.append([[int(t), float(row[t])] for t in idx])
+        if i < 2:
+            json.dump({"prompt": prompt, "prompt_ids": ids, "n_vocab": vocab, "top20_per_position": top},
+                      open(os.path.join(a.out, "logits", f"prompt{i}_top20.json"), "w"))
+            scores[-1].astype("<f4").tofile(os.path.join(a.out, "logits", f"prompt{i}_last_logits.f32.bin"))
+        # Greedy: argmax (lowest id on ties), stop after an end-of-generation token.
+        gen, margins = [], []
+        row = scores[-1]
+        for _ in range(a.steps):
+            order = np.argsort(-row, kind="stable")
+            t = int(order[0])
+            gen.append(t)
+            margins.append(float(row[order[0]] - row[order[1]]))
+            if m._model.token_is_eog(t) if hasattr(m._model, "token_is_eog") else t == m.token_eos():
+                break
+            m.eval([t])
+            row = np.array(m.scores[m.n_tokens - 1], dtype=np.float32)
+        greedy.append({"kind": kind, "prompt": prompt, "prompt_ids": ids, "generated_ids": gen,
+                       "top1_minus_top2_logit": margins})
+    with open(os.path.join(a.out, "greedy.jsonl"), "w") as f:
+        for g in greedy:
+            f.write(json.dumps(g) + "\n")
+    print("wrote", a.out)
+
+if __name__ == "__main__":
+    main()
