@@ -21,6 +21,21 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// `x` rounded to this type.
     fn round(x: f32) -> f32;
+    /// Runs a SIMD version of [`attend_head`] if `k` has one for this element type and shape;
+    /// returns false otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_simd(
+        _k: &crate::Kernels,
+        _q: &[f32],
+        _kv: &PagedHead<Self>,
+        _n_kv: usize,
+        _scale: f32,
+        _order: Reduce,
+        _s: &mut HeadScratch<'_>,
+        _out: &mut [f32],
+    ) -> bool {
+        false
+    }
 }
 
 impl KvElem for f16 {
@@ -31,6 +46,43 @@ impl KvElem for f16 {
     #[inline(always)]
     fn round(x: f32) -> f32 {
         f16::from_f32(x).to_f32()
+    }
+    fn attend_simd(
+        k: &crate::Kernels,
+        q: &[f32],
+        kv: &PagedHead<Self>,
+        n_kv: usize,
+        scale: f32,
+        order: Reduce,
+        s: &mut HeadScratch<'_>,
+        out: &mut [f32],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fits = kv.head_dim % 8 == 0
+                && kv.block_size % 8 == 0
+                && q.len() >= kv.head_dim
+                && out.len() >= kv.head_dim
+                && s.qr.len() >= kv.head_dim
+                && s.scores.len() >= n_kv.div_ceil(8) * 8
+                && kv.blocks.len() * kv.block_size >= n_kv
+                && kv.blocks.iter().all(|&b| {
+                    kv.base + (b as usize + 1) * kv.block_stride
+                        <= kv.keys.len().min(kv.values.len())
+                });
+            if k.has_fma() && fits {
+                let s = HeadScratch {
+                    scores: &mut *s.scores,
+                    acc: &mut *s.acc,
+                    qr: &mut *s.qr,
+                };
+                // SAFETY: `has_fma` implies the AVX2/FMA/F16C kernels; bounds checked above.
+                unsafe { crate::simd::avx2::attend_head_f16(q, kv, n_kv, scale, order, s, out) };
+                return true;
+            }
+        }
+        let _ = (k, q, kv, n_kv, scale, order, s, out);
+        false
     }
 }
 
@@ -165,6 +217,10 @@ pub fn attend_head<E: KvElem>(
     s: HeadScratch<'_>,
     out: &mut [f32],
 ) {
+    let mut s = s;
+    if E::attend_simd(k, q, kv, n_kv, scale, order, &mut s, out) {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if k.has_fma() {
         // SAFETY: `has_fma` says the CPU supports FMA.

@@ -127,6 +127,11 @@ impl Kernels {
         crate::simd::vec_dot(self.isa, ty).or(ty.traits().vec_dot)
     }
 
+    /// The whole-tile kernel for weights of type `ty`, where one exists for this ISA.
+    pub fn gemm(&self, ty: GgmlType) -> Option<crate::matmul::GemmFn> {
+        crate::simd::gemm(self.isa, ty)
+    }
+
     /// The encoder for activations of type `ty` (Q8_0, Q8_1, Q8_K, F16, BF16, F32).
     pub fn quantize(&self, ty: GgmlType) -> Option<FromF32Fn> {
         ty.traits().from_f32

@@ -9,7 +9,9 @@
 
 use crate::dispatch::Kernels;
 use crate::pool::ThreadPool;
-use crate::quant::GgmlType;
+use std::ops::Range;
+
+use crate::quant::{GgmlType, VecDotFn};
 use crate::tensor::Tensor;
 
 /// Why a product could not be computed (these are caller bugs or unsupported types).
@@ -141,9 +143,10 @@ impl SharedOut {
     /// No other thread may access index `i` during the job, and the buffer must outlive it.
     #[inline(always)]
     pub unsafe fn write(&self, i: usize, v: f32) {
-        debug_assert!(i < self.len);
-        // SAFETY: the caller guarantees exclusive access to index `i`, in bounds.
-        unsafe { *self.ptr.add(i) = v };
+        if i < self.len {
+            // SAFETY: in bounds; the caller guarantees exclusive access to index `i`.
+            unsafe { *self.ptr.add(i) = v };
+        }
     }
 
     /// The sub-slice `start..start + len`, clamped to the buffer.
@@ -160,9 +163,66 @@ impl SharedOut {
     }
 }
 
-/// Rows per chunk: about eight chunks per thread, at most 64 rows.
+/// Rows per chunk: about eight chunks per thread, a multiple of 8 (the row group of the
+/// fast kernels), at most 64 rows.
 fn grain(rows: usize, threads: usize) -> usize {
-    rows.div_ceil(threads * 8).clamp(1, 64)
+    (rows.div_ceil(threads * 8).div_ceil(8) * 8).clamp(8, 64)
+}
+
+/// One piece of a matrix product for a kernel: rows `rows` of the weights against every
+/// activation row, written to `out[t * out_stride + r]`.
+pub struct Tile<'a> {
+    /// All weight bytes (`w_row_bytes` per row).
+    pub w: &'a [u8],
+    pub w_row_bytes: usize,
+    /// Elements per row.
+    pub cols: usize,
+    pub rows: Range<usize>,
+    /// Activation bytes, `x_row_bytes` per token.
+    pub x: &'a [u8],
+    pub x_row_bytes: usize,
+    pub tokens: usize,
+    pub out: SharedOut,
+    pub out_stride: usize,
+}
+
+impl Tile<'_> {
+    pub fn w_row(&self, r: usize) -> &[u8] {
+        self.w
+            .get(r * self.w_row_bytes..(r + 1) * self.w_row_bytes)
+            .unwrap_or(&[])
+    }
+
+    pub fn x_row(&self, t: usize) -> &[u8] {
+        self.x
+            .get(t * self.x_row_bytes..(t + 1) * self.x_row_bytes)
+            .unwrap_or(&[])
+    }
+
+    /// Whether the slices hold everything the tile names (kernels that use raw pointers
+    /// rely on it).
+    pub fn in_bounds(&self) -> bool {
+        self.rows.end * self.w_row_bytes <= self.w.len()
+            && self.tokens * self.x_row_bytes <= self.x.len()
+            && (self.tokens.max(1) - 1) * self.out_stride + self.rows.end <= self.out.len
+    }
+}
+
+/// A kernel computing a whole [`Tile`].
+pub type GemmFn = fn(&Tile);
+
+/// The reference tile loop: one dot product per (row, token).
+pub fn gemm_by_dots(dot: VecDotFn, t: &Tile) {
+    for r in t.rows.clone() {
+        let w = t.w_row(r);
+        for k in 0..t.tokens {
+            // SAFETY: the tile's rows are this call's alone.
+            unsafe {
+                t.out
+                    .write(k * t.out_stride + r, dot(t.cols, w, t.x_row(k)))
+            };
+        }
+    }
 }
 
 /// `out[t * W.rows() + r] = W[r] · x[t]` with the activations encoded as the weight type needs.
@@ -196,14 +256,25 @@ pub fn matmul(
         });
     }
     let dot = kernels.vec_dot(ty).ok_or(MatmulError::Unsupported(ty))?;
+    let gemm = kernels.gemm(ty);
     let shared = SharedOut::new(out);
+    let bytes = w.bytes();
+    let w_row_bytes = w.row_bytes();
     pool.parallel_for(n, grain(n, pool.n_threads()), |_, rows| {
-        for r in rows {
-            let wr = w.row(r);
-            for t in 0..tokens {
-                // SAFETY: each row index r is visited by exactly one chunk.
-                unsafe { shared.write(t * n + r, dot(cols, wr, x.row(t))) };
-            }
+        let tile = Tile {
+            w: bytes,
+            w_row_bytes,
+            cols,
+            rows,
+            x: &x.data,
+            x_row_bytes: x.row_bytes,
+            tokens,
+            out: shared,
+            out_stride: n,
+        };
+        match gemm {
+            Some(g) if tile.in_bounds() => g(&tile),
+            _ => gemm_by_dots(dot, &tile),
         }
     });
     Ok(())

@@ -147,3 +147,423 @@ pub unsafe fn dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     }
     hsum(acc)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Whole-tile kernels. They compute every output with exactly the operations of the dot
+// products above (same lanes, same fused multiply-adds, same horizontal sum), but share loads
+// between rows or tokens: a single token goes through eight rows at once with the rows in the
+// vector lanes (one accumulator per lane of the reference, transposed); several tokens go
+// through one row at a time, reusing each unpacked weight block for every token.
+
+use crate::matmul::Tile;
+
+/// How far ahead of each weight row the tile kernels prefetch.
+const PREFETCH: usize = 2048;
+
+/// Two halves at `p` (a block's scale and min or sum) as f32, with a full 64-bit load.
+#[inline(always)]
+unsafe fn halves2(p: *const u8) -> (f32, f32) {
+    let v = _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// The reference horizontal sum, for eight rows at once: element r of the result is
+/// `((a4+a0) + (a6+a2)) + ((a5+a1) + (a7+a3))` over the lanes a of row r.
+#[inline(always)]
+unsafe fn hsum_rows(a: &[__m256; 8]) -> __m256 {
+    _mm256_add_ps(
+        _mm256_add_ps(_mm256_add_ps(a[4], a[0]), _mm256_add_ps(a[6], a[2])),
+        _mm256_add_ps(_mm256_add_ps(a[5], a[1]), _mm256_add_ps(a[7], a[3])),
+    )
+}
+
+/// Dword `j` of eight 16-byte rows, one row per lane: `[r0 r1 r2 r3 | r4 r5 r6 r7]`.
+#[inline(always)]
+unsafe fn transpose_8x4(p: &[*const u8; 8]) -> [__m256i; 4] {
+    let q = |i: usize| _mm_loadu_si128(p[i] as *const __m128i);
+    let y04 = _mm256_set_m128i(q(4), q(0));
+    let y15 = _mm256_set_m128i(q(5), q(1));
+    let y26 = _mm256_set_m128i(q(6), q(2));
+    let y37 = _mm256_set_m128i(q(7), q(3));
+    let t0 = _mm256_unpacklo_epi32(y04, y15);
+    let t1 = _mm256_unpackhi_epi32(y04, y15);
+    let t2 = _mm256_unpacklo_epi32(y26, y37);
+    let t3 = _mm256_unpackhi_epi32(y26, y37);
+    [
+        _mm256_unpacklo_epi64(t0, t2),
+        _mm256_unpackhi_epi64(t0, t2),
+        _mm256_unpacklo_epi64(t1, t3),
+        _mm256_unpackhi_epi64(t1, t3),
+    ]
+}
+
+/// Eight f16 values at `p[i] + off` (one per row) as f32.
+#[inline(always)]
+unsafe fn gather_halves(p: &[*const u8; 8], off: usize) -> __m256 {
+    let h = |i: usize| (p[i].add(off) as *const i16).read_unaligned();
+    _mm256_cvtph_ps(_mm_setr_epi16(
+        h(0),
+        h(1),
+        h(2),
+        h(3),
+        h(4),
+        h(5),
+        h(6),
+        h(7),
+    ))
+}
+
+#[inline(always)]
+unsafe fn store8(t: &Tile, r: usize, v: __m256) {
+    let mut o = [0.0f32; 8];
+    _mm256_storeu_ps(o.as_mut_ptr(), v);
+    for (i, x) in o.iter().enumerate() {
+        t.out.write(r + i, *x);
+    }
+}
+
+/// Q4_1 × Q8_1 for eight rows starting at `w` (row stride `rb`) and one token `y`.
+#[inline(always)]
+unsafe fn q4_1_rows8(w: *const u8, rb: usize, nb: usize, y: *const u8) -> __m256 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut summs = _mm256_setzero_ps();
+    for b in 0..nb {
+        let p: [*const u8; 8] = std::array::from_fn(|i| w.add(i * rb + b * 20));
+        if b % 3 == 0 {
+            for &pi in &p {
+                _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(PREFETCH) as *const i8);
+            }
+        }
+        let yb = y.add(b * 36);
+        let (dy, sy) = halves2(yb);
+        let d = _mm256_mul_ps(gather_halves(&p, 0), _mm256_set1_ps(dy));
+        summs = _mm256_add_ps(
+            summs,
+            _mm256_mul_ps(gather_halves(&p, 2), _mm256_set1_ps(sy)),
+        );
+        let q: [*const u8; 8] = std::array::from_fn(|i| p[i].add(4));
+        let v = transpose_8x4(&q);
+        let yq = yb.add(4) as *const i32;
+        for j in 0..4 {
+            let lo = _mm256_and_si256(v[j], m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v[j], 4), m4);
+            let slo = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(yq.add(j).read_unaligned()));
+            let shi = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(yq.add(j + 4).read_unaligned()));
+            let slo = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, slo));
+            let shi = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, shi));
+            acc[j] = _mm256_fmadd_ps(d, slo, acc[j]);
+            acc[j + 4] = _mm256_fmadd_ps(d, shi, acc[j + 4]);
+        }
+    }
+    _mm256_add_ps(hsum_rows(&acc), summs)
+}
+
+/// Q4_1 × Q8_1 for one row and `N` tokens at `x` (row stride `xb`).
+#[inline(always)]
+unsafe fn q4_1_row_tokens<const N: usize>(
+    w: *const u8,
+    nb: usize,
+    x: *const u8,
+    xb: usize,
+) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut summs = [0.0f32; N];
+    for b in 0..nb {
+        let wb = w.add(b * 20);
+        let (dx, mx) = halves2(wb);
+        let qx = nibbles(&*(wb.add(4) as *const [u8; 16]));
+        for k in 0..N {
+            let yb = x.add(k * xb + b * 36);
+            let (dy, sy) = halves2(yb);
+            summs[k] += mx * sy;
+            let q = dot_us8(qx, _mm256_loadu_si256(yb.add(4) as *const __m256i));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), q, acc[k]);
+        }
+    }
+    std::array::from_fn(|k| hsum(acc[k]) + summs[k])
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_1(t: &Tile) {
+    let nb = t.cols / QK;
+    let (w, rb, x, xb) = (t.w.as_ptr(), t.w_row_bytes, t.x.as_ptr(), t.x_row_bytes);
+    let mut r = t.rows.start;
+    if t.tokens == 1 {
+        while r + 8 <= t.rows.end {
+            store8(t, r, q4_1_rows8(w.add(r * rb), rb, nb, x));
+            r += 8;
+        }
+    }
+    for r in r..t.rows.end {
+        let wr = w.add(r * rb);
+        let mut k = 0;
+        while k + 4 <= t.tokens {
+            let o = q4_1_row_tokens::<4>(wr, nb, x.add(k * xb), xb);
+            for (i, v) in o.iter().enumerate() {
+                t.out.write((k + i) * t.out_stride + r, *v);
+            }
+            k += 4;
+        }
+        while k < t.tokens {
+            let o = q4_1_row_tokens::<1>(wr, nb, x.add(k * xb), xb);
+            t.out.write(k * t.out_stride + r, o[0]);
+            k += 1;
+        }
+    }
+}
+
+/// Q8_0 × Q8_0 for `R` rows at `w` (stride `rb`) and `N` tokens at `x` (stride `xb`).
+#[inline(always)]
+unsafe fn q8_0_tile<const R: usize, const N: usize>(
+    w: *const u8,
+    rb: usize,
+    nb: usize,
+    x: *const u8,
+    xb: usize,
+) -> [[f32; N]; R] {
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    for b in 0..nb {
+        let mut dy = [0.0f32; N];
+        let mut qy = [_mm256_setzero_si256(); N];
+        for k in 0..N {
+            let yb = x.add(k * xb + b * 34);
+            dy[k] = halves2(yb).0;
+            qy[k] = _mm256_loadu_si256(yb.add(2) as *const __m256i);
+        }
+        for i in 0..R {
+            let wb = w.add(i * rb + b * 34);
+            if b % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH) as *const i8);
+            }
+            let dx = halves2(wb).0;
+            let qx = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+            let ax = _mm256_sign_epi8(qx, qx);
+            for k in 0..N {
+                let q = dot_us8(ax, _mm256_sign_epi8(qy[k], qx));
+                acc[i][k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy[k]), q, acc[i][k]);
+            }
+        }
+    }
+    std::array::from_fn(|i| std::array::from_fn(|k| hsum(acc[i][k])))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q8_0(t: &Tile) {
+    let nb = t.cols / QK;
+    let (w, rb, x, xb) = (t.w.as_ptr(), t.w_row_bytes, t.x.as_ptr(), t.x_row_bytes);
+    let mut r = t.rows.start;
+    if t.tokens == 1 {
+        while r + 4 <= t.rows.end {
+            let o = q8_0_tile::<4, 1>(w.add(r * rb), rb, nb, x, xb);
+            for (i, v) in o.iter().enumerate() {
+                t.out.write(r + i, v[0]);
+            }
+            r += 4;
+        }
+    }
+    for r in r..t.rows.end {
+        let wr = w.add(r * rb);
+        let mut k = 0;
+        while k + 4 <= t.tokens {
+            let o = q8_0_tile::<1, 4>(wr, rb, nb, x.add(k * xb), xb);
+            for (i, v) in o[0].iter().enumerate() {
+                t.out.write((k + i) * t.out_stride + r, *v);
+            }
+            k += 4;
+        }
+        while k < t.tokens {
+            let o = q8_0_tile::<1, 1>(wr, rb, nb, x.add(k * xb), xb);
+            t.out.write(k * t.out_stride + r, o[0][0]);
+            k += 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention over an f16 paged cache, and the element-wise pieces it needs. Same arithmetic as
+// `crate::attention` (which is the definition), eight lanes at a time.
+
+use crate::attention::{HeadScratch, PagedHead, Reduce};
+
+/// ggml's `ggml_v_expf`, eight lanes (see `crate::lanes::expf_ggml`).
+#[inline(always)]
+pub(crate) unsafe fn expf8(x: __m256) -> __m256 {
+    let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+    let r = _mm256_set1_ps(12_582_912.0);
+    let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), r);
+    let n = _mm256_sub_ps(z, r);
+    let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
+    let e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    let k = _mm256_castsi256_ps(_mm256_add_epi32(
+        e,
+        _mm256_castps_si256(_mm256_set1_ps(1.0)),
+    ));
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    let cmask = _mm256_castps_si256(_mm256_cmp_ps(abs_n, _mm256_set1_ps(126.0), _CMP_GT_OQ));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm256_mul_ps(c(0x3f7f_fff6), b),
+    );
+    if _mm256_movemask_ps(_mm256_castsi256_ps(cmask)) == 0 {
+        return _mm256_fmadd_ps(j, k, k);
+    }
+    let g = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+        _mm256_set1_epi32(0x8200_0000u32 as i32),
+    );
+    let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+    let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    let dmask = _mm256_castps_si256(_mm256_cmp_ps(abs_n, _mm256_set1_ps(192.0), _CMP_GT_OQ));
+    let cm = _mm256_castsi256_ps(cmask);
+    let dm = _mm256_castsi256_ps(dmask);
+    _mm256_or_ps(
+        _mm256_and_ps(dm, _mm256_mul_ps(s1, s1)),
+        _mm256_andnot_ps(
+            dm,
+            _mm256_or_ps(
+                _mm256_and_ps(cm, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                _mm256_andnot_ps(cm, _mm256_fmadd_ps(k, j, k)),
+            ),
+        ),
+    )
+}
+
+/// `x` rounded to f16 and back.
+#[inline(always)]
+unsafe fn round_f16(x: __m256) -> __m256 {
+    _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+}
+
+#[inline(always)]
+unsafe fn load_h8(p: *const half::f16) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// ggml's four-accumulator reduction (`GGML_F32x8_REDUCE`).
+#[inline(always)]
+unsafe fn reduce4(s: &[__m256; 4]) -> f32 {
+    let x = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+    let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    let t1 = _mm_hadd_ps(t0, t0);
+    _mm_cvtss_f32(_mm_hadd_ps(t1, t1))
+}
+
+/// Softmax of `x` (a multiple of eight long) in ggml's arithmetic.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn softmax8(x: &mut [f32]) {
+    let n = x.len() / 8 * 8;
+    let p = x.as_mut_ptr();
+    let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
+    for i in (0..n).step_by(8) {
+        mx = _mm256_max_ps(mx, _mm256_loadu_ps(p.add(i)));
+    }
+    let mut m = [0.0f32; 8];
+    _mm256_storeu_ps(m.as_mut_ptr(), mx);
+    let max = m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        x.fill(0.0);
+        return;
+    }
+    let mv = _mm256_set1_ps(max);
+    let mut sum = 0.0f64;
+    for i in (0..n).step_by(8) {
+        let v = expf8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mv));
+        _mm256_storeu_ps(p.add(i), v);
+        sum += hsum(v) as f64;
+    }
+    let inv = _mm256_set1_ps((1.0 / sum) as f32);
+    for i in (0..n).step_by(8) {
+        _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), inv));
+    }
+}
+
+/// [`crate::attention::attend_head`] for an f16 cache whose head size and block size are
+/// multiples of eight.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attend_head_f16(
+    q: &[f32],
+    kv: &PagedHead<half::f16>,
+    n_kv: usize,
+    scale: f32,
+    order: Reduce,
+    s: HeadScratch<'_>,
+    out: &mut [f32],
+) {
+    let (hd, bs) = (kv.head_dim, kv.block_size);
+    let qr = s.qr.as_mut_ptr();
+    for c in (0..hd).step_by(8) {
+        _mm256_storeu_ps(qr.add(c), round_f16(_mm256_loadu_ps(q.as_ptr().add(c))));
+    }
+    let start = |p: usize| kv.base + kv.blocks[p / bs] as usize * kv.block_stride;
+    let keys = kv.keys.as_ptr();
+    let values = kv.values.as_ptr();
+    let padded = n_kv.div_ceil(8) * 8;
+    let sc = &mut s.scores[..padded];
+    for p in 0..n_kv {
+        let k = keys.add(start(p) + (p % bs) * hd);
+        let dot = match order {
+            Reduce::Gemm => {
+                let mut acc = _mm256_setzero_ps();
+                for c in (0..hd).step_by(8) {
+                    acc = _mm256_fmadd_ps(load_h8(k.add(c)), _mm256_loadu_ps(qr.add(c)), acc);
+                }
+                hsum(acc)
+            }
+            Reduce::Vec => {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let np = hd & !31;
+                for i in (0..np).step_by(32) {
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let e = i + 8 * j;
+                        *a = _mm256_fmadd_ps(load_h8(k.add(e)), _mm256_loadu_ps(qr.add(e)), *a);
+                    }
+                }
+                let mut sum = reduce4(&acc) as f64;
+                for i in np..hd {
+                    sum += ((*k.add(i)).to_f32() * *qr.add(i)) as f64;
+                }
+                sum as f32
+            }
+        };
+        sc[p] = dot * scale;
+    }
+    for v in sc[n_kv..].iter_mut() {
+        *v = f32::NEG_INFINITY;
+    }
+    softmax8(sc);
+    let w = sc.as_mut_ptr();
+    for i in (0..padded).step_by(8) {
+        _mm256_storeu_ps(w.add(i), round_f16(_mm256_loadu_ps(w.add(i))));
+    }
+    let groups = padded / 8;
+    for (d, o) in out[..hd].iter_mut().enumerate() {
+        *o = match order {
+            Reduce::Gemm => {
+                let mut acc = _mm256_setzero_ps();
+                for g in 0..groups {
+                    let p = 8 * g;
+                    let v = load_h8(values.add(start(p) + d * bs + p % bs));
+                    acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(w.add(p)), acc);
+                }
+                hsum(acc)
+            }
+            Reduce::Vec => {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for g in 0..groups {
+                    let p = 8 * g;
+                    let v = load_h8(values.add(start(p) + d * bs + p % bs));
+                    acc[g % 4] = _mm256_fmadd_ps(v, _mm256_loadu_ps(w.add(p)), acc[g % 4]);
+                }
+                reduce4(&acc)
+            }
+        };
+    }
+}

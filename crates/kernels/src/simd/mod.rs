@@ -30,6 +30,42 @@ checked! {
     avx2_q8_0 => avx2::dot_q8_0_q8_0,
 }
 
+/// Wraps an `unsafe` target-feature tile kernel in a safe function pointer.
+#[allow(unused_macros)]
+macro_rules! checked_tile {
+    ($($name:ident => $path:path),* $(,)?) => {
+        $(
+            fn $name(t: &crate::matmul::Tile) {
+                // SAFETY: handed out by `gemm` only for an `Isa` whose CPU support
+                // `Kernels::new` verified, and called only on tiles that are `in_bounds`.
+                unsafe { $path(t) }
+            }
+        )*
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+checked_tile! {
+    avx2_gemm_q4_1 => avx2::gemm_q4_1,
+    avx2_gemm_q8_0 => avx2::gemm_q8_0,
+}
+
+/// The whole-tile kernel for weights of type `ty` on `isa`, if there is one.
+pub(crate) fn gemm(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => match ty {
+            GgmlType::Q4_1 => Some(avx2_gemm_q4_1),
+            GgmlType::Q8_0 => Some(avx2_gemm_q8_0),
+            _ => None,
+        },
+        _ => {
+            let _ = ty;
+            None
+        }
+    }
+}
+
 /// The SIMD dot product for weights of type `ty` on `isa`, if there is one.
 pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
     match isa {

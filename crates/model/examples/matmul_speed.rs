@@ -1,0 +1,65 @@
+//! Times the weight matrix products of one decode step, per weight type (a profiling aid).
+//! Usage: cargo run --release -p torchless-model --example matmul_speed -- MODEL.gguf [threads]
+
+use std::time::Instant;
+
+use torchless_kernels::{matmul, Activations, Kernels, ThreadPool};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(path) = args.get(1) else { return };
+    let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let tokens: usize = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let mode = if std::env::var_os("READ").is_some() {
+        torchless_gguf::LoadMode::Read
+    } else {
+        torchless_gguf::LoadMode::Mmap
+    };
+    let model = torchless_model::Model::load(
+        path,
+        &torchless_model::LoadOptions {
+            mode,
+            ..Default::default()
+        },
+    )
+    .expect("load");
+    let k = Kernels::from_env().expect("kernels");
+    let pool = ThreadPool::new(threads);
+    let mats = model.weights().matrices();
+    let bytes: usize = mats.iter().map(|m| m.bytes().len()).sum();
+    let mut acts = Activations::new();
+    let mut out = vec![0.0f32; 200_000 * tokens];
+    for rep in 0..4 {
+        let t = Instant::now();
+        for m in &mats {
+            let x = vec![0.5f32; m.cols() * tokens];
+            acts.encode(&k, m.ty().traits().vec_dot_type, &x, tokens, m.cols())
+                .unwrap();
+            matmul(&pool, &k, m, &acts, &mut out[..m.rows() * tokens]).unwrap();
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "all matrices, rep {rep}: {:.2} ms, {:.2} GB/s, {:.1} tokens/s",
+            s * 1e3,
+            bytes as f64 / s / 1e9,
+            tokens as f64 / s
+        );
+    }
+    // One small matrix, over and over (in cache): the kernels' compute speed.
+    for m in [&model.weights().layers[0].w_gate, &model.weights().output] {
+        let x = vec![0.5f32; m.cols() * tokens];
+        acts.encode(&k, m.ty().traits().vec_dot_type, &x, tokens, m.cols())
+            .unwrap();
+        let reps = (200_000_000 / m.bytes().len()).max(1);
+        let t = Instant::now();
+        for _ in 0..reps {
+            matmul(&pool, &k, m, &acts, &mut out[..m.rows() * tokens]).unwrap();
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "{:?} x{reps}: {:.2} GB/s of weights",
+            m,
+            (m.bytes().len() * reps) as f64 / s / 1e9
+        );
+    }
+}
