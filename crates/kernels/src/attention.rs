@@ -59,8 +59,8 @@ impl KvElem for f16 {
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let fits = kv.head_dim % 8 == 0
-                && kv.block_size % 8 == 0
+            let fits = kv.head_dim.is_multiple_of(8)
+                && kv.block_size.is_multiple_of(8)
                 && q.len() >= kv.head_dim
                 && out.len() >= kv.head_dim
                 && s.qr.len() >= kv.head_dim
