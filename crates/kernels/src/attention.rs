@@ -197,6 +197,18 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
+/// [`softmax`] on the fastest path `k` offers (bit-identical results).
+pub fn softmax_with(k: &crate::Kernels, x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if k.has_fma() && x.len().is_multiple_of(8) {
+        // SAFETY: `has_fma` implies AVX2/FMA/F16C.
+        unsafe { crate::simd::avx2::softmax8(x) };
+        return;
+    }
+    let _ = k;
+    softmax(x);
+}
+
 /// Per-head scratch: `scores` holds at least `n_kv` rounded up to 8, `acc` at least
 /// `32 * head_dim`, `qr` at least `head_dim`.
 pub struct HeadScratch<'a> {
