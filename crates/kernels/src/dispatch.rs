@@ -134,7 +134,7 @@ impl Kernels {
 
     /// The encoder for activations of type `ty` (Q8_0, Q8_1, Q8_K, F16, BF16, F32).
     pub fn quantize(&self, ty: GgmlType) -> Option<FromF32Fn> {
-        ty.traits().from_f32
+        crate::simd::quantize(self.isa, ty).or(ty.traits().from_f32)
     }
 }
 

@@ -171,3 +171,25 @@ fn softmax_and_exp_match_between_paths() {
     }
     b.clear();
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn activation_quantizers_are_byte_identical(xs in proptest::collection::vec(-100.0f32..100.0, 512), zero_block in any::<bool>()) {
+        let mut xs = xs;
+        if zero_block {
+            xs[256..512].fill(0.0);
+        }
+        for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+            let n = ty.row_bytes(512).unwrap();
+            let mut want = vec![0u8; n];
+            Kernels::scalar().quantize(ty).unwrap()(&xs, &mut want);
+            for k in simd_kernels() {
+                let mut got = vec![0u8; n];
+                k.quantize(ty).unwrap()(&xs, &mut got);
+                prop_assert_eq!(&got, &want, "{} on {:?}", ty, k.isa());
+            }
+        }
+    }
+}

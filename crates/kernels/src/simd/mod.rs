@@ -66,6 +66,43 @@ pub(crate) fn gemm(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn> {
     }
 }
 
+/// Wraps an `unsafe` target-feature quantizer in a safe function pointer.
+#[allow(unused_macros)]
+macro_rules! checked_quant {
+    ($($name:ident => $path:path),* $(,)?) => {
+        $(
+            fn $name(src: &[f32], dst: &mut [u8]) {
+                // SAFETY: handed out by `quantize` only for a verified `Isa`.
+                unsafe { $path(src, dst) }
+            }
+        )*
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+checked_quant! {
+    avx2_quant_q8_0 => avx2::quantize_q8_0,
+    avx2_quant_q8_1 => avx2::quantize_q8_1,
+    avx2_quant_q8_k => avx2::quantize_q8_k,
+}
+
+/// The SIMD activation quantizer for `ty` on `isa`, if there is one.
+pub(crate) fn quantize(isa: Isa, ty: GgmlType) -> Option<crate::quant::FromF32Fn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => match ty {
+            GgmlType::Q8_0 => Some(avx2_quant_q8_0),
+            GgmlType::Q8_1 => Some(avx2_quant_q8_1),
+            GgmlType::Q8_K => Some(avx2_quant_q8_k),
+            _ => None,
+        },
+        _ => {
+            let _ = ty;
+            None
+        }
+    }
+}
+
 /// The SIMD dot product for weights of type `ty` on `isa`, if there is one.
 pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
     match isa {
