@@ -49,7 +49,9 @@ fn half_fields(ty: GgmlType) -> &'static [usize] {
 
 /// Valid random weights of `ty`: random bytes with finite scales (floats for float types).
 fn weights(ty: GgmlType, n: usize, seed: &[u8]) -> Vec<u8> {
-    let mut rng = seed.iter().fold(0x9E37_79B9_7F4A_7C15u64, |a, &b| (a ^ b as u64).wrapping_mul(0x100_0000_01B3));
+    let mut rng = seed.iter().fold(0x9E37_79B9_7F4A_7C15u64, |a, &b| {
+        (a ^ b as u64).wrapping_mul(0x100_0000_01B3)
+    });
     let mut next = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -59,8 +61,12 @@ fn weights(ty: GgmlType, n: usize, seed: &[u8]) -> Vec<u8> {
     let mut unit = move || ((next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
     match ty {
         GgmlType::F32 => (0..n).flat_map(|_| unit().to_le_bytes()).collect(),
-        GgmlType::F16 => (0..n).flat_map(|_| f16::from_f32(unit()).to_bits().to_le_bytes()).collect(),
-        GgmlType::BF16 => (0..n).flat_map(|_| half::bf16::from_f32(unit()).to_bits().to_le_bytes()).collect(),
+        GgmlType::F16 => (0..n)
+            .flat_map(|_| f16::from_f32(unit()).to_bits().to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => (0..n)
+            .flat_map(|_| half::bf16::from_f32(unit()).to_bits().to_le_bytes())
+            .collect(),
         _ => {
             let bytes = ty.row_bytes(n).unwrap();
             let mut b: Vec<u8> = (0..bytes).map(|_| (unit() * 127.0) as i8 as u8).collect();
@@ -157,7 +163,10 @@ proptest! {
 fn softmax_and_exp_match_between_paths() {
     // The scalar softmax (the definition) against itself through the FMA build is covered by
     // attention; here check extremes of the exp kernel against the scalar definition.
-    let xs: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.11).chain([f32::NEG_INFINITY, -1e30, 88.0, 89.0]).collect();
+    let xs: Vec<f32> = (-2000..2000)
+        .map(|i| i as f32 * 0.11)
+        .chain([f32::NEG_INFINITY, -1e30, 88.0, 89.0])
+        .collect();
     let mut a = xs.clone();
     a.truncate(a.len() / 8 * 8);
     let mut b = a.clone();

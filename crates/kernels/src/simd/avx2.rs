@@ -222,96 +222,244 @@ unsafe fn store8(t: &Tile, r: usize, v: __m256) {
     }
 }
 
-/// Q4_1 × Q8_1 for eight rows starting at `w` (row stride `rb`) and one token `y`.
+/// What distinguishes the 32-element nibble formats (Q4_0, Q4_1, Q5_0, Q5_1) in the kernels.
+trait Nibble {
+    /// Weight block bytes.
+    const BYTES: usize;
+    /// Offset of the 16 nibble bytes in a block.
+    const QS: usize;
+    /// Offset of the 32-bit word of fifth bits (Q5_x).
+    const QH: Option<usize>;
+    /// Whether blocks carry a minimum (then activations are Q8_1 with a sum, and the quants are
+    /// unsigned); otherwise quants are signed and activations Q8_0.
+    const MIN: bool;
+    /// Activation block bytes and the offset of its quants.
+    const ABYTES: usize = if Self::MIN { 36 } else { 34 };
+    const AQS: usize = if Self::MIN { 4 } else { 2 };
+}
+
+struct Q40;
+struct Q41;
+struct Q50;
+struct Q51;
+impl Nibble for Q40 {
+    const BYTES: usize = 18;
+    const QS: usize = 2;
+    const QH: Option<usize> = None;
+    const MIN: bool = false;
+}
+impl Nibble for Q41 {
+    const BYTES: usize = 20;
+    const QS: usize = 4;
+    const QH: Option<usize> = None;
+    const MIN: bool = true;
+}
+impl Nibble for Q50 {
+    const BYTES: usize = 22;
+    const QS: usize = 6;
+    const QH: Option<usize> = Some(2);
+    const MIN: bool = false;
+}
+impl Nibble for Q51 {
+    const BYTES: usize = 24;
+    const QS: usize = 8;
+    const QH: Option<usize> = Some(4);
+    const MIN: bool = true;
+}
+
+/// The 32 quants of the block at `wb` as bytes: signed for formats without a minimum, as the
+/// reference kernels form them.
 #[inline(always)]
-unsafe fn q4_1_rows8(w: *const u8, rb: usize, nb: usize, y: *const u8) -> __m256 {
+unsafe fn quants<T: Nibble>(wb: *const u8) -> __m256i {
+    let q = nibbles(&*(wb.add(T::QS) as *const [u8; 16]));
+    match (T::QH, T::MIN) {
+        (None, false) => _mm256_sub_epi8(q, _mm256_set1_epi8(8)),
+        (None, true) => q,
+        (Some(o), false) => {
+            let hi = _mm256_andnot_si256(
+                bits_to_bytes(&*(wb.add(o) as *const [u8; 4])),
+                _mm256_set1_epi8(0xF0u8 as i8),
+            );
+            _mm256_or_si256(q, hi)
+        }
+        (Some(o), true) => {
+            let hi = _mm256_and_si256(
+                bits_to_bytes(&*(wb.add(o) as *const [u8; 4])),
+                _mm256_set1_epi8(0x10),
+            );
+            _mm256_or_si256(q, hi)
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn qdot<T: Nibble>(qx: __m256i, qy: __m256i) -> __m256 {
+    if T::MIN {
+        dot_us8(qx, qy)
+    } else {
+        dot_s8(qx, qy)
+    }
+}
+
+/// `R` rows at `w` (stride `rb`) × `N` tokens at `x` (stride `xb`) for a nibble format.
+#[inline(always)]
+unsafe fn nibble_tile<T: Nibble, const R: usize, const N: usize>(
+    w: *const u8,
+    rb: usize,
+    nb: usize,
+    x: *const u8,
+    xb: usize,
+) -> [[f32; N]; R] {
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let mut summs = [[0.0f32; N]; R];
+    for b in 0..nb {
+        let mut dy = [0.0f32; N];
+        let mut sy = [0.0f32; N];
+        let mut qy = [_mm256_setzero_si256(); N];
+        for k in 0..N {
+            let yb = x.add(k * xb + b * T::ABYTES);
+            (dy[k], sy[k]) = halves2(yb);
+            qy[k] = _mm256_loadu_si256(yb.add(T::AQS) as *const __m256i);
+        }
+        for i in 0..R {
+            let wb = w.add(i * rb + b * T::BYTES);
+            if b % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH) as *const i8);
+            }
+            let (dx, mx) = halves2(wb);
+            let qx = quants::<T>(wb);
+            for k in 0..N {
+                if T::MIN {
+                    summs[i][k] += mx * sy[k];
+                }
+                acc[i][k] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(dx * dy[k]), qdot::<T>(qx, qy[k]), acc[i][k]);
+            }
+        }
+    }
+    std::array::from_fn(|i| {
+        std::array::from_fn(|k| {
+            if T::MIN {
+                hsum(acc[i][k]) + summs[i][k]
+            } else {
+                hsum(acc[i][k])
+            }
+        })
+    })
+}
+
+/// Q4_0/Q4_1 × one token for eight rows starting at `w` (row stride `rb`), the rows in the
+/// vector lanes.
+#[inline(always)]
+unsafe fn nibble_rows8<T: Nibble>(w: *const u8, rb: usize, nb: usize, y: *const u8) -> __m256 {
     let m4 = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 8];
     let mut summs = _mm256_setzero_ps();
     for b in 0..nb {
-        let p: [*const u8; 8] = std::array::from_fn(|i| w.add(i * rb + b * 20));
+        let p: [*const u8; 8] = std::array::from_fn(|i| w.add(i * rb + b * T::BYTES));
         if b % 3 == 0 {
             for &pi in &p {
                 _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(PREFETCH) as *const i8);
             }
         }
-        let yb = y.add(b * 36);
+        let yb = y.add(b * T::ABYTES);
         let (dy, sy) = halves2(yb);
         let d = _mm256_mul_ps(gather_halves(&p, 0), _mm256_set1_ps(dy));
-        summs = _mm256_add_ps(
-            summs,
-            _mm256_mul_ps(gather_halves(&p, 2), _mm256_set1_ps(sy)),
-        );
-        let q: [*const u8; 8] = std::array::from_fn(|i| p[i].add(4));
+        if T::MIN {
+            summs = _mm256_add_ps(
+                summs,
+                _mm256_mul_ps(gather_halves(&p, 2), _mm256_set1_ps(sy)),
+            );
+        }
+        let q: [*const u8; 8] = std::array::from_fn(|i| p[i].add(T::QS));
         let v = transpose_8x4(&q);
-        let yq = yb.add(4) as *const i32;
+        let yq = yb.add(T::AQS) as *const i32;
         for j in 0..4 {
-            let lo = _mm256_and_si256(v[j], m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(v[j], 4), m4);
-            let slo = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(yq.add(j).read_unaligned()));
-            let shi = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(yq.add(j + 4).read_unaligned()));
+            let mut lo = _mm256_and_si256(v[j], m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(v[j], 4), m4);
+            let ylo = _mm256_set1_epi32(yq.add(j).read_unaligned());
+            let yhi = _mm256_set1_epi32(yq.add(j + 4).read_unaligned());
+            let (slo, shi) = if T::MIN {
+                (_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi))
+            } else {
+                lo = _mm256_sub_epi8(lo, _mm256_set1_epi8(8));
+                hi = _mm256_sub_epi8(hi, _mm256_set1_epi8(8));
+                (
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(ylo, lo)),
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(yhi, hi)),
+                )
+            };
             let slo = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, slo));
             let shi = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, shi));
             acc[j] = _mm256_fmadd_ps(d, slo, acc[j]);
             acc[j + 4] = _mm256_fmadd_ps(d, shi, acc[j + 4]);
         }
     }
-    _mm256_add_ps(hsum_rows(&acc), summs)
-}
-
-/// Q4_1 × Q8_1 for one row and `N` tokens at `x` (row stride `xb`).
-#[inline(always)]
-unsafe fn q4_1_row_tokens<const N: usize>(
-    w: *const u8,
-    nb: usize,
-    x: *const u8,
-    xb: usize,
-) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut summs = [0.0f32; N];
-    for b in 0..nb {
-        let wb = w.add(b * 20);
-        let (dx, mx) = halves2(wb);
-        let qx = nibbles(&*(wb.add(4) as *const [u8; 16]));
-        for k in 0..N {
-            let yb = x.add(k * xb + b * 36);
-            let (dy, sy) = halves2(yb);
-            summs[k] += mx * sy;
-            let q = dot_us8(qx, _mm256_loadu_si256(yb.add(4) as *const __m256i));
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), q, acc[k]);
-        }
+    if T::MIN {
+        _mm256_add_ps(hsum_rows(&acc), summs)
+    } else {
+        hsum_rows(&acc)
     }
-    std::array::from_fn(|k| hsum(acc[k]) + summs[k])
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_q4_1(t: &Tile) {
+#[inline(always)]
+unsafe fn gemm_nibble<T: Nibble>(t: &Tile) {
     let nb = t.cols / QK;
     let (w, rb, x, xb) = (t.w.as_ptr(), t.w_row_bytes, t.x.as_ptr(), t.x_row_bytes);
     let mut r = t.rows.start;
     if t.tokens == 1 {
-        while r + 8 <= t.rows.end {
-            store8(t, r, q4_1_rows8(w.add(r * rb), rb, nb, x));
-            r += 8;
+        if T::QH.is_none() {
+            while r + 8 <= t.rows.end {
+                store8(t, r, nibble_rows8::<T>(w.add(r * rb), rb, nb, x));
+                r += 8;
+            }
+        } else {
+            while r + 4 <= t.rows.end {
+                let o = nibble_tile::<T, 4, 1>(w.add(r * rb), rb, nb, x, xb);
+                for (i, v) in o.iter().enumerate() {
+                    t.out.write(r + i, v[0]);
+                }
+                r += 4;
+            }
         }
     }
     for r in r..t.rows.end {
         let wr = w.add(r * rb);
         let mut k = 0;
         while k + 4 <= t.tokens {
-            let o = q4_1_row_tokens::<4>(wr, nb, x.add(k * xb), xb);
-            for (i, v) in o.iter().enumerate() {
+            let o = nibble_tile::<T, 1, 4>(wr, rb, nb, x.add(k * xb), xb);
+            for (i, v) in o[0].iter().enumerate() {
                 t.out.write((k + i) * t.out_stride + r, *v);
             }
             k += 4;
         }
         while k < t.tokens {
-            let o = q4_1_row_tokens::<1>(wr, nb, x.add(k * xb), xb);
-            t.out.write(k * t.out_stride + r, o[0]);
+            let o = nibble_tile::<T, 1, 1>(wr, rb, nb, x.add(k * xb), xb);
+            t.out.write(k * t.out_stride + r, o[0][0]);
             k += 1;
         }
     }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_0(t: &Tile) {
+    gemm_nibble::<Q40>(t)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_1(t: &Tile) {
+    gemm_nibble::<Q41>(t)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q5_0(t: &Tile) {
+    gemm_nibble::<Q50>(t)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q5_1(t: &Tile) {
+    gemm_nibble::<Q51>(t)
 }
 
 /// Q8_0 × Q8_0 for `R` rows at `w` (stride `rb`) and `N` tokens at `x` (stride `xb`).
@@ -588,7 +736,9 @@ unsafe fn quantize32(x: *const f32, qs: *mut u8) -> (f32, i32) {
     let d = amax / 127.0;
     let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
     let i: [__m256i; 4] = std::array::from_fn(|k| {
-        _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v[k], id)))
+        _mm256_cvtps_epi32(_mm256_round_ps::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(_mm256_mul_ps(v[k], id)))
     });
     let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
     let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
@@ -625,3 +775,252 @@ pub unsafe fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
 pub unsafe fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
     crate::quant::kquants::quantize_q8_k(src, dst)
 }
+
+// ---------------------------------------------------------------------------------------------
+// K-quants. The reference order (see `quant::kquants`): per super-block, exact integer sums
+// isum = Σ_g scale_g Σ q·y and msum = Σ_g min_g · bsum_g, then
+// sum += (d·d_y)·isum − (dmin·d_y)·msum in f32. Integer sums are exact in any order, so the
+// SIMD code is free to add them however is fastest.
+
+/// A super-block unpacked for SIMD: eight 32-byte chunks of unsigned quants (elements
+/// 32c..32c+31), the i16 scale vectors that multiply them, and what the integer sum needs.
+struct KBlock {
+    q: [__m256i; 8],
+    sc: [__m256i; 8],
+    /// Per 16-element group: scale (for the offset correction) and min.
+    sc16: __m256i,
+    min16: __m256i,
+    /// Quants are stored as q + offset (0, 4 or 32).
+    offset: i32,
+    d: f32,
+    dmin: f32,
+}
+
+#[inline(always)]
+unsafe fn scale_pair(a: i16, b: i16) -> __m256i {
+    _mm256_setr_epi16(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+}
+
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
+}
+
+/// (isum, msum) of an unpacked super-block against a Q8_K block at `y`.
+#[inline(always)]
+unsafe fn kdot(k: &KBlock, y: *const u8) -> f32 {
+    let yq = y.add(4);
+    let mut acc = _mm256_setzero_si256();
+    for c in 0..8 {
+        let p = _mm256_maddubs_epi16(k.q[c], _mm256_loadu_si256(yq.add(32 * c) as *const __m256i));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(k.sc[c], p));
+    }
+    let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
+    let mut isum = hsum_i32(acc);
+    if k.offset != 0 {
+        isum -= k.offset * hsum_i32(_mm256_madd_epi16(k.sc16, bsums));
+    }
+    let msum = hsum_i32(_mm256_madd_epi16(k.min16, bsums));
+    let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
+    (k.d * dy) * isum as f32 - (k.dmin * dy) * msum as f32
+}
+
+#[inline(always)]
+unsafe fn i16x16(v: [i16; 16]) -> __m256i {
+    _mm256_loadu_si256(v.as_ptr() as *const __m256i)
+}
+
+#[inline(always)]
+unsafe fn unpack_q4_k(b: &BlockQ4K) -> KBlock {
+    let (sc, m) = k4_scales_mins(&b.scales);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut scv = [_mm256_setzero_si256(); 8];
+    for j in 0..4 {
+        let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j) as *const __m256i);
+        q[2 * j] = _mm256_and_si256(bits, m4);
+        q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+        scv[2 * j] = _mm256_set1_epi16(sc[2 * j] as i16);
+        scv[2 * j + 1] = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+    }
+    KBlock {
+        q,
+        sc: scv,
+        sc16: _mm256_setzero_si256(),
+        min16: i16x16(std::array::from_fn(|g| m[g / 2] as i16)),
+        offset: 0,
+        d: h(b.d),
+        dmin: h(b.dmin),
+    }
+}
+
+#[inline(always)]
+unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
+    let (sc, m) = k4_scales_mins(&b.scales);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let qh = _mm256_loadu_si256(b.qh.as_ptr() as *const __m256i);
+    let bit = |v: u8| {
+        let mask = _mm256_set1_epi8(v as i8);
+        _mm256_and_si256(
+            _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask),
+            _mm256_set1_epi8(16),
+        )
+    };
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut scv = [_mm256_setzero_si256(); 8];
+    for j in 0..4 {
+        let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j) as *const __m256i);
+        q[2 * j] = _mm256_or_si256(_mm256_and_si256(bits, m4), bit(1 << (2 * j)));
+        q[2 * j + 1] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
+            bit(2 << (2 * j)),
+        );
+        scv[2 * j] = _mm256_set1_epi16(sc[2 * j] as i16);
+        scv[2 * j + 1] = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+    }
+    KBlock {
+        q,
+        sc: scv,
+        sc16: _mm256_setzero_si256(),
+        min16: i16x16(std::array::from_fn(|g| m[g / 2] as i16)),
+        offset: 0,
+        d: h(b.d),
+        dmin: h(b.dmin),
+    }
+}
+
+#[inline(always)]
+unsafe fn unpack_q6_k(b: &BlockQ6K) -> KBlock {
+    let m15 = _mm256_set1_epi8(15);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for n in 0..2 {
+        let l1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n) as *const __m256i);
+        let l2 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n + 32) as *const __m256i);
+        let hb = _mm256_loadu_si256(b.qh.as_ptr().add(32 * n) as *const __m256i);
+        let h0 = _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(3)), 4);
+        let h1 = _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(12)), 2);
+        let h2 = _mm256_and_si256(hb, _mm256_set1_epi8(48));
+        let h3 = _mm256_srli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(-64)), 2);
+        q[4 * n] = _mm256_or_si256(_mm256_and_si256(l1, m15), h0);
+        q[4 * n + 1] = _mm256_or_si256(_mm256_and_si256(l2, m15), h1);
+        q[4 * n + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15), h2);
+        q[4 * n + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m15), h3);
+    }
+    let s: [i16; 16] = std::array::from_fn(|g| b.scales[g] as i8 as i16);
+    KBlock {
+        q,
+        sc: std::array::from_fn(|c| scale_pair(s[2 * c], s[2 * c + 1])),
+        sc16: i16x16(s),
+        min16: _mm256_setzero_si256(),
+        offset: 32,
+        d: h(b.d),
+        dmin: 0.0,
+    }
+}
+
+#[inline(always)]
+unsafe fn unpack_q3_k(b: &BlockQ3K) -> KBlock {
+    let sc = q3k_scales(&b.scales);
+    let m3 = _mm256_set1_epi8(3);
+    let hm = _mm256_loadu_si256(b.hmask.as_ptr() as *const __m256i);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for n in 0..2 {
+        let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * n) as *const __m256i);
+        for j in 0..4 {
+            let low = _mm256_and_si256(_mm256_srl_epi16(bits, _mm_cvtsi32_si128(2 * j as i32)), m3);
+            let mask = _mm256_set1_epi8((1u8 << (4 * n + j)) as i8);
+            let high = _mm256_and_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(hm, mask), mask),
+                _mm256_set1_epi8(4),
+            );
+            q[4 * n + j] = _mm256_or_si256(low, high);
+        }
+    }
+    let s: [i16; 16] = std::array::from_fn(|g| sc[g] as i16);
+    KBlock {
+        q,
+        sc: std::array::from_fn(|c| scale_pair(s[2 * c], s[2 * c + 1])),
+        sc16: i16x16(s),
+        min16: _mm256_setzero_si256(),
+        offset: 4,
+        d: h(b.d),
+        dmin: 0.0,
+    }
+}
+
+#[inline(always)]
+unsafe fn unpack_q2_k(b: &BlockQ2K) -> KBlock {
+    let m3 = _mm256_set1_epi8(3);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for n in 0..2 {
+        let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * n) as *const __m256i);
+        for j in 0..4 {
+            q[4 * n + j] =
+                _mm256_and_si256(_mm256_srl_epi16(bits, _mm_cvtsi32_si128(2 * j as i32)), m3);
+        }
+    }
+    let s: [i16; 16] = std::array::from_fn(|g| (b.scales[g] & 0xF) as i16);
+    KBlock {
+        q,
+        sc: std::array::from_fn(|c| scale_pair(s[2 * c], s[2 * c + 1])),
+        sc16: _mm256_setzero_si256(),
+        min16: i16x16(std::array::from_fn(|g| (b.scales[g] >> 4) as i16)),
+        offset: 0,
+        d: h(b.d),
+        dmin: h(b.dmin),
+    }
+}
+
+macro_rules! kquant_avx2 {
+    ($block:ty, $bytes:expr, $unpack:ident, $dot:ident, $gemm:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let mut sum = 0.0f32;
+            for (x, y) in as_blocks::<$block>(w)
+                .iter()
+                .zip(as_blocks::<BlockQ8K>(a))
+                .take(n / QK_K)
+            {
+                sum += kdot(&$unpack(x), (y as *const BlockQ8K) as *const u8);
+            }
+            sum
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $gemm(t: &Tile) {
+            const N: usize = 4;
+            let nb = t.cols / QK_K;
+            let (w, rb, x, xb) = (t.w.as_ptr(), t.w_row_bytes, t.x.as_ptr(), t.x_row_bytes);
+            for r in t.rows.clone() {
+                let wr = w.add(r * rb);
+                let mut k0 = 0;
+                while k0 < t.tokens {
+                    let nt = (t.tokens - k0).min(N);
+                    let mut sums = [0.0f32; N];
+                    for b in 0..nb {
+                        let blk = &*(wr.add(b * $bytes) as *const $block);
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            wr.add(b * $bytes).wrapping_add(PREFETCH) as *const i8
+                        );
+                        let u = $unpack(blk);
+                        for k in 0..nt {
+                            sums[k] += kdot(&u, x.add((k0 + k) * xb + b * 292));
+                        }
+                    }
+                    for k in 0..nt {
+                        t.out.write((k0 + k) * t.out_stride + r, sums[k]);
+                    }
+                    k0 += nt;
+                }
+            }
+        }
+    };
+}
+
+kquant_avx2!(BlockQ2K, 84, unpack_q2_k, dot_q2_k_q8_k, gemm_q2_k);
+kquant_avx2!(BlockQ3K, 110, unpack_q3_k, dot_q3_k_q8_k, gemm_q3_k);
+kquant_avx2!(BlockQ4K, 144, unpack_q4_k, dot_q4_k_q8_k, gemm_q4_k);
+kquant_avx2!(BlockQ5K, 176, unpack_q5_k, dot_q5_k_q8_k, gemm_q5_k);
+kquant_avx2!(BlockQ6K, 210, unpack_q6_k, dot_q6_k_q8_k, gemm_q6_k);

@@ -28,6 +28,11 @@ checked! {
     avx2_q5_0 => avx2::dot_q5_0_q8_0,
     avx2_q5_1 => avx2::dot_q5_1_q8_1,
     avx2_q8_0 => avx2::dot_q8_0_q8_0,
+    avx2_q2_k => avx2::dot_q2_k_q8_k,
+    avx2_q3_k => avx2::dot_q3_k_q8_k,
+    avx2_q4_k => avx2::dot_q4_k_q8_k,
+    avx2_q5_k => avx2::dot_q5_k_q8_k,
+    avx2_q6_k => avx2::dot_q6_k_q8_k,
 }
 
 /// Wraps an `unsafe` target-feature tile kernel in a safe function pointer.
@@ -46,8 +51,16 @@ macro_rules! checked_tile {
 
 #[cfg(target_arch = "x86_64")]
 checked_tile! {
+    avx2_gemm_q4_0 => avx2::gemm_q4_0,
     avx2_gemm_q4_1 => avx2::gemm_q4_1,
+    avx2_gemm_q5_0 => avx2::gemm_q5_0,
+    avx2_gemm_q5_1 => avx2::gemm_q5_1,
     avx2_gemm_q8_0 => avx2::gemm_q8_0,
+    avx2_gemm_q2_k => avx2::gemm_q2_k,
+    avx2_gemm_q3_k => avx2::gemm_q3_k,
+    avx2_gemm_q4_k => avx2::gemm_q4_k,
+    avx2_gemm_q5_k => avx2::gemm_q5_k,
+    avx2_gemm_q6_k => avx2::gemm_q6_k,
 }
 
 /// The whole-tile kernel for weights of type `ty` on `isa`, if there is one.
@@ -55,8 +68,16 @@ pub(crate) fn gemm(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => match ty {
+            GgmlType::Q4_0 => Some(avx2_gemm_q4_0),
             GgmlType::Q4_1 => Some(avx2_gemm_q4_1),
+            GgmlType::Q5_0 => Some(avx2_gemm_q5_0),
+            GgmlType::Q5_1 => Some(avx2_gemm_q5_1),
             GgmlType::Q8_0 => Some(avx2_gemm_q8_0),
+            GgmlType::Q2_K => Some(avx2_gemm_q2_k),
+            GgmlType::Q3_K => Some(avx2_gemm_q3_k),
+            GgmlType::Q4_K => Some(avx2_gemm_q4_k),
+            GgmlType::Q5_K => Some(avx2_gemm_q5_k),
+            GgmlType::Q6_K => Some(avx2_gemm_q6_k),
             _ => None,
         },
         _ => {
@@ -113,6 +134,11 @@ pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
             GgmlType::Q5_0 => Some(avx2_q5_0),
             GgmlType::Q5_1 => Some(avx2_q5_1),
             GgmlType::Q8_0 => Some(avx2_q8_0),
+            GgmlType::Q2_K => Some(avx2_q2_k),
+            GgmlType::Q3_K => Some(avx2_q3_k),
+            GgmlType::Q4_K => Some(avx2_q4_k),
+            GgmlType::Q5_K => Some(avx2_q5_k),
+            GgmlType::Q6_K => Some(avx2_q6_k),
             _ => None,
         },
         _ => {
