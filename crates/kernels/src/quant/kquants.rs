@@ -191,6 +191,7 @@ pub fn dequant_q8_k(src: &[u8], dst: &mut [f32]) {
 
 /// Q8_K activation quantization, as llama.cpp's `quantize_row_q8_K_ref`: the scale comes from the
 /// signed value of largest magnitude (first one on ties), -127 / max, rounding half to even.
+#[inline(always)]
 pub fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
     for (x, b) in src.chunks_exact(QK_K).zip(as_blocks_mut::<BlockQ8K>(dst)) {
         let mut amax = 0.0f32;

@@ -12,6 +12,20 @@ use std::arch::x86_64::*;
 
 use crate::quant::blocks::*;
 
+/// `[f(0), f(1), …]` built with a plain loop: closures passed to `std::array::from_fn` are
+/// compiled without the caller's target features, so intrinsics in them are not inlined.
+macro_rules! arr {
+    ($n:expr, $zero:expr, |$i:ident| $e:expr) => {{
+        let mut a = [$zero; $n];
+        let mut $i = 0;
+        while $i < $n {
+            a[$i] = $e;
+            $i += 1;
+        }
+        a
+    }};
+}
+
 /// Half to float with F16C.
 #[inline(always)]
 unsafe fn h(b: [u8; 2]) -> f32 {
@@ -180,11 +194,11 @@ unsafe fn hsum_rows(a: &[__m256; 8]) -> __m256 {
 /// Dword `j` of eight 16-byte rows, one row per lane: `[r0 r1 r2 r3 | r4 r5 r6 r7]`.
 #[inline(always)]
 unsafe fn transpose_8x4(p: &[*const u8; 8]) -> [__m256i; 4] {
-    let q = |i: usize| _mm_loadu_si128(p[i] as *const __m128i);
-    let y04 = _mm256_set_m128i(q(4), q(0));
-    let y15 = _mm256_set_m128i(q(5), q(1));
-    let y26 = _mm256_set_m128i(q(6), q(2));
-    let y37 = _mm256_set_m128i(q(7), q(3));
+    let q: [__m128i; 8] = arr!(8, _mm_setzero_si128(), |i| _mm_loadu_si128(p[i] as *const __m128i));
+    let y04 = _mm256_set_m128i(q[4], q[0]);
+    let y15 = _mm256_set_m128i(q[5], q[1]);
+    let y26 = _mm256_set_m128i(q[6], q[2]);
+    let y37 = _mm256_set_m128i(q[7], q[3]);
     let t0 = _mm256_unpacklo_epi32(y04, y15);
     let t1 = _mm256_unpackhi_epi32(y04, y15);
     let t2 = _mm256_unpacklo_epi32(y26, y37);
@@ -200,17 +214,8 @@ unsafe fn transpose_8x4(p: &[*const u8; 8]) -> [__m256i; 4] {
 /// Eight f16 values at `p[i] + off` (one per row) as f32.
 #[inline(always)]
 unsafe fn gather_halves(p: &[*const u8; 8], off: usize) -> __m256 {
-    let h = |i: usize| (p[i].add(off) as *const i16).read_unaligned();
-    _mm256_cvtph_ps(_mm_setr_epi16(
-        h(0),
-        h(1),
-        h(2),
-        h(3),
-        h(4),
-        h(5),
-        h(6),
-        h(7),
-    ))
+    let h: [i16; 8] = arr!(8, 0i16, |i| (p[i].add(off) as *const i16).read_unaligned());
+    _mm256_cvtph_ps(_mm_setr_epi16(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]))
 }
 
 #[inline(always)]
@@ -337,8 +342,8 @@ unsafe fn nibble_tile<T: Nibble, const R: usize, const N: usize>(
             }
         }
     }
-    std::array::from_fn(|i| {
-        std::array::from_fn(|k| {
+    arr!(R, [0.0f32; N], |i| {
+        arr!(N, 0.0f32, |k| {
             if T::MIN {
                 hsum(acc[i][k]) + summs[i][k]
             } else {
@@ -357,7 +362,7 @@ unsafe fn nibble_rows8<T: Nibble>(w: *const u8, rb: usize, nb: usize, y: *const 
     let mut acc = [_mm256_setzero_ps(); 8];
     let mut summs = _mm256_setzero_ps();
     for b in 0..nb {
-        let p: [*const u8; 8] = std::array::from_fn(|i| w.add(i * rb + b * T::BYTES));
+        let p: [*const u8; 8] = arr!(8, w, |i| w.add(i * rb + b * T::BYTES));
         if b % 3 == 0 {
             for &pi in &p {
                 _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(PREFETCH) as *const i8);
@@ -372,7 +377,7 @@ unsafe fn nibble_rows8<T: Nibble>(w: *const u8, rb: usize, nb: usize, y: *const 
                 _mm256_mul_ps(gather_halves(&p, 2), _mm256_set1_ps(sy)),
             );
         }
-        let q: [*const u8; 8] = std::array::from_fn(|i| p[i].add(T::QS));
+        let q: [*const u8; 8] = arr!(8, w, |i| p[i].add(T::QS));
         let v = transpose_8x4(&q);
         let yq = yb.add(T::AQS) as *const i32;
         for j in 0..4 {
@@ -494,7 +499,7 @@ unsafe fn q8_0_tile<const R: usize, const N: usize>(
             }
         }
     }
-    std::array::from_fn(|i| std::array::from_fn(|k| hsum(acc[i][k])))
+    arr!(R, [0.0f32; N], |i| arr!(N, 0.0f32, |k| hsum(acc[i][k])))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -538,11 +543,15 @@ use crate::attention::{HeadScratch, PagedHead, Reduce};
 /// ggml's `ggml_v_expf`, eight lanes (see `crate::lanes::expf_ggml`).
 #[inline(always)]
 pub(crate) unsafe fn expf8(x: __m256) -> __m256 {
-    let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+    macro_rules! c {
+        ($bits:expr) => {
+            _mm256_set1_ps(f32::from_bits($bits))
+        };
+    }
     let r = _mm256_set1_ps(12_582_912.0);
-    let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), r);
+    let z = _mm256_fmadd_ps(x, c!(0x3fb8_aa3b), r);
     let n = _mm256_sub_ps(z, r);
-    let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
+    let b = _mm256_fnmadd_ps(n, c!(0x35bf_be8e), _mm256_fnmadd_ps(n, c!(0x3f31_7200), x));
     let e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
     let k = _mm256_castsi256_ps(_mm256_add_epi32(
         e,
@@ -553,12 +562,12 @@ pub(crate) unsafe fn expf8(x: __m256) -> __m256 {
     let u = _mm256_mul_ps(b, b);
     let j = _mm256_fmadd_ps(
         _mm256_fmadd_ps(
-            _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            _mm256_fmadd_ps(c!(0x3c07_2010), b, c!(0x3d2b_9f17)),
             u,
-            _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+            _mm256_fmadd_ps(c!(0x3e2a_af33), b, c!(0x3eff_fedb)),
         ),
         u,
-        _mm256_mul_ps(c(0x3f7f_fff6), b),
+        _mm256_mul_ps(c!(0x3f7f_fff6), b),
     );
     if _mm256_movemask_ps(_mm256_castsi256_ps(cmask)) == 0 {
         return _mm256_fmadd_ps(j, k, k);
@@ -723,7 +732,7 @@ pub unsafe fn attend_head_f16(
 /// Quantizes 32 floats at `x` into `qs`; returns (d, sum of quants).
 #[inline(always)]
 unsafe fn quantize32(x: *const f32, qs: *mut u8) -> (f32, i32) {
-    let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.add(8 * i)));
+    let v: [__m256; 4] = arr!(4, _mm256_setzero_ps(), |i| _mm256_loadu_ps(x.add(8 * i)));
     let sign = _mm256_set1_ps(-0.0);
     let mut m = _mm256_andnot_ps(sign, v[0]);
     for vi in &v[1..] {
@@ -735,7 +744,7 @@ unsafe fn quantize32(x: *const f32, qs: *mut u8) -> (f32, i32) {
     let amax = _mm_cvtss_f32(m4);
     let d = amax / 127.0;
     let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
-    let i: [__m256i; 4] = std::array::from_fn(|k| {
+    let i: [__m256i; 4] = arr!(4, _mm256_setzero_si256(), |k| {
         _mm256_cvtps_epi32(_mm256_round_ps::<
             { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
         >(_mm256_mul_ps(v[k], id)))
@@ -849,7 +858,7 @@ unsafe fn unpack_q4_k(b: &BlockQ4K) -> KBlock {
         q,
         sc: scv,
         sc16: _mm256_setzero_si256(),
-        min16: i16x16(std::array::from_fn(|g| m[g / 2] as i16)),
+        min16: i16x16(arr!(16, 0i16, |g| m[g / 2] as i16)),
         offset: 0,
         d: h(b.d),
         dmin: h(b.dmin),
@@ -861,21 +870,20 @@ unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
     let (sc, m) = k4_scales_mins(&b.scales);
     let m4 = _mm256_set1_epi8(0x0F);
     let qh = _mm256_loadu_si256(b.qh.as_ptr() as *const __m256i);
-    let bit = |v: u8| {
-        let mask = _mm256_set1_epi8(v as i8);
-        _mm256_and_si256(
-            _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask),
-            _mm256_set1_epi8(16),
-        )
-    };
+    macro_rules! bit {
+        ($v:expr) => {{
+            let mask = _mm256_set1_epi8($v as u8 as i8);
+            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask), _mm256_set1_epi8(16))
+        }};
+    }
     let mut q = [_mm256_setzero_si256(); 8];
     let mut scv = [_mm256_setzero_si256(); 8];
     for j in 0..4 {
         let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j) as *const __m256i);
-        q[2 * j] = _mm256_or_si256(_mm256_and_si256(bits, m4), bit(1 << (2 * j)));
+        q[2 * j] = _mm256_or_si256(_mm256_and_si256(bits, m4), bit!(1u32 << (2 * j)));
         q[2 * j + 1] = _mm256_or_si256(
             _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
-            bit(2 << (2 * j)),
+            bit!(2u32 << (2 * j)),
         );
         scv[2 * j] = _mm256_set1_epi16(sc[2 * j] as i16);
         scv[2 * j + 1] = _mm256_set1_epi16(sc[2 * j + 1] as i16);
@@ -884,7 +892,7 @@ unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
         q,
         sc: scv,
         sc16: _mm256_setzero_si256(),
-        min16: i16x16(std::array::from_fn(|g| m[g / 2] as i16)),
+        min16: i16x16(arr!(16, 0i16, |g| m[g / 2] as i16)),
         offset: 0,
         d: h(b.d),
         dmin: h(b.dmin),
@@ -908,10 +916,10 @@ unsafe fn unpack_q6_k(b: &BlockQ6K) -> KBlock {
         q[4 * n + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15), h2);
         q[4 * n + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m15), h3);
     }
-    let s: [i16; 16] = std::array::from_fn(|g| b.scales[g] as i8 as i16);
+    let s: [i16; 16] = arr!(16, 0i16, |g| b.scales[g] as i8 as i16);
     KBlock {
         q,
-        sc: std::array::from_fn(|c| scale_pair(s[2 * c], s[2 * c + 1])),
+        sc: arr!(8, _mm256_setzero_si256(), |c| scale_pair(s[2 * c], s[2 * c + 1])),
         sc16: i16x16(s),
         min16: _mm256_setzero_si256(),
         offset: 32,
@@ -938,10 +946,10 @@ unsafe fn unpack_q3_k(b: &BlockQ3K) -> KBlock {
             q[4 * n + j] = _mm256_or_si256(low, high);
         }
     }
-    let s: [i16; 16] = std::array::from_fn(|g| sc[g] as i16);
+    let s: [i16; 16] = arr!(16, 0i16, |g| sc[g] as i16);
     KBlock {
         q,
-        sc: std::array::from_fn(|c| scale_pair(s[2 * c], s[2 * c + 1])),
+        sc: arr!(8, _mm256_setzero_si256(), |c| scale_pair(s[2 * c], s[2 * c + 1])),
         sc16: i16x16(s),
         min16: _mm256_setzero_si256(),
         offset: 4,
@@ -961,12 +969,12 @@ unsafe fn unpack_q2_k(b: &BlockQ2K) -> KBlock {
                 _mm256_and_si256(_mm256_srl_epi16(bits, _mm_cvtsi32_si128(2 * j as i32)), m3);
         }
     }
-    let s: [i16; 16] = std::array::from_fn(|g| (b.scales[g] & 0xF) as i16);
+    let s: [i16; 16] = arr!(16, 0i16, |g| (b.scales[g] & 0xF) as i16);
     KBlock {
         q,
-        sc: std::array::from_fn(|c| scale_pair(s[2 * c], s[2 * c + 1])),
+        sc: arr!(8, _mm256_setzero_si256(), |c| scale_pair(s[2 * c], s[2 * c + 1])),
         sc16: _mm256_setzero_si256(),
-        min16: i16x16(std::array::from_fn(|g| (b.scales[g] >> 4) as i16)),
+        min16: i16x16(arr!(16, 0i16, |g| (b.scales[g] >> 4) as i16)),
         offset: 0,
         d: h(b.d),
         dmin: h(b.dmin),
