@@ -124,11 +124,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if a.n_gen > 0 {
         run_test(format!("tg{}", a.n_gen), &|| tg(&model, a.n_gen))?;
     }
+    // Peak memory of the tests themselves, before the bandwidth probe allocates its buffer.
+    let peak = peak_rss();
     let pool = torchless_kernels::ThreadPool::new(model.threads());
-    let bw = torchless_kernels::bandwidth::measure_read(&pool, 512 << 20, 5);
+    let bw = torchless_kernels::bandwidth::measure_read(&pool, 256 << 20, 5);
     let bytes_per_token = model.weights().bytes_per_token();
     let bound = bw / bytes_per_token as f64;
-    let peak = peak_rss();
     let isa = model.kernels().isa().name();
     if a.json {
         let j = serde_json::json!({

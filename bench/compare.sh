@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Side-by-side speed of torchless and llama.cpp on the same machine, same models, same threads.
+#
+#   bench/compare.sh [--threads N] [--reps R] [--quick] [--no-contention]
+#
+# 1. Builds llama.cpp (llama-bench, llama-quantize) from the llama-cpp-python source package on
+#    PyPI, which vendors it, into $CACHE/llamacpp (about 20 minutes the first time on 2 cores).
+# 2. Fetches the models (torchless fetch) and makes requantized variants of SmolLM2 (F16, Q8_0,
+#    Q4_0, Q4_K_M) with llama-quantize.
+# 3. Runs llama-bench and `torchless bench` alternately on every model (pp512, tg128), then
+#    SmolLM2 Q4_1 generation once more with a competing busy process (`yes > /dev/null`).
+# 4. Prints the table (both figures and the ratio) and writes it to bench/RESULTS.md with the
+#    machine's description, the date, and the load average before and after.
+#
+# Not part of CI. Run it on a quiet machine: nothing else should be running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+THREADS=$(python3 -c 'import os;print(len({(l.split(":")[1].strip()) for l in open("/proc/cpuinfo") if l.startswith("core id")}) or os.cpu_count())' 2>/dev/null || nproc)
+REPS=5
+QUICK=0
+CONTENTION=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --threads) THREADS=$2; shift 2 ;;
+    --reps) REPS=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --no-contention) CONTENTION=0; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+CACHE=${TORCHLESS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/torchless}
+LCPP=$CACHE/llamacpp
+MODELS=$CACHE/models
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"; [ -n "${YES_PID:-}" ] && kill "$YES_PID" 2>/dev/null || true' EXIT
+
+# --- 1. llama.cpp -------------------------------------------------------------------------
+VERSION=0.3.36
+SRC=$LCPP/llama_cpp_python-$VERSION/vendor/llama.cpp
+if [ ! -x "$LCPP/build/bin/llama-bench" ] || [ ! -x "$LCPP/build/bin/llama-quantize" ]; then
+  echo "compare: building llama.cpp from llama-cpp-python==$VERSION (takes a while)" >&2
+  mkdir -p "$LCPP"
+  if [ ! -d "$SRC" ]; then
+    python3 -m pip download --no-deps --no-binary llama-cpp-python --dest "$LCPP/dl" "llama-cpp-python==$VERSION" >&2
+    tar xzf "$LCPP/dl/llama_cpp_python-$VERSION.tar.gz" -C "$LCPP"
+  fi
+  command -v cmake >/dev/null || python3 -m pip install cmake ninja >&2
+  GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
+  cmake -S "$SRC" -B "$LCPP/build" $GEN -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON >&2
+  cmake --build "$LCPP/build" -j "$(nproc)" --target llama-bench llama-quantize >&2
+fi
+LB=$LCPP/build/bin/llama-bench
+LQ=$LCPP/build/bin/llama-quantize
+
+# --- 2. models ----------------------------------------------------------------------------
+cargo build --release >&2
+TL=target/release/torchless
+for m in smollm2 qwen2.5-coder-0.5b qwen2.5-coder-1.5b; do
+  [ "$QUICK" = 1 ] && [ "$m" = qwen2.5-coder-1.5b ] && continue
+  $TL fetch "$m" >/dev/null
+done
+BASE=$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf
+for t in F16 Q8_0 Q4_0 Q4_K_M; do
+  f=$MODELS/SmolLM2-135M-Instruct.$t.gguf
+  [ -f "$f" ] || "$LQ" --allow-requantize "$BASE" "$f" "$t" >/dev/null 2>&1
+done
+
+LIST=("SmolLM2 Q4_1|$BASE" "SmolLM2 Q8_0|$MODELS/SmolLM2-135M-Instruct.Q8_0.gguf"
+      "SmolLM2 Q4_0|$MODELS/SmolLM2-135M-Instruct.Q4_0.gguf" "SmolLM2 F16|$MODELS/SmolLM2-135M-Instruct.F16.gguf"
+      "SmolLM2 Q4_K_M|$MODELS/SmolLM2-135M-Instruct.Q4_K_M.gguf"
+      "Qwen2.5-Coder-0.5B Q4_K_M|$MODELS/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+[ "$QUICK" = 1 ] || LIST+=("Qwen2.5-Coder-1.5B Q4_K_M|$MODELS/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+
+# --- 3. measure ---------------------------------------------------------------------------
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+run_pair() { # label model tag
+  local label=$1 model=$2 tag=$3
+  echo "compare: $label ($tag): llama.cpp" >&2
+  "$LB" -m "$model" -t "$THREADS" -r "$REPS" -p 512 -n 128 -o json > "$OUT/$tag.llama.json" 2>/dev/null
+  echo "compare: $label ($tag): torchless" >&2
+  "$TL" bench -m "$model" -t "$THREADS" -r "$REPS" -p 512 -n 128 --json > "$OUT/$tag.torchless.json" 2>/dev/null
+  echo "$label|$tag" >> "$OUT/index"
+}
+i=0
+for entry in "${LIST[@]}"; do
+  run_pair "${entry%%|*}" "${entry#*|}" "m$i"
+  i=$((i + 1))
+done
+if [ "$CONTENTION" = 1 ]; then
+  yes > /dev/null &
+  YES_PID=$!
+  echo "compare: SmolLM2 Q4_1 with a competing busy process" >&2
+  "$LB" -m "$BASE" -t "$THREADS" -r "$REPS" -p 0 -n 128 -o json > "$OUT/busy.llama.json" 2>/dev/null
+  "$TL" bench -m "$BASE" -t "$THREADS" -r "$REPS" -p 0 -n 128 --json > "$OUT/busy.torchless.json" 2>/dev/null
+  kill "$YES_PID"; YES_PID=""
+fi
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- 4. report ----------------------------------------------------------------------------
+python3 - "$OUT" "$THREADS" "$REPS" "$LOAD_BEFORE" "$LOAD_AFTER" <<'EOF'
+import json, os, platform, subprocess, sys, datetime
+out, threads, reps, load_before, load_after = sys.argv[1:6]
+
+def llama(path):
+    rows = json.load(open(path))
+    res = {}
+    for r in rows:
+        test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+        res[test] = (r["avg_ts"], r["stddev_ts"])
+    return res
+
+def ours(path):
+    j = json.load(open(path))
+    return {r["test"]: (r["tokens_per_s"], r["stddev"]) for r in j["results"]}, j
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
+isa = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni") if f" {f}" in flags]
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "?")
+lines = []
+lines.append(f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {cpu} ({os.cpu_count()} CPUs, {', '.join(isa)}; "
+             f"{int(mem) // 1024} MiB RAM), {threads} threads, {reps} repetitions, llama.cpp from llama-cpp-python 0.3.36 "
+             f"(built Release, native). Load average before: {load_before}; after: {load_after}.")
+lines.append("")
+lines.append("| model | test | llama.cpp t/s | torchless t/s | ratio |")
+lines.append("| --- | --- | ---: | ---: | ---: |")
+extra = []
+for entry in open(os.path.join(out, "index")).read().split("\n"):
+    if not entry:
+        continue
+    label, tag = entry.split("|")
+    l = llama(os.path.join(out, f"{tag}.llama.json"))
+    t, j = ours(os.path.join(out, f"{tag}.torchless.json"))
+    for test in ("pp512", "tg128"):
+        if test in l and test in t:
+            lines.append(f"| {label} | {test} | {l[test][0]:.2f} ± {l[test][1]:.2f} | {t[test][0]:.2f} ± {t[test][1]:.2f} | {t[test][0] / l[test][0]:.2f} |")
+    if "tg128" in t:
+        extra.append(f"- {label}: generation {t['tg128'][0]:.1f} t/s = {100 * t['tg128'][0] / j['generation_bound_tokens_per_s']:.0f}% of the bandwidth bound "
+                     f"({j['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token at a measured {j['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
+                     f"= {j['generation_bound_tokens_per_s']:.1f} t/s); llama.cpp at {100 * l.get('tg128', (0,))[0] / j['generation_bound_tokens_per_s']:.0f}%; "
+                     f"peak RSS {(j.get('peak_rss_bytes') or 0) / 2**20:.0f} MiB; kernels {j['kernels']}")
+busy = os.path.join(out, "busy.torchless.json")
+if os.path.exists(busy):
+    t, _ = ours(busy)
+    l = llama(os.path.join(out, "busy.llama.json"))
+    quiet_t = quiet_l = None
+    first = open(os.path.join(out, "index")).read().split("\n")[0].split("|")[1]
+    quiet_t = ours(os.path.join(out, f"{first}.torchless.json"))[0]["tg128"][0]
+    quiet_l = llama(os.path.join(out, f"{first}.llama.json"))["tg128"][0]
+    lines.append(f"| SmolLM2 Q4_1, busy neighbour | tg128 | {l['tg128'][0]:.2f} ± {l['tg128'][1]:.2f} ({100 * l['tg128'][0] / quiet_l:.0f}% of quiet) "
+                 f"| {t['tg128'][0]:.2f} ± {t['tg128'][1]:.2f} ({100 * t['tg128'][0] / quiet_t:.0f}% of quiet) | {t['tg128'][0] / l['tg128'][0]:.2f} |")
+lines.append("")
+lines.extend(extra)
+table = "\n".join(lines)
+print(table)
+with open("bench/RESULTS.md", "w") as f:
+    f.write("# Benchmark results: torchless vs llama.cpp\n\n")
+    f.write("Made by `bench/compare.sh` (both engines alternately, same models, same threads; ratio = torchless / llama.cpp).\n\n")
+    f.write(table + "\n")
+EOF
