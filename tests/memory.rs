@@ -9,7 +9,9 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use torchless_model::{generate, GenerateOptions, LoadOptions, Model, SamplerConfig, Session, SessionOptions};
+use torchless_model::{
+    generate, GenerateOptions, LoadOptions, Model, SamplerConfig, Session, SessionOptions,
+};
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -43,24 +45,65 @@ static GLOBAL: Counting = Counting;
 fn peak_rss() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 #[test]
 fn generation_allocates_nothing_per_token_and_stays_within_memory_bounds() {
     let path = common::model("smollm2");
     let file_size = std::fs::metadata(&path).unwrap().len();
-    let model = Model::load(&path, &LoadOptions { threads: 2, ..LoadOptions::default() }).unwrap();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            threads: 2,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
     let tok = model.tokenizer().unwrap();
-    let prompt = tok.encode("Once upon a time, in a quiet village by the sea,", true, false).unwrap();
-    for sampler in [SamplerConfig::greedy(), SamplerConfig { seed: 3, ..SamplerConfig::default() }] {
-        let mut session = Session::new(&model, SessionOptions { n_ctx: 512, ..SessionOptions::default() });
-        let opts = GenerateOptions { max_tokens: 48, sampler, stop_at_eog: false, record_logits: false };
+    let prompt = tok
+        .encode(
+            "Once upon a time, in a quiet village by the sea,",
+            true,
+            false,
+        )
+        .unwrap();
+    for sampler in [
+        SamplerConfig::greedy(),
+        SamplerConfig {
+            seed: 3,
+            ..SamplerConfig::default()
+        },
+    ] {
+        let mut session = Session::new(
+            &model,
+            SessionOptions {
+                n_ctx: 512,
+                ..SessionOptions::default()
+            },
+        );
+        let opts = GenerateOptions {
+            max_tokens: 48,
+            sampler,
+            stop_at_eog: false,
+            record_logits: false,
+        };
         let mut counts = Vec::with_capacity(64);
-        generate(&mut session, &prompt, &opts, |_| {}, |_| {
-            counts.push(ALLOCS.load(Ordering::Relaxed));
-            true
-        })
+        generate(
+            &mut session,
+            &prompt,
+            &opts,
+            |_| {},
+            |_| {
+                counts.push(ALLOCS.load(Ordering::Relaxed));
+                true
+            },
+        )
         .unwrap();
         // From the second generated token on (the first pass sizes lazily grown buffers),
         // nothing may allocate.
@@ -74,7 +117,14 @@ fn generation_allocates_nothing_per_token_and_stays_within_memory_bounds() {
             sampler
         );
     }
-    let kv = Session::new(&model, SessionOptions { n_ctx: 512, ..SessionOptions::default() }).kv_bytes() as u64;
+    let kv = Session::new(
+        &model,
+        SessionOptions {
+            n_ctx: 512,
+            ..SessionOptions::default()
+        },
+    )
+    .kv_bytes() as u64;
     let peak = peak_rss();
     let limit = file_size + kv + (64 << 20);
     eprintln!(
@@ -85,5 +135,8 @@ fn generation_allocates_nothing_per_token_and_stays_within_memory_bounds() {
         limit as f64 / 1048576.0
     );
     assert!(peak <= limit, "peak RSS {peak} exceeds {limit}");
-    assert!(model.weights().matrices().iter().all(|t| t.is_mapped()), "weights must stay memory-mapped");
+    assert!(
+        model.weights().matrices().iter().all(|t| t.is_mapped()),
+        "weights must stay memory-mapped"
+    );
 }

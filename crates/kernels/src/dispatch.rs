@@ -127,6 +127,14 @@ impl Kernels {
         crate::simd::vec_dot(self.isa, ty).or(ty.traits().vec_dot)
     }
 
+    /// The dot product of batched tiles for weights of type `ty` (see
+    /// [`crate::quant::TypeTraits::vec_dot_batched`]).
+    pub fn vec_dot_batched(&self, ty: GgmlType) -> Option<VecDotFn> {
+        ty.traits().vec_dot_batched.and_then(|_| {
+            crate::simd::vec_dot_batched(self.isa, ty).or(ty.traits().vec_dot_batched)
+        })
+    }
+
     /// The whole-tile kernel for weights of type `ty`, where one exists for this ISA.
     pub fn gemm(&self, ty: GgmlType) -> Option<crate::matmul::GemmFn> {
         crate::simd::gemm(self.isa, ty)

@@ -184,6 +184,10 @@ pub struct Tile<'a> {
     pub tokens: usize,
     pub out: SharedOut,
     pub out_stride: usize,
+    /// Whether the reference engine would take its batched (tiled GEMM) path for this product:
+    /// several tokens, rows a multiple of 4, length a multiple of 8. Only the float formats
+    /// reduce differently there.
+    pub batched: bool,
 }
 
 impl Tile<'_> {
@@ -255,7 +259,11 @@ pub fn matmul(
             need: n * tokens,
         });
     }
-    let dot = kernels.vec_dot(ty).ok_or(MatmulError::Unsupported(ty))?;
+    let batched = tokens >= 2 && n % 4 == 0 && cols % 8 == 0;
+    let dot = match (batched, kernels.vec_dot_batched(ty)) {
+        (true, Some(f)) => f,
+        _ => kernels.vec_dot(ty).ok_or(MatmulError::Unsupported(ty))?,
+    };
     let gemm = kernels.gemm(ty);
     let shared = SharedOut::new(out);
     let bytes = w.bytes();
@@ -271,6 +279,7 @@ pub fn matmul(
             tokens,
             out: shared,
             out_stride: n,
+            batched,
         };
         match gemm {
             Some(g) if tile.in_bounds() => g(&tile),

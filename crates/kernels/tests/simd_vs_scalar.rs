@@ -102,6 +102,13 @@ proptest! {
                 let got = k.vec_dot(ty).unwrap()(n, &w, &a);
                 prop_assert_eq!(got.to_bits(), want.to_bits(), "{} on {:?}: {} vs {}", ty, k.isa(), got, want);
             }
+            if let Some(b) = scalar.vec_dot_batched(ty) {
+                let want = b(n, &w, &a);
+                for k in simd_kernels() {
+                    let got = k.vec_dot_batched(ty).unwrap()(n, &w, &a);
+                    prop_assert_eq!(got.to_bits(), want.to_bits(), "batched {} on {:?}", ty, k.isa());
+                }
+            }
         }
     }
 

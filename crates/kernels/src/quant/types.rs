@@ -76,6 +76,9 @@ pub struct TypeTraits {
     pub vec_dot_type: GgmlType,
     /// The scalar (reference) dot product; SIMD versions must agree with it.
     pub vec_dot: Option<VecDotFn>,
+    /// The dot product of batched tiles, where the reference engine reduces in another order
+    /// than for a single token (float types); `None`: the same as `vec_dot`.
+    pub vec_dot_batched: Option<VecDotFn>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -98,6 +101,14 @@ const fn row(
         from_f32,
         vec_dot_type,
         vec_dot,
+        vec_dot_batched: None,
+    }
+}
+
+const fn batched(t: TypeTraits, f: VecDotFn) -> TypeTraits {
+    TypeTraits {
+        vec_dot_batched: Some(f),
+        ..t
     }
 }
 
@@ -109,35 +120,44 @@ use GgmlType as T;
 
 /// The table. Geometry rows come first for every type; kernels where the engine has them.
 pub static TRAITS: &[TypeTraits] = &[
-    row(
-        T::F32,
-        "F32",
-        1,
-        4,
-        Some(float::f32_to_f32),
-        Some(float::f32_from_f32),
-        T::F32,
-        Some(float::dot_f32),
+    batched(
+        row(
+            T::F32,
+            "F32",
+            1,
+            4,
+            Some(float::f32_to_f32),
+            Some(float::f32_from_f32),
+            T::F32,
+            Some(float::dot_f32),
+        ),
+        float::dot_f32_batched,
     ),
-    row(
-        T::F16,
-        "F16",
-        1,
-        2,
-        Some(float::f16_to_f32),
-        Some(float::f16_from_f32),
-        T::F16,
-        Some(float::dot_f16),
+    batched(
+        row(
+            T::F16,
+            "F16",
+            1,
+            2,
+            Some(float::f16_to_f32),
+            Some(float::f16_from_f32),
+            T::F16,
+            Some(float::dot_f16),
+        ),
+        float::dot_f16_batched,
     ),
-    row(
-        T::BF16,
-        "BF16",
-        1,
-        2,
-        Some(float::bf16_to_f32),
-        Some(float::bf16_from_f32),
-        T::BF16,
-        Some(float::dot_bf16),
+    batched(
+        row(
+            T::BF16,
+            "BF16",
+            1,
+            2,
+            Some(float::bf16_to_f32),
+            Some(float::bf16_from_f32),
+            T::BF16,
+            Some(float::dot_bf16),
+        ),
+        float::dot_bf16_batched,
     ),
     row(
         T::Q4_0,

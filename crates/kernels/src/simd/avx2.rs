@@ -194,7 +194,9 @@ unsafe fn hsum_rows(a: &[__m256; 8]) -> __m256 {
 /// Dword `j` of eight 16-byte rows, one row per lane: `[r0 r1 r2 r3 | r4 r5 r6 r7]`.
 #[inline(always)]
 unsafe fn transpose_8x4(p: &[*const u8; 8]) -> [__m256i; 4] {
-    let q: [__m128i; 8] = arr!(8, _mm_setzero_si128(), |i| _mm_loadu_si128(p[i] as *const __m128i));
+    let q: [__m128i; 8] = arr!(8, _mm_setzero_si128(), |i| _mm_loadu_si128(
+        p[i] as *const __m128i
+    ));
     let y04 = _mm256_set_m128i(q[4], q[0]);
     let y15 = _mm256_set_m128i(q[5], q[1]);
     let y26 = _mm256_set_m128i(q[6], q[2]);
@@ -215,7 +217,9 @@ unsafe fn transpose_8x4(p: &[*const u8; 8]) -> [__m256i; 4] {
 #[inline(always)]
 unsafe fn gather_halves(p: &[*const u8; 8], off: usize) -> __m256 {
     let h: [i16; 8] = arr!(8, 0i16, |i| (p[i].add(off) as *const i16).read_unaligned());
-    _mm256_cvtph_ps(_mm_setr_epi16(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]))
+    _mm256_cvtph_ps(_mm_setr_epi16(
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
+    ))
 }
 
 #[inline(always)]
@@ -408,12 +412,226 @@ unsafe fn nibble_rows8<T: Nibble>(w: *const u8, rb: usize, nb: usize, y: *const 
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Many tokens through eight rows: the rows' quants are unpacked once into a panel, transposed
+// so that each vector holds one lane (four consecutive elements) of all eight rows, and every
+// token then runs through the panel with one multiply-add chain per lane — the same lanes and
+// the same order as the single-row kernels, a third of the instructions.
+
+/// A format of 32-element blocks with f16 scales whose quants the panel kernel can take.
+trait Fmt32 {
+    const BYTES: usize;
+    /// Whether blocks carry a minimum (activations Q8_1, unsigned quants).
+    const MIN: bool;
+    const ABYTES: usize = if Self::MIN { 36 } else { 34 };
+    const AQS: usize = if Self::MIN { 4 } else { 2 };
+    /// The block's 32 quants in element order (signed unless `MIN`).
+    unsafe fn quants(wb: *const u8) -> __m256i;
+}
+
+macro_rules! nibble_fmt32 {
+    ($t:ty) => {
+        impl Fmt32 for $t {
+            const BYTES: usize = <$t as Nibble>::BYTES;
+            const MIN: bool = <$t as Nibble>::MIN;
+            #[inline(always)]
+            unsafe fn quants(wb: *const u8) -> __m256i {
+                quants::<$t>(wb)
+            }
+        }
+    };
+}
+nibble_fmt32!(Q40);
+nibble_fmt32!(Q41);
+nibble_fmt32!(Q50);
+nibble_fmt32!(Q51);
+
+struct Q80;
+impl Fmt32 for Q80 {
+    const BYTES: usize = 34;
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn quants(wb: *const u8) -> __m256i {
+        _mm256_loadu_si256(wb.add(2) as *const __m256i)
+    }
+}
+
+/// 8×8 transpose of 32-bit elements: output vector L holds element L of each input, in order.
 #[inline(always)]
-unsafe fn gemm_nibble<T: Nibble>(t: &Tile) {
+unsafe fn transpose_8x8(r: &[__m256i; 8]) -> [__m256i; 8] {
+    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+    let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+    let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    let u0 = _mm256_unpacklo_epi64(t0, t2);
+    let u1 = _mm256_unpackhi_epi64(t0, t2);
+    let u2 = _mm256_unpacklo_epi64(t1, t3);
+    let u3 = _mm256_unpackhi_epi64(t1, t3);
+    let u4 = _mm256_unpacklo_epi64(t4, t6);
+    let u5 = _mm256_unpackhi_epi64(t4, t6);
+    let u6 = _mm256_unpacklo_epi64(t5, t7);
+    let u7 = _mm256_unpackhi_epi64(t5, t7);
+    [
+        _mm256_permute2x128_si256::<0x20>(u0, u4),
+        _mm256_permute2x128_si256::<0x20>(u1, u5),
+        _mm256_permute2x128_si256::<0x20>(u2, u6),
+        _mm256_permute2x128_si256::<0x20>(u3, u7),
+        _mm256_permute2x128_si256::<0x31>(u0, u4),
+        _mm256_permute2x128_si256::<0x31>(u1, u5),
+        _mm256_permute2x128_si256::<0x31>(u2, u6),
+        _mm256_permute2x128_si256::<0x31>(u3, u7),
+    ]
+}
+
+/// Vectors per block in a panel: eight lanes (twice, absolute values and signs, for signed
+/// formats), then the eight rows' scales and minimums as floats.
+const fn panel_stride(min: bool) -> usize {
+    if min {
+        8 + 2
+    } else {
+        16 + 1
+    }
+}
+
+/// Unpacks eight rows × `nb` blocks starting at `w` (row stride `rb`) into `panel`.
+#[inline(always)]
+unsafe fn build_panel<T: Fmt32>(w: *const u8, rb: usize, nb: usize, panel: *mut __m256i) {
+    let ps = panel_stride(T::MIN);
+    for b in 0..nb {
+        let mut rows = [_mm256_setzero_si256(); 8];
+        let mut d = [0i16; 8];
+        let mut m = [0i16; 8];
+        for i in 0..8 {
+            let wb = w.add(i * rb + b * T::BYTES);
+            rows[i] = T::quants(wb);
+            d[i] = (wb as *const i16).read_unaligned();
+            m[i] = (wb.add(2) as *const i16).read_unaligned();
+        }
+        let lanes = transpose_8x8(&rows);
+        let out = panel.add(b * ps);
+        if T::MIN {
+            for l in 0..8 {
+                *out.add(l) = lanes[l];
+            }
+            *out.add(8) = _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(
+                d.as_ptr() as *const __m128i
+            )));
+            *out.add(9) = _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(
+                m.as_ptr() as *const __m128i
+            )));
+        } else {
+            for l in 0..8 {
+                *out.add(2 * l) = _mm256_sign_epi8(lanes[l], lanes[l]);
+                *out.add(2 * l + 1) = lanes[l];
+            }
+            *out.add(16) = _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(
+                d.as_ptr() as *const __m128i
+            )));
+        }
+    }
+}
+
+/// One token (`y`, `nb` activation blocks) through a panel: the eight rows' outputs.
+#[inline(always)]
+unsafe fn panel_token<T: Fmt32>(panel: *const __m256i, nb: usize, y: *const u8) -> __m256 {
+    let ps = panel_stride(T::MIN);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut summs = _mm256_setzero_ps();
+    for b in 0..nb {
+        let p = panel.add(b * ps);
+        let yb = y.add(b * T::ABYTES);
+        let (dy, sy) = halves2(yb);
+        let yq = yb.add(T::AQS) as *const i32;
+        if T::MIN {
+            let d = _mm256_mul_ps(_mm256_castsi256_ps(*p.add(8)), _mm256_set1_ps(dy));
+            summs = _mm256_add_ps(
+                summs,
+                _mm256_mul_ps(_mm256_castsi256_ps(*p.add(9)), _mm256_set1_ps(sy)),
+            );
+            for l in 0..8 {
+                let yl = _mm256_set1_epi32(yq.add(l).read_unaligned());
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                    ones,
+                    _mm256_maddubs_epi16(*p.add(l), yl),
+                ));
+                acc[l] = _mm256_fmadd_ps(d, s, acc[l]);
+            }
+        } else {
+            let d = _mm256_mul_ps(_mm256_castsi256_ps(*p.add(16)), _mm256_set1_ps(dy));
+            for l in 0..8 {
+                let yl = _mm256_sign_epi8(
+                    _mm256_set1_epi32(yq.add(l).read_unaligned()),
+                    *p.add(2 * l + 1),
+                );
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                    ones,
+                    _mm256_maddubs_epi16(*p.add(2 * l), yl),
+                ));
+                acc[l] = _mm256_fmadd_ps(d, s, acc[l]);
+            }
+        }
+    }
+    if T::MIN {
+        _mm256_add_ps(hsum_rows(&acc), summs)
+    } else {
+        hsum_rows(&acc)
+    }
+}
+
+thread_local! {
+    /// Each thread's panel buffer, grown as needed and kept (no allocation per call).
+    static PANEL: std::cell::RefCell<Vec<__m256i>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Rows `r..r + 8k` of a tile with several tokens, through panels; returns the first row not
+/// done.
+#[inline(always)]
+unsafe fn panel_rows<T: Fmt32>(t: &Tile, mut r: usize) -> usize {
+    let nb = t.cols / QK;
+    let need = nb * panel_stride(T::MIN);
+    // The pointer stays valid: the buffer lives as long as the thread and is only resized here.
+    let panel: *mut __m256i = PANEL.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < need {
+            buf.resize(need, _mm256_setzero_si256());
+        }
+        buf.as_mut_ptr()
+    });
+    {
+        while r + 8 <= t.rows.end {
+            build_panel::<T>(
+                t.w.as_ptr().add(r * t.w_row_bytes),
+                t.w_row_bytes,
+                nb,
+                panel,
+            );
+            for k in 0..t.tokens {
+                let o = panel_token::<T>(panel, nb, t.x.as_ptr().add(k * t.x_row_bytes));
+                let mut v = [0.0f32; 8];
+                _mm256_storeu_ps(v.as_mut_ptr(), o);
+                for (i, x) in v.iter().enumerate() {
+                    t.out.write(k * t.out_stride + r + i, *x);
+                }
+            }
+            r += 8;
+        }
+    }
+    r
+}
+
+#[inline(always)]
+unsafe fn gemm_nibble<T: Nibble + Fmt32>(t: &Tile) {
     let nb = t.cols / QK;
     let (w, rb, x, xb) = (t.w.as_ptr(), t.w_row_bytes, t.x.as_ptr(), t.x_row_bytes);
     let mut r = t.rows.start;
-    if t.tokens == 1 {
+    if t.tokens >= 2 {
+        r = panel_rows::<T>(t, r);
+    } else {
         if T::QH.is_none() {
             while r + 8 <= t.rows.end {
                 store8(t, r, nibble_rows8::<T>(w.add(r * rb), rb, nb, x));
@@ -507,7 +725,9 @@ pub unsafe fn gemm_q8_0(t: &Tile) {
     let nb = t.cols / QK;
     let (w, rb, x, xb) = (t.w.as_ptr(), t.w_row_bytes, t.x.as_ptr(), t.x_row_bytes);
     let mut r = t.rows.start;
-    if t.tokens == 1 {
+    if t.tokens >= 2 {
+        r = panel_rows::<Q80>(t, r);
+    } else {
         while r + 4 <= t.rows.end {
             let o = q8_0_tile::<4, 1>(w.add(r * rb), rb, nb, x, xb);
             for (i, v) in o.iter().enumerate() {
@@ -873,7 +1093,10 @@ unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
     macro_rules! bit {
         ($v:expr) => {{
             let mask = _mm256_set1_epi8($v as u8 as i8);
-            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask), _mm256_set1_epi8(16))
+            _mm256_and_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask),
+                _mm256_set1_epi8(16),
+            )
         }};
     }
     let mut q = [_mm256_setzero_si256(); 8];
@@ -919,7 +1142,10 @@ unsafe fn unpack_q6_k(b: &BlockQ6K) -> KBlock {
     let s: [i16; 16] = arr!(16, 0i16, |g| b.scales[g] as i8 as i16);
     KBlock {
         q,
-        sc: arr!(8, _mm256_setzero_si256(), |c| scale_pair(s[2 * c], s[2 * c + 1])),
+        sc: arr!(8, _mm256_setzero_si256(), |c| scale_pair(
+            s[2 * c],
+            s[2 * c + 1]
+        )),
         sc16: i16x16(s),
         min16: _mm256_setzero_si256(),
         offset: 32,
@@ -949,7 +1175,10 @@ unsafe fn unpack_q3_k(b: &BlockQ3K) -> KBlock {
     let s: [i16; 16] = arr!(16, 0i16, |g| sc[g] as i16);
     KBlock {
         q,
-        sc: arr!(8, _mm256_setzero_si256(), |c| scale_pair(s[2 * c], s[2 * c + 1])),
+        sc: arr!(8, _mm256_setzero_si256(), |c| scale_pair(
+            s[2 * c],
+            s[2 * c + 1]
+        )),
         sc16: i16x16(s),
         min16: _mm256_setzero_si256(),
         offset: 4,
@@ -972,7 +1201,10 @@ unsafe fn unpack_q2_k(b: &BlockQ2K) -> KBlock {
     let s: [i16; 16] = arr!(16, 0i16, |g| (b.scales[g] & 0xF) as i16);
     KBlock {
         q,
-        sc: arr!(8, _mm256_setzero_si256(), |c| scale_pair(s[2 * c], s[2 * c + 1])),
+        sc: arr!(8, _mm256_setzero_si256(), |c| scale_pair(
+            s[2 * c],
+            s[2 * c + 1]
+        )),
         sc16: _mm256_setzero_si256(),
         min16: i16x16(arr!(16, 0i16, |g| (b.scales[g] >> 4) as i16)),
         offset: 0,
@@ -1032,3 +1264,176 @@ kquant_avx2!(BlockQ3K, 110, unpack_q3_k, dot_q3_k_q8_k, gemm_q3_k);
 kquant_avx2!(BlockQ4K, 144, unpack_q4_k, dot_q4_k_q8_k, gemm_q4_k);
 kquant_avx2!(BlockQ5K, 176, unpack_q5_k, dot_q5_k_q8_k, gemm_q5_k);
 kquant_avx2!(BlockQ6K, 210, unpack_q6_k, dot_q6_k_q8_k, gemm_q6_k);
+
+// ---------------------------------------------------------------------------------------------
+// Float weights (F32, F16, BF16) against activations of the same type, in the reference's two
+// orders: `vec` (four 8-lane accumulators over 32-element steps; single tokens) and `gemm`
+// (one 8-lane accumulator; batches).
+
+trait FloatElem {
+    const BYTES: usize;
+    const WIDE_TAIL: bool;
+    unsafe fn load8(p: *const u8) -> __m256;
+    unsafe fn get(p: *const u8, i: usize) -> f32;
+}
+
+struct EF32;
+struct EF16;
+struct EBF16;
+
+impl FloatElem for EF32 {
+    const BYTES: usize = 4;
+    const WIDE_TAIL: bool = false;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_loadu_ps(p as *const f32)
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const u8, i: usize) -> f32 {
+        (p as *const f32).add(i).read_unaligned()
+    }
+}
+
+impl FloatElem for EF16 {
+    const BYTES: usize = 2;
+    const WIDE_TAIL: bool = true;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const u8, i: usize) -> f32 {
+        h([*p.add(2 * i), *p.add(2 * i + 1)])
+    }
+}
+
+impl FloatElem for EBF16 {
+    const BYTES: usize = 2;
+    const WIDE_TAIL: bool = true;
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+            _mm_loadu_si128(p as *const __m128i),
+        )))
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const u8, i: usize) -> f32 {
+        f32::from_bits((u16::from_le_bytes([*p.add(2 * i), *p.add(2 * i + 1)]) as u32) << 16)
+    }
+}
+
+#[inline(always)]
+unsafe fn fdot_vec<E: FloatElem>(n: usize, w: *const u8, x: *const u8) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let np = n & !31;
+    for i in (0..np).step_by(32) {
+        for j in 0..4 {
+            let e = (i + 8 * j) * E::BYTES;
+            acc[j] = _mm256_fmadd_ps(E::load8(w.add(e)), E::load8(x.add(e)), acc[j]);
+        }
+    }
+    let r = reduce4(&acc);
+    if E::WIDE_TAIL {
+        let mut s = r as f64;
+        for i in np..n {
+            s += (E::get(w, i) * E::get(x, i)) as f64;
+        }
+        s as f32
+    } else {
+        let mut s = r;
+        for i in np..n {
+            s = E::get(w, i).mul_add(E::get(x, i), s);
+        }
+        s
+    }
+}
+
+#[inline(always)]
+unsafe fn fdot_gemm<E: FloatElem>(n: usize, w: *const u8, x: *const u8) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for i in (0..n / 8 * 8).step_by(8) {
+        acc = _mm256_fmadd_ps(
+            E::load8(w.add(i * E::BYTES)),
+            E::load8(x.add(i * E::BYTES)),
+            acc,
+        );
+    }
+    hsum(acc)
+}
+
+#[inline(always)]
+unsafe fn gemm_float<E: FloatElem>(t: &Tile) {
+    let n = t.cols;
+    let (w, rb, x, xb) = (t.w.as_ptr(), t.w_row_bytes, t.x.as_ptr(), t.x_row_bytes);
+    if !t.batched {
+        for r in t.rows.clone() {
+            let wr = w.add(r * rb);
+            _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(rb) as *const i8);
+            for k in 0..t.tokens {
+                t.out
+                    .write(k * t.out_stride + r, fdot_vec::<E>(n, wr, x.add(k * xb)));
+            }
+        }
+        return;
+    }
+    // Batched: tiles of 4 rows × 2 tokens, one accumulator each.
+    let mut r = t.rows.start;
+    while r < t.rows.end {
+        let nr = (t.rows.end - r).min(4);
+        let mut k = 0;
+        while k < t.tokens {
+            let nk = (t.tokens - k).min(2);
+            if nr == 4 && nk == 2 {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for i in (0..n).step_by(8) {
+                    let off = i * E::BYTES;
+                    let x0 = E::load8(x.add(k * xb + off));
+                    let x1 = E::load8(x.add((k + 1) * xb + off));
+                    for (ri, a) in acc.iter_mut().enumerate() {
+                        let wv = E::load8(w.add((r + ri) * rb + off));
+                        a[0] = _mm256_fmadd_ps(wv, x0, a[0]);
+                        a[1] = _mm256_fmadd_ps(wv, x1, a[1]);
+                    }
+                }
+                for (ri, a) in acc.iter().enumerate() {
+                    t.out.write(k * t.out_stride + r + ri, hsum(a[0]));
+                    t.out.write((k + 1) * t.out_stride + r + ri, hsum(a[1]));
+                }
+            } else {
+                for ri in 0..nr {
+                    for kk in 0..nk {
+                        let v = fdot_gemm::<E>(n, w.add((r + ri) * rb), x.add((k + kk) * xb));
+                        t.out.write((k + kk) * t.out_stride + r + ri, v);
+                    }
+                }
+            }
+            k += nk;
+        }
+        r += nr;
+    }
+}
+
+macro_rules! float_avx2 {
+    ($e:ty, $dot:ident, $dotb:ident, $gemm:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let n = n.min(w.len() / <$e>::BYTES).min(a.len() / <$e>::BYTES);
+            fdot_vec::<$e>(n, w.as_ptr(), a.as_ptr())
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $dotb(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let n = n.min(w.len() / <$e>::BYTES).min(a.len() / <$e>::BYTES);
+            fdot_gemm::<$e>(n, w.as_ptr(), a.as_ptr())
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $gemm(t: &Tile) {
+            gemm_float::<$e>(t)
+        }
+    };
+}
+
+float_avx2!(EF32, dot_f32, dot_f32_batched, gemm_f32);
+float_avx2!(EF16, dot_f16, dot_f16_batched, gemm_f16);
+float_avx2!(EBF16, dot_bf16, dot_bf16_batched, gemm_bf16);

@@ -33,6 +33,12 @@ checked! {
     avx2_q4_k => avx2::dot_q4_k_q8_k,
     avx2_q5_k => avx2::dot_q5_k_q8_k,
     avx2_q6_k => avx2::dot_q6_k_q8_k,
+    avx2_f32 => avx2::dot_f32,
+    avx2_f16 => avx2::dot_f16,
+    avx2_bf16 => avx2::dot_bf16,
+    avx2_f32_b => avx2::dot_f32_batched,
+    avx2_f16_b => avx2::dot_f16_batched,
+    avx2_bf16_b => avx2::dot_bf16_batched,
 }
 
 /// Wraps an `unsafe` target-feature tile kernel in a safe function pointer.
@@ -61,6 +67,9 @@ checked_tile! {
     avx2_gemm_q4_k => avx2::gemm_q4_k,
     avx2_gemm_q5_k => avx2::gemm_q5_k,
     avx2_gemm_q6_k => avx2::gemm_q6_k,
+    avx2_gemm_f32 => avx2::gemm_f32,
+    avx2_gemm_f16 => avx2::gemm_f16,
+    avx2_gemm_bf16 => avx2::gemm_bf16,
 }
 
 /// The whole-tile kernel for weights of type `ty` on `isa`, if there is one.
@@ -78,6 +87,9 @@ pub(crate) fn gemm(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn> {
             GgmlType::Q4_K => Some(avx2_gemm_q4_k),
             GgmlType::Q5_K => Some(avx2_gemm_q5_k),
             GgmlType::Q6_K => Some(avx2_gemm_q6_k),
+            GgmlType::F32 => Some(avx2_gemm_f32),
+            GgmlType::F16 => Some(avx2_gemm_f16),
+            GgmlType::BF16 => Some(avx2_gemm_bf16),
             _ => None,
         },
         _ => {
@@ -124,6 +136,23 @@ pub(crate) fn quantize(isa: Isa, ty: GgmlType) -> Option<crate::quant::FromF32Fn
     }
 }
 
+/// The SIMD batched-order dot product for float weights of type `ty` on `isa`.
+pub(crate) fn vec_dot_batched(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => match ty {
+            GgmlType::F32 => Some(avx2_f32_b),
+            GgmlType::F16 => Some(avx2_f16_b),
+            GgmlType::BF16 => Some(avx2_bf16_b),
+            _ => None,
+        },
+        _ => {
+            let _ = ty;
+            None
+        }
+    }
+}
+
 /// The SIMD dot product for weights of type `ty` on `isa`, if there is one.
 pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
     match isa {
@@ -139,6 +168,9 @@ pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
             GgmlType::Q4_K => Some(avx2_q4_k),
             GgmlType::Q5_K => Some(avx2_q5_k),
             GgmlType::Q6_K => Some(avx2_q6_k),
+            GgmlType::F32 => Some(avx2_f32),
+            GgmlType::F16 => Some(avx2_f16),
+            GgmlType::BF16 => Some(avx2_bf16),
             _ => None,
         },
         _ => {
