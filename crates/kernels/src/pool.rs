@@ -52,7 +52,20 @@ pub struct ThreadPool {
     workers: Vec<JoinHandle<()>>,
     dispatch_lock: Mutex<()>,
     n_threads: usize,
+    /// Contention tracking: consecutive jobs whose workers finished late, and how many more
+    /// `parallel_for` jobs the caller runs alone.
+    late: AtomicUsize,
+    solo_left: AtomicUsize,
+    solo_len: AtomicUsize,
+    /// Moving average of the caller's wait for workers, in nanoseconds.
+    wait_avg: AtomicUsize,
 }
+
+/// When the caller's average wait for its workers exceeds this, they are being descheduled
+/// (the machine is shared) and the pool stops waiting for them for a while.
+const LATE_AVG_NS: usize = 60_000;
+const SOLO_MIN: usize = 1_000;
+const SOLO_MAX: usize = 64_000;
 
 impl ThreadPool {
     /// A pool of `n_threads` threads in all, counting the caller (so `n_threads - 1` workers).
@@ -91,6 +104,10 @@ impl ThreadPool {
             workers,
             dispatch_lock: Mutex::new(()),
             n_threads,
+            late: AtomicUsize::new(0),
+            solo_left: AtomicUsize::new(0),
+            solo_len: AtomicUsize::new(SOLO_MIN),
+            wait_avg: AtomicUsize::new(0),
         }
     }
 
@@ -100,9 +117,15 @@ impl ThreadPool {
 
     /// Runs `f(thread_index)` on every thread of the pool and returns when all calls returned.
     pub fn run<F: Fn(usize) + Sync>(&self, f: F) {
+        self.run_timed(f);
+    }
+
+    /// [`ThreadPool::run`], returning how long the caller waited for the workers after its own
+    /// part was done.
+    fn run_timed<F: Fn(usize) + Sync>(&self, f: F) -> Duration {
         if self.n_threads == 1 {
             f(0);
-            return;
+            return Duration::ZERO;
         }
         let _guard = self.dispatch_lock.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
@@ -120,6 +143,7 @@ impl ThreadPool {
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let caller_done = Instant::now();
         wait_until(
             || s.remaining.load(Ordering::Acquire) == 0,
             || {
@@ -140,6 +164,7 @@ impl ThreadPool {
             // A kernel bug, not an input error: surface it on the calling thread.
             resume_unwind(Box::new("a worker thread panicked"));
         }
+        caller_done.elapsed()
     }
 
     /// Calls `f(thread, range)` on consecutive sub-ranges of `0..n` of at most `grain` items,
@@ -154,14 +179,36 @@ impl ThreadPool {
             f(0, 0..n);
             return;
         }
+        // When the workers keep arriving late (the OS is giving their cores to another
+        // process), waiting for them costs more than doing their share: the caller works
+        // alone for a while, then tries again.
+        if self.solo_left.load(Ordering::Relaxed) > 0 {
+            self.solo_left.fetch_sub(1, Ordering::Relaxed);
+            f(0, 0..n);
+            return;
+        }
         let next = AtomicUsize::new(0);
-        self.run(|tid| loop {
+        let waited = self.run_timed(|tid| loop {
             let start = next.fetch_add(grain, Ordering::Relaxed);
             if start >= n {
                 break;
             }
             f(tid, start..(start + grain).min(n));
         });
+        let w = waited.as_nanos().min(10_000_000) as usize;
+        let avg = (self.wait_avg.load(Ordering::Relaxed) * 15 + w) / 16;
+        self.wait_avg.store(avg, Ordering::Relaxed);
+        if avg > LATE_AVG_NS {
+            let len = self.solo_len.load(Ordering::Relaxed);
+            self.solo_left.store(len, Ordering::Relaxed);
+            self.solo_len.store((len * 2).min(SOLO_MAX), Ordering::Relaxed);
+            self.wait_avg.store(0, Ordering::Relaxed);
+            self.late.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("workers are being descheduled; computing alone for {len} jobs");
+        } else if avg < LATE_AVG_NS / 4 && self.late.swap(0, Ordering::Relaxed) > 0 {
+            // Workers keep up again: contention is over, forget the back-off.
+            self.solo_len.store(SOLO_MIN, Ordering::Relaxed);
+        }
     }
 }
 
