@@ -57,13 +57,14 @@ pub struct ThreadPool {
     late: AtomicUsize,
     solo_left: AtomicUsize,
     solo_len: AtomicUsize,
-    /// Moving average of the caller's wait for workers, in nanoseconds.
+    /// Moving average of the share of each job the caller spent waiting for workers (‰).
     wait_avg: AtomicUsize,
 }
 
-/// When the caller's average wait for its workers exceeds this, they are being descheduled
-/// (the machine is shared) and the pool stops waiting for them for a while.
-const LATE_AVG_NS: usize = 60_000;
+/// When the caller spends more than this share (‰) of its jobs waiting for workers, on
+/// average, they are being descheduled (the machine is shared) and the pool stops waiting for
+/// them for a while. With work taken in small chunks a quiet machine stays far below it.
+const LATE_AVG_PERMILLE: usize = 250;
 const SOLO_MIN: usize = 1_000;
 const SOLO_MAX: usize = 64_000;
 
@@ -188,6 +189,7 @@ impl ThreadPool {
             return;
         }
         let next = AtomicUsize::new(0);
+        let started = Instant::now();
         let waited = self.run_timed(|tid| loop {
             let start = next.fetch_add(grain, Ordering::Relaxed);
             if start >= n {
@@ -195,17 +197,18 @@ impl ThreadPool {
             }
             f(tid, start..(start + grain).min(n));
         });
-        let w = waited.as_nanos().min(10_000_000) as usize;
-        let avg = (self.wait_avg.load(Ordering::Relaxed) * 15 + w) / 16;
+        let total = started.elapsed().as_nanos().max(1);
+        let share = (waited.as_nanos() * 1000 / total) as usize;
+        let avg = (self.wait_avg.load(Ordering::Relaxed) * 15 + share) / 16;
         self.wait_avg.store(avg, Ordering::Relaxed);
-        if avg > LATE_AVG_NS {
+        if avg > LATE_AVG_PERMILLE {
             let len = self.solo_len.load(Ordering::Relaxed);
             self.solo_left.store(len, Ordering::Relaxed);
             self.solo_len.store((len * 2).min(SOLO_MAX), Ordering::Relaxed);
             self.wait_avg.store(0, Ordering::Relaxed);
             self.late.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("workers are being descheduled; computing alone for {len} jobs");
-        } else if avg < LATE_AVG_NS / 4 && self.late.swap(0, Ordering::Relaxed) > 0 {
+        } else if avg < LATE_AVG_PERMILLE / 4 && self.late.swap(0, Ordering::Relaxed) > 0 {
             // Workers keep up again: contention is over, forget the back-off.
             self.solo_len.store(SOLO_MIN, Ordering::Relaxed);
         }
