@@ -41,7 +41,10 @@ fn pseudo(n: usize, seed: u32) -> Vec<f32> {
 /// A matrix of `rows` × `cols` weights of `ty` with sane scales (random bytes elsewhere).
 fn matrix(ty: GgmlType, rows: usize, cols: usize) -> Tensor {
     let bytes = ty.row_bytes(cols).unwrap() * rows;
-    let mut b: Vec<u8> = pseudo(bytes, 7).iter().map(|v| (v * 100.0) as i8 as u8).collect();
+    let mut b: Vec<u8> = pseudo(bytes, 7)
+        .iter()
+        .map(|v| (v * 100.0) as i8 as u8)
+        .collect();
     if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
         let mut t = Vec::new();
         let vals = pseudo(rows * cols, 9);
@@ -78,7 +81,8 @@ fn bench_matmul(c: &mut Criterion) {
             let w = matrix(ty, rows, cols);
             let x = pseudo(tokens * cols, 3);
             let mut acts = Activations::new();
-            acts.encode(&k, ty.traits().vec_dot_type, &x, tokens, cols).unwrap();
+            acts.encode(&k, ty.traits().vec_dot_type, &x, tokens, cols)
+                .unwrap();
             let mut out = vec![0.0f32; rows * tokens];
             g.throughput(Throughput::Bytes(w.bytes().len() as u64));
             g.bench_with_input(BenchmarkId::from_parameter(ty), &ty, |b, _| {
@@ -101,7 +105,9 @@ fn bench_dot(c: &mut Criterion) {
         k.quantize(at).unwrap()(&x, &mut a);
         let dot = k.vec_dot(ty).unwrap();
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(ty), &ty, |b, _| b.iter(|| dot(n, w.bytes(), &a)));
+        g.bench_with_input(BenchmarkId::from_parameter(ty), &ty, |b, _| {
+            b.iter(|| dot(n, w.bytes(), &a))
+        });
     }
     g.finish();
 }
@@ -110,11 +116,18 @@ fn bench_quantize(c: &mut Criterion) {
     let k = Kernels::from_env().unwrap();
     let x = pseudo(4096, 11);
     let mut g = c.benchmark_group("quantize_4096");
-    for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K, GgmlType::F16] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+        GgmlType::Q8_K,
+        GgmlType::F16,
+    ] {
         let mut out = vec![0u8; ty.row_bytes(4096).unwrap()];
         let f = k.quantize(ty).unwrap();
         g.throughput(Throughput::Elements(4096));
-        g.bench_with_input(BenchmarkId::from_parameter(ty), &ty, |b, _| b.iter(|| f(&x, &mut out)));
+        g.bench_with_input(BenchmarkId::from_parameter(ty), &ty, |b, _| {
+            b.iter(|| f(&x, &mut out))
+        });
     }
     g.finish();
 }
@@ -124,17 +137,44 @@ fn bench_attention(c: &mut Criterion) {
     let (hd, bs, n_kv) = (64usize, 16usize, 512usize);
     let blocks: Vec<u32> = (0..(n_kv / bs) as u32).collect();
     let stride = bs * hd;
-    let keys: Vec<f16> = pseudo(blocks.len() * stride, 13).into_iter().map(f16::from_f32).collect();
-    let values: Vec<f16> = pseudo(blocks.len() * stride, 17).into_iter().map(f16::from_f32).collect();
+    let keys: Vec<f16> = pseudo(blocks.len() * stride, 13)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
+    let values: Vec<f16> = pseudo(blocks.len() * stride, 17)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
     let q = pseudo(hd, 19);
-    let kv = PagedHead { keys: &keys, values: &values, blocks: &blocks, base: 0, block_stride: stride, block_size: bs, head_dim: hd };
+    let kv = PagedHead {
+        keys: &keys,
+        values: &values,
+        blocks: &blocks,
+        base: 0,
+        block_stride: stride,
+        block_size: bs,
+        head_dim: hd,
+    };
     let mut g = c.benchmark_group("attention_head_512ctx");
     for order in [Reduce::Vec, Reduce::Gemm] {
         let (mut sc, mut acc, mut qr) = (vec![0.0; n_kv + 8], vec![0.0; 32 * hd], vec![0.0; hd]);
         let mut out = vec![0.0f32; hd];
         g.bench_function(format!("{order:?}"), |b| {
             b.iter(|| {
-                attend_head(&k, &q, &kv, n_kv, 0.125, order, HeadScratch { scores: &mut sc, acc: &mut acc, qr: &mut qr }, &mut out)
+                attend_head(
+                    &k,
+                    &q,
+                    &kv,
+                    n_kv,
+                    0.125,
+                    order,
+                    HeadScratch {
+                        scores: &mut sc,
+                        acc: &mut acc,
+                        qr: &mut qr,
+                    },
+                    &mut out,
+                )
             })
         });
     }
@@ -146,7 +186,9 @@ fn bench_ops(c: &mut Criterion) {
     let x = pseudo(4096, 23);
     let w = pseudo(4096, 29);
     let mut out = vec![0.0f32; 4096];
-    c.bench_function("rms_norm_4096", |b| b.iter(|| rms_norm(&x, &w, 1e-5, &mut out)));
+    c.bench_function("rms_norm_4096", |b| {
+        b.iter(|| rms_norm(&x, &w, 1e-5, &mut out))
+    });
     let mut g = x.clone();
     c.bench_function("swiglu_4096", |b| b.iter(|| swiglu(&k, &mut g, &w)));
     let mut s = pseudo(4096, 31);
@@ -166,5 +208,12 @@ fn bench_ops(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_dot, bench_matmul, bench_quantize, bench_attention, bench_ops);
+criterion_group!(
+    benches,
+    bench_dot,
+    bench_matmul,
+    bench_quantize,
+    bench_attention,
+    bench_ops
+);
 criterion_main!(benches);

@@ -36,6 +36,20 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     ) -> bool {
         false
     }
+    /// Runs a SIMD version of [`attend_group`]; returns false where there is none.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_group_simd(
+        _k: &crate::Kernels,
+        _queries: &[(&[f32], usize)],
+        _kv: &PagedHead<Self>,
+        _scale: f32,
+        _scores: &mut [f32],
+        _stride: usize,
+        _qr: &mut [f32],
+        _outs: &mut [&mut [f32]],
+    ) -> bool {
+        false
+    }
 }
 
 impl KvElem for f16 {
@@ -82,6 +96,63 @@ impl KvElem for f16 {
             }
         }
         let _ = (k, q, kv, n_kv, scale, order, s, out);
+        false
+    }
+
+    fn attend_group_simd(
+        k: &crate::Kernels,
+        queries: &[(&[f32], usize)],
+        kv: &PagedHead<Self>,
+        scale: f32,
+        scores: &mut [f32],
+        stride: usize,
+        qr: &mut [f32],
+        outs: &mut [&mut [f32]],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let hd = kv.head_dim;
+            let n_max = queries.iter().map(|q| q.1).max().unwrap_or(0);
+            let fits = k.has_fma()
+                && hd.is_multiple_of(8)
+                && kv.block_size.is_multiple_of(8)
+                && stride >= n_max.div_ceil(8) * 8
+                && queries.len() == outs.len()
+                && scores.len() >= queries.len() * stride
+                && qr.len() >= queries.len() * hd
+                && queries.iter().all(|q| q.0.len() >= hd)
+                && outs.iter().all(|o| o.len() >= hd)
+                && kv.blocks.len() * kv.block_size >= n_max
+                && kv.blocks.iter().all(|&b| {
+                    kv.base + (b as usize + 1) * kv.block_stride
+                        <= kv.keys.len().min(kv.values.len())
+                });
+            if fits {
+                for (c, chunk) in queries.chunks(4).enumerate() {
+                    let nq = chunk.len();
+                    let empty: &[f32] = &[];
+                    let mut qs = [empty; 4];
+                    let mut n_kv = [0usize; 4];
+                    let mut o = [std::ptr::null_mut::<f32>(); 4];
+                    for (i, (q, n)) in chunk.iter().enumerate() {
+                        qs[i] = q;
+                        n_kv[i] = *n;
+                        o[i] = outs[4 * c + i].as_mut_ptr();
+                    }
+                    let sc = &mut scores[4 * c * stride..(4 * c + nq) * stride];
+                    let q = &mut qr[4 * c * hd..(4 * c + nq) * hd];
+                    // SAFETY: `has_fma` implies the AVX2 kernels; every bound was checked above,
+                    // and the output pointers come from distinct `&mut` slices.
+                    unsafe {
+                        crate::simd::avx2::attend_group4_f16(
+                            qs, n_kv, nq, kv, scale, sc, stride, q, o,
+                        )
+                    };
+                }
+                return true;
+            }
+        }
+        let _ = (k, queries, kv, scale, scores, stride, qr, outs);
         false
     }
 }
@@ -194,6 +265,37 @@ pub fn softmax(x: &mut [f32]) {
     let inv = (1.0 / sum) as f32;
     for e in x.iter_mut() {
         *e *= inv;
+    }
+}
+
+/// Several queries of one KV head (same sequence), batched order: `out[i]` as
+/// [`attend_head`] with [`Reduce::Gemm`] would compute for `queries[i]`, sharing key and
+/// value conversions where a SIMD path can. `scores` holds `queries.len()` rows of `stride`
+/// floats (`stride` ≥ the largest `n_kv` rounded up to 8) and `qr` as many rows of head_dim;
+/// `acc` is scratch for the scalar path (32 × head_dim).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group<E: KvElem>(
+    k: &crate::Kernels,
+    queries: &[(&[f32], usize)],
+    kv: &PagedHead<E>,
+    scale: f32,
+    scores: &mut [f32],
+    stride: usize,
+    qr: &mut [f32],
+    acc: &mut [f32],
+    outs: &mut [&mut [f32]],
+) {
+    let hd = kv.head_dim;
+    if E::attend_group_simd(k, queries, kv, scale, scores, stride, qr, outs) {
+        return;
+    }
+    for (i, (q, n_kv)) in queries.iter().enumerate() {
+        let s = HeadScratch {
+            scores: &mut scores[i * stride..(i + 1) * stride],
+            acc: &mut *acc,
+            qr: &mut qr[..hd],
+        };
+        attend_head(k, q, kv, *n_kv, scale, Reduce::Gemm, s, &mut *outs[i]);
     }
 }
 

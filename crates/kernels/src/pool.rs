@@ -204,7 +204,8 @@ impl ThreadPool {
         if avg > LATE_AVG_PERMILLE {
             let len = self.solo_len.load(Ordering::Relaxed);
             self.solo_left.store(len, Ordering::Relaxed);
-            self.solo_len.store((len * 2).min(SOLO_MAX), Ordering::Relaxed);
+            self.solo_len
+                .store((len * 2).min(SOLO_MAX), Ordering::Relaxed);
             self.wait_avg.store(0, Ordering::Relaxed);
             self.late.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("workers are being descheduled; computing alone for {len} jobs");

@@ -5,7 +5,9 @@
 
 use half::f16;
 use proptest::prelude::*;
-use torchless_kernels::attention::{attend_head, softmax, HeadScratch, PagedHead, Reduce};
+use torchless_kernels::attention::{
+    attend_group, attend_head, softmax, HeadScratch, PagedHead, Reduce,
+};
 use torchless_kernels::matmul::{matmul, Activations};
 use torchless_kernels::quant::{self, GgmlType};
 use torchless_kernels::{Isa, Kernels, Storage, Tensor, ThreadPool};
@@ -160,6 +162,43 @@ proptest! {
                 let got = run(&k);
                 for (d, (g, w)) in got.iter().zip(&want).enumerate() {
                     prop_assert_eq!(g.to_bits(), w.to_bits(), "{:?} {:?} dim {}: {} vs {}", order, k.isa(), d, g, w);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn grouped_attention_equals_one_query_at_a_time(nq in 1usize..11, n_kv_max in 1usize..70, seed in any::<u64>()) {
+        let (hd, bs) = (32usize, 16usize);
+        let n_blocks = n_kv_max.div_ceil(bs) + 1;
+        let mut rng = seed | 1;
+        let mut unit = move || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 };
+        let stride = bs * hd;
+        let keys: Vec<f16> = (0..n_blocks * stride).map(|_| f16::from_f32(unit() * 2.0)).collect();
+        let values: Vec<f16> = (0..n_blocks * stride).map(|_| f16::from_f32(unit())).collect();
+        let blocks: Vec<u32> = (0..n_blocks as u32).collect();
+        let kv = PagedHead { keys: &keys, values: &values, blocks: &blocks, base: 0, block_stride: stride, block_size: bs, head_dim: hd };
+        let qv: Vec<Vec<f32>> = (0..nq).map(|_| (0..hd).map(|_| unit() * 3.0).collect()).collect();
+        let n_kv: Vec<usize> = (0..nq).map(|i| (n_kv_max - i.min(n_kv_max - 1)).max(1)).collect();
+        let queries: Vec<(&[f32], usize)> = qv.iter().zip(&n_kv).map(|(q, &n)| (q.as_slice(), n)).collect();
+        let sstride = n_kv_max.div_ceil(8) * 8;
+        for k in std::iter::once(Kernels::scalar()).chain(simd_kernels()) {
+            let mut outs_data = vec![vec![0.0f32; hd]; nq];
+            let (mut sc, mut qr, mut acc) = (vec![0.0; nq * sstride], vec![0.0; nq * hd], vec![0.0; 32 * hd]);
+            {
+                let mut outs: Vec<&mut [f32]> = outs_data.iter_mut().map(|o| o.as_mut_slice()).collect();
+                attend_group(&k, &queries, &kv, 0.2, &mut sc, sstride, &mut qr, &mut acc, &mut outs);
+            }
+            for (i, (q, n)) in queries.iter().enumerate() {
+                let (mut sc1, mut acc1, mut qr1) = (vec![0.0; sstride], vec![0.0; 32 * hd], vec![0.0; hd]);
+                let mut want = vec![0.0f32; hd];
+                attend_head(&Kernels::scalar(), q, &kv, *n, 0.2, Reduce::Gemm, HeadScratch { scores: &mut sc1, acc: &mut acc1, qr: &mut qr1 }, &mut want);
+                for d in 0..hd {
+                    prop_assert_eq!(outs_data[i][d].to_bits(), want[d].to_bits(), "{:?} query {} dim {}", k.isa(), i, d);
                 }
             }
         }

@@ -4,7 +4,9 @@
 //! The reduction order follows the reference engine: a single-token batch reduces as its
 //! `vec_dot` kernels do, a larger batch as its tiled GEMM does.
 
-use torchless_kernels::attention::{attend_head, HeadScratch, KvElem, PagedHead, Reduce};
+use torchless_kernels::attention::{
+    attend_group, attend_head, HeadScratch, KvElem, PagedHead, Reduce,
+};
 use torchless_kernels::matmul::SharedOut;
 use torchless_kernels::{Kernels, ThreadPool};
 
@@ -20,9 +22,12 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// Queries attended together in a batch (sharing key/value conversions).
+const GROUP: usize = 4;
+
 /// Floats of per-thread scratch that [`attend`] needs for contexts of `max_ctx` positions.
 pub fn scratch_per_thread(max_ctx: usize, head_dim: usize) -> usize {
-    max_ctx.div_ceil(8) * 8 + 33 * head_dim
+    GROUP * max_ctx.div_ceil(8) * 8 + (32 + GROUP) * head_dim
 }
 
 /// `out[t][h] = softmax(q[t][h] · K[seq][..=pos] * scale) · V[seq][..=pos]` for every token t
@@ -69,13 +74,26 @@ fn attend_typed<E: KvElem>(
     let q_dim = s.n_head * hd;
     let group = s.n_head / s.n_head_kv;
     let per_thread = scratch_per_thread(max_ctx, hd);
-    let order = if batch.len() >= 2 {
-        Reduce::Gemm
-    } else {
-        Reduce::Vec
-    };
     let shared_out = SharedOut::new(out);
     let shared_scratch = SharedOut::new(scratch);
+    if batch.len() >= 2 {
+        attend_batched(
+            kernels,
+            pool,
+            s,
+            batch,
+            cache,
+            keys,
+            values,
+            q,
+            shared_out,
+            shared_scratch,
+            max_ctx,
+        );
+        return;
+    }
+    // A single token: llama.cpp's `vec_dot` reduction order.
+    let order = Reduce::Vec;
     pool.parallel_for(batch.len() * s.n_head, 1, |tid, jobs| {
         // SAFETY: thread `tid` is the only user of its scratch region during this job.
         let mine = unsafe { shared_scratch.slice_mut(tid * per_thread, per_thread) };
@@ -113,4 +131,120 @@ fn attend_typed<E: KvElem>(
             );
         }
     });
+}
+
+/// The batched path: per KV head, the queries of consecutive tokens of one sequence and of the
+/// heads sharing that KV head, in groups of [`GROUP`] that read each key and value once.
+#[allow(clippy::too_many_arguments)]
+fn attend_batched<E: KvElem>(
+    kernels: &Kernels,
+    pool: &ThreadPool,
+    s: &AttnShape,
+    batch: &Batch,
+    cache: &KvCache,
+    keys: &[E],
+    values: &[E],
+    q: &[f32],
+    out: SharedOut,
+    scratch: SharedOut,
+    max_ctx: usize,
+) {
+    let hd = s.head_dim;
+    let q_dim = s.n_head * hd;
+    let group = s.n_head / s.n_head_kv;
+    let per_thread = scratch_per_thread(max_ctx, hd);
+    let stride = max_ctx.div_ceil(8) * 8;
+    // Queries in (kv head, token, head) order; a job is up to GROUP consecutive ones of the same
+    // kv head and sequence. Jobs are found by walking that order, so nothing is allocated.
+    let per_kv = batch.len() * group;
+    let n_jobs = s.n_head_kv * per_kv.div_ceil(GROUP);
+    let query = |kvh: usize, j: usize| (j / group, kvh * group + j % group);
+    pool.parallel_for(n_jobs, 1, |tid, jobs| {
+        // SAFETY: thread `tid` is the only user of its scratch region during this job.
+        let mine = unsafe { scratch.slice_mut(tid * per_thread, per_thread) };
+        let (scores, rest) = mine.split_at_mut(GROUP * stride);
+        let (acc, qr) = rest.split_at_mut(32 * hd);
+        for job in jobs {
+            let kvh = job / per_kv.div_ceil(GROUP);
+            let first = (job % per_kv.div_ceil(GROUP)) * GROUP;
+            let seq = batch.seq[query(kvh, first).0];
+            let mut qs: [(&[f32], usize); GROUP] = [(&[], 0); GROUP];
+            let mut outs: [&mut [f32]; GROUP] = Default::default();
+            let mut n = 0;
+            for j in first..(first + GROUP).min(per_kv) {
+                let (t, h) = query(kvh, j);
+                if batch.seq[t] != seq {
+                    // Another sequence: attend to what we have, then start over.
+                    run_group(
+                        kernels,
+                        cache,
+                        keys,
+                        values,
+                        s,
+                        seq,
+                        kvh,
+                        &qs[..n],
+                        scores,
+                        stride,
+                        qr,
+                        acc,
+                        &mut outs[..n],
+                    );
+                    n = 0;
+                }
+                let base = t * q_dim + h * hd;
+                qs[n] = (&q[base..base + hd], (batch.pos[t] + 1).min(max_ctx));
+                // SAFETY: query (t, h) belongs to exactly one job, which alone writes its head.
+                outs[n] = unsafe { out.slice_mut(base, hd) };
+                n += 1;
+            }
+            let seq = batch.seq[query(kvh, (first + n.max(1) - 1).min(per_kv - 1)).0];
+            run_group(
+                kernels,
+                cache,
+                keys,
+                values,
+                s,
+                seq,
+                kvh,
+                &qs[..n],
+                scores,
+                stride,
+                qr,
+                acc,
+                &mut outs[..n],
+            );
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_group<E: KvElem>(
+    kernels: &Kernels,
+    cache: &KvCache,
+    keys: &[E],
+    values: &[E],
+    s: &AttnShape,
+    seq: crate::kv_cache::SeqId,
+    kvh: usize,
+    qs: &[(&[f32], usize)],
+    scores: &mut [f32],
+    stride: usize,
+    qr: &mut [f32],
+    acc: &mut [f32],
+    outs: &mut [&mut [f32]],
+) {
+    if qs.is_empty() {
+        return;
+    }
+    let kv = PagedHead {
+        keys,
+        values,
+        blocks: cache.blocks(seq),
+        base: cache.offset(s.layer, 0, kvh, 0),
+        block_stride: cache.block_stride(),
+        block_size: cache.config().block_size,
+        head_dim: s.head_dim,
+    };
+    attend_group(kernels, qs, &kv, s.scale, scores, stride, qr, acc, outs);
 }

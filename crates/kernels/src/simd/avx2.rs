@@ -1437,3 +1437,87 @@ macro_rules! float_avx2 {
 float_avx2!(EF32, dot_f32, dot_f32_batched, gemm_f32);
 float_avx2!(EF16, dot_f16, dot_f16_batched, gemm_f16);
 float_avx2!(EBF16, dot_bf16, dot_bf16_batched, gemm_bf16);
+
+/// Up to four queries attending to the same f16 KV head (one head group of a batch), in the
+/// batched (`Gemm`) order: each key and value vector is converted once for all of them. Per
+/// query, exactly the arithmetic of [`attend_head_f16`].
+///
+/// `scores` holds 4 × `stride` floats (`stride` ≥ max `n_kv` rounded up to 8), `qr` 4 × head_dim.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attend_group4_f16(
+    qs: [&[f32]; 4],
+    n_kv: [usize; 4],
+    nq: usize,
+    kv: &PagedHead<half::f16>,
+    scale: f32,
+    scores: &mut [f32],
+    stride: usize,
+    qr: &mut [f32],
+    outs: [*mut f32; 4],
+) {
+    let (hd, bs) = (kv.head_dim, kv.block_size);
+    let n_max = (0..nq).map(|i| n_kv[i]).max().unwrap_or(0);
+    let padded = n_max.div_ceil(8) * 8;
+    let qp = qr.as_mut_ptr();
+    for i in 0..nq {
+        for c in (0..hd).step_by(8) {
+            _mm256_storeu_ps(
+                qp.add(i * hd + c),
+                round_f16(_mm256_loadu_ps(qs[i].as_ptr().add(c))),
+            );
+        }
+    }
+    let start = |p: usize| kv.base + kv.blocks[p / bs] as usize * kv.block_stride;
+    let keys = kv.keys.as_ptr();
+    let values = kv.values.as_ptr();
+    let sp = scores.as_mut_ptr();
+    // Scores: each key converted once, dotted with every query that sees it.
+    for p in 0..n_max {
+        let k = keys.add(start(p) + (p % bs) * hd);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for c in (0..hd).step_by(8) {
+            let kv8 = load_h8(k.add(c));
+            for i in 0..4 {
+                if i < nq {
+                    acc[i] = _mm256_fmadd_ps(kv8, _mm256_loadu_ps(qp.add(i * hd + c)), acc[i]);
+                }
+            }
+        }
+        for i in 0..nq {
+            *sp.add(i * stride + p) = if p < n_kv[i] {
+                hsum(acc[i]) * scale
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+    }
+    for i in 0..nq {
+        let row = std::slice::from_raw_parts_mut(sp.add(i * stride), padded);
+        for v in row[n_max..padded].iter_mut() {
+            *v = f32::NEG_INFINITY;
+        }
+        softmax8(row);
+        for g in (0..padded).step_by(8) {
+            let w = sp.add(i * stride + g);
+            _mm256_storeu_ps(w, round_f16(_mm256_loadu_ps(w)));
+        }
+    }
+    // Values: each 8-position slice of a dimension converted once, accumulated per query.
+    let groups = padded / 8;
+    for d in 0..hd {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for g in 0..groups {
+            let p = 8 * g;
+            let v = load_h8(values.add(start(p) + d * bs + p % bs));
+            for i in 0..4 {
+                if i < nq {
+                    acc[i] = _mm256_fmadd_ps(v, _mm256_loadu_ps(sp.add(i * stride + p)), acc[i]);
+                }
+            }
+        }
+        for i in 0..nq {
+            *outs[i].add(d) = hsum(acc[i]);
+        }
+    }
+}
