@@ -1376,41 +1376,100 @@ unsafe fn gemm_float<E: FloatElem>(t: &Tile) {
         }
         return;
     }
-    // Batched: tiles of 4 rows × 2 tokens, one accumulator each.
-    let mut r = t.rows.start;
-    while r < t.rows.end {
-        let nr = (t.rows.end - r).min(4);
-        let mut k = 0;
-        while k < t.tokens {
-            let nk = (t.tokens - k).min(2);
-            if nr == 4 && nk == 2 {
-                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-                for i in (0..n).step_by(8) {
-                    let off = i * E::BYTES;
-                    let x0 = E::load8(x.add(k * xb + off));
-                    let x1 = E::load8(x.add((k + 1) * xb + off));
-                    for (ri, a) in acc.iter_mut().enumerate() {
-                        let wv = E::load8(w.add((r + ri) * rb + off));
-                        a[0] = _mm256_fmadd_ps(wv, x0, a[0]);
-                        a[1] = _mm256_fmadd_ps(wv, x1, a[1]);
-                    }
-                }
-                for (ri, a) in acc.iter().enumerate() {
-                    t.out.write(k * t.out_stride + r + ri, hsum(a[0]));
-                    t.out.write((k + 1) * t.out_stride + r + ri, hsum(a[1]));
-                }
-            } else {
-                for ri in 0..nr {
-                    for kk in 0..nk {
-                        let v = fdot_gemm::<E>(n, w.add((r + ri) * rb), x.add((k + kk) * xb));
-                        t.out.write((k + kk) * t.out_stride + r + ri, v);
-                    }
-                }
-            }
-            k += nk;
+    // Batched: blocks of tokens whose activations, converted to f32 once into a thread-local
+    // buffer, fit in L2 beside the tile's rows; within a block, tiles of 3 rows × 4 tokens with
+    // one accumulator each (the activations come straight from memory into the multiply-adds,
+    // leaving the registers to the accumulators).
+    let tb = ((192 << 10) / (4 * n)).clamp(8, 256);
+    let need = tb * n;
+    let xf: *mut f32 = XF32.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < need {
+            buf.resize(need, 0.0);
         }
-        r += nr;
+        buf.as_mut_ptr()
+    });
+    let mut k0 = 0;
+    while k0 < t.tokens {
+        let nt = (t.tokens - k0).min(tb);
+        for k in 0..nt {
+            for i in (0..n / 8 * 8).step_by(8) {
+                _mm256_storeu_ps(
+                    xf.add(k * n + i),
+                    E::load8(x.add((k0 + k) * xb + i * E::BYTES)),
+                );
+            }
+        }
+        let mut r = t.rows.start;
+        while r < t.rows.end {
+            let nr = (t.rows.end - r).min(3);
+            let mut k = 0;
+            while k < nt {
+                let nk = (nt - k).min(4);
+                let xk = xf.add(k * n);
+                let wr = w.add(r * rb);
+                let out = |ri: usize, kk: usize, v: f32| {
+                    t.out.write((k0 + k + kk) * t.out_stride + r + ri, v)
+                };
+                match (nr, nk) {
+                    (3, 4) => float_tile::<E, 3, 4>(wr, rb, xk, n, out),
+                    (2, 4) => float_tile::<E, 2, 4>(wr, rb, xk, n, out),
+                    (1, 4) => float_tile::<E, 1, 4>(wr, rb, xk, n, out),
+                    _ => {
+                        for ri in 0..nr {
+                            for kk in 0..nk {
+                                float_tile::<E, 1, 1>(
+                                    w.add((r + ri) * rb),
+                                    rb,
+                                    xk.add(kk * n),
+                                    n,
+                                    |_, _, v| out(ri, kk, v),
+                                );
+                            }
+                        }
+                    }
+                }
+                k += nk;
+            }
+            r += nr;
+        }
+        k0 += nt;
     }
+}
+
+/// `R` weight rows (stride `rb`) × `N` f32 activation rows (stride `n`), batched order: one
+/// 8-lane accumulator per output.
+#[inline(always)]
+unsafe fn float_tile<E: FloatElem, const R: usize, const N: usize>(
+    w: *const u8,
+    rb: usize,
+    x: *const f32,
+    n: usize,
+    out: impl Fn(usize, usize, f32),
+) {
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    for i in (0..n).step_by(8) {
+        let mut wv = [_mm256_setzero_ps(); R];
+        for ri in 0..R {
+            wv[ri] = E::load8(w.add(ri * rb + i * E::BYTES));
+        }
+        for kk in 0..N {
+            let xv = _mm256_loadu_ps(x.add(kk * n + i));
+            for ri in 0..R {
+                acc[ri][kk] = _mm256_fmadd_ps(wv[ri], xv, acc[ri][kk]);
+            }
+        }
+    }
+    for ri in 0..R {
+        for kk in 0..N {
+            out(ri, kk, hsum(acc[ri][kk]));
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's f32 copy of a block of float activations.
+    static XF32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 macro_rules! float_avx2 {
