@@ -1061,9 +1061,31 @@ unsafe fn i16x16(v: [i16; 16]) -> __m256i {
     _mm256_loadu_si256(v.as_ptr() as *const __m256i)
 }
 
+/// The eight 6-bit scales and eight mins of a Q4_K/Q5_K block as bytes
+/// `[sc0..sc7, m0..m7]` (llama.cpp's word trick; same values as `k4_scales_mins`).
+#[inline(always)]
+unsafe fn k4_scales_vec(s: &[u8; 12]) -> __m128i {
+    const M1: u32 = 0x3f3f_3f3f;
+    const M2: u32 = 0x0f0f_0f0f;
+    const M3: u32 = 0x0303_0303;
+    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    let t0 = u0 & M1;
+    let t1 = (u2 & M2) | (((u0 >> 6) & M3) << 4);
+    let t2 = u1 & M1;
+    let t3 = ((u2 >> 4) & M2) | (((u1 >> 6) & M3) << 4);
+    _mm_set_epi32(t3 as i32, t2 as i32, t1 as i32, t0 as i32)
+}
+
+/// Byte `i` of `v` as sixteen unsigned i16.
+#[inline(always)]
+unsafe fn bcast_u8_i16(v: __m128i, i: i8) -> __m256i {
+    _mm256_cvtepu8_epi16(_mm_shuffle_epi8(v, _mm_set1_epi8(i)))
+}
+
 #[inline(always)]
 unsafe fn unpack_q4_k(b: &BlockQ4K) -> KBlock {
-    let (sc, m) = k4_scales_mins(&b.scales);
+    let scm = k4_scales_vec(&b.scales);
     let m4 = _mm256_set1_epi8(0x0F);
     let mut q = [_mm256_setzero_si256(); 8];
     let mut scv = [_mm256_setzero_si256(); 8];
@@ -1071,14 +1093,17 @@ unsafe fn unpack_q4_k(b: &BlockQ4K) -> KBlock {
         let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j) as *const __m256i);
         q[2 * j] = _mm256_and_si256(bits, m4);
         q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-        scv[2 * j] = _mm256_set1_epi16(sc[2 * j] as i16);
-        scv[2 * j + 1] = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+        scv[2 * j] = bcast_u8_i16(scm, 2 * j as i8);
+        scv[2 * j + 1] = bcast_u8_i16(scm, 2 * j as i8 + 1);
     }
     KBlock {
         q,
         sc: scv,
         sc16: _mm256_setzero_si256(),
-        min16: i16x16(arr!(16, 0i16, |g| m[g / 2] as i16)),
+        min16: _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+            scm,
+            _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15),
+        )),
         offset: 0,
         d: h(b.d),
         dmin: h(b.dmin),
@@ -1087,7 +1112,7 @@ unsafe fn unpack_q4_k(b: &BlockQ4K) -> KBlock {
 
 #[inline(always)]
 unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
-    let (sc, m) = k4_scales_mins(&b.scales);
+    let scm = k4_scales_vec(&b.scales);
     let m4 = _mm256_set1_epi8(0x0F);
     let qh = _mm256_loadu_si256(b.qh.as_ptr() as *const __m256i);
     macro_rules! bit {
@@ -1108,14 +1133,17 @@ unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
             _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
             bit!(2u32 << (2 * j)),
         );
-        scv[2 * j] = _mm256_set1_epi16(sc[2 * j] as i16);
-        scv[2 * j + 1] = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+        scv[2 * j] = bcast_u8_i16(scm, 2 * j as i8);
+        scv[2 * j + 1] = bcast_u8_i16(scm, 2 * j as i8 + 1);
     }
     KBlock {
         q,
         sc: scv,
         sc16: _mm256_setzero_si256(),
-        min16: i16x16(arr!(16, 0i16, |g| m[g / 2] as i16)),
+        min16: _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+            scm,
+            _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15),
+        )),
         offset: 0,
         d: h(b.d),
         dmin: h(b.dmin),
@@ -1139,14 +1167,17 @@ unsafe fn unpack_q6_k(b: &BlockQ6K) -> KBlock {
         q[4 * n + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15), h2);
         q[4 * n + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m15), h3);
     }
-    let s: [i16; 16] = arr!(16, 0i16, |g| b.scales[g] as i8 as i16);
+    let sv = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
+    let mut sc = [_mm256_setzero_si256(); 8];
+    for (c, v) in sc.iter_mut().enumerate() {
+        let (a, b) = (2 * c as i8, 2 * c as i8 + 1);
+        let mask = _mm_setr_epi8(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+        *v = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sv, mask));
+    }
     KBlock {
         q,
-        sc: arr!(8, _mm256_setzero_si256(), |c| scale_pair(
-            s[2 * c],
-            s[2 * c + 1]
-        )),
-        sc16: i16x16(s),
+        sc,
+        sc16: _mm256_cvtepi8_epi16(sv),
         min16: _mm256_setzero_si256(),
         offset: 32,
         d: h(b.d),
@@ -1213,8 +1244,102 @@ unsafe fn unpack_q2_k(b: &BlockQ2K) -> KBlock {
     }
 }
 
+/// One Q4_K super-block against one Q8_K block, fused (nothing materialized): the decode path.
+#[inline(always)]
+unsafe fn sb_q4_k(x: *const u8, y: *const u8) -> f32 {
+    let b = &*(x as *const BlockQ4K);
+    let scm = k4_scales_vec(&b.scales);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let yq = y.add(4);
+    let mut acc = _mm256_setzero_si256();
+    for j in 0..4 {
+        let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j) as *const __m256i);
+        let lo = _mm256_and_si256(bits, m4);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+        let pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(yq.add(64 * j) as *const __m256i));
+        let ph = _mm256_maddubs_epi16(
+            hi,
+            _mm256_loadu_si256(yq.add(64 * j + 32) as *const __m256i),
+        );
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(bcast_u8_i16(scm, 2 * j as i8), pl));
+        acc = _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(bcast_u8_i16(scm, 2 * j as i8 + 1), ph),
+        );
+    }
+    let mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+        scm,
+        _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15),
+    ));
+    let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
+    let isum = hsum_i32(acc);
+    let msum = hsum_i32(_mm256_madd_epi16(mins, bsums));
+    let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
+    (h(b.d) * dy) * isum as f32 - (h(b.dmin) * dy) * msum as f32
+}
+
+/// One Q6_K super-block against one Q8_K block, fused: the decode path.
+#[inline(always)]
+unsafe fn sb_q6_k(x: *const u8, y: *const u8) -> f32 {
+    let b = &*(x as *const BlockQ6K);
+    let m15 = _mm256_set1_epi8(15);
+    let sv = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
+    let yq = y.add(4);
+    let mut acc = _mm256_setzero_si256();
+    for n in 0..2 {
+        let l1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n) as *const __m256i);
+        let l2 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n + 32) as *const __m256i);
+        let hb = _mm256_loadu_si256(b.qh.as_ptr().add(32 * n) as *const __m256i);
+        let q = [
+            _mm256_or_si256(
+                _mm256_and_si256(l1, m15),
+                _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(3)), 4),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(l2, m15),
+                _mm256_slli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(12)), 2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m15),
+                _mm256_and_si256(hb, _mm256_set1_epi8(48)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(l2, 4), m15),
+                _mm256_srli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8(-64)), 2),
+            ),
+        ];
+        for (i, qi) in q.iter().enumerate() {
+            let c = 4 * n + i;
+            let (a, bb) = (2 * c as i8, 2 * c as i8 + 1);
+            let mask = _mm_setr_epi8(a, a, a, a, a, a, a, a, bb, bb, bb, bb, bb, bb, bb, bb);
+            let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sv, mask));
+            let p = _mm256_maddubs_epi16(*qi, _mm256_loadu_si256(yq.add(32 * c) as *const __m256i));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(sc, p));
+        }
+    }
+    let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
+    let isum = hsum_i32(acc) - 32 * hsum_i32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sv), bsums));
+    let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
+    let d = h(b.d) * dy;
+    d * isum as f32 - (0.0 * dy) * 0.0
+}
+
+/// The fused single-token super-block dot of a type, where there is one.
+macro_rules! sb_dot {
+    (BlockQ4K, $x:expr, $y:expr) => {
+        Some(sb_q4_k($x, $y))
+    };
+    (BlockQ6K, $x:expr, $y:expr) => {
+        Some(sb_q6_k($x, $y))
+    };
+    ($other:ident, $x:expr, $y:expr) => {{
+        let _ = ($x, $y);
+        None::<f32>
+    }};
+}
+
 macro_rules! kquant_avx2 {
-    ($block:ty, $bytes:expr, $unpack:ident, $dot:ident, $gemm:ident) => {
+    ($block:ident, $bytes:expr, $unpack:ident, $dot:ident, $gemm:ident) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let mut sum = 0.0f32;
@@ -1223,7 +1348,14 @@ macro_rules! kquant_avx2 {
                 .zip(as_blocks::<BlockQ8K>(a))
                 .take(n / QK_K)
             {
-                sum += kdot(&$unpack(x), (y as *const BlockQ8K) as *const u8);
+                let (xp, yp) = (
+                    (x as *const $block) as *const u8,
+                    (y as *const BlockQ8K) as *const u8,
+                );
+                sum += match sb_dot!($block, xp, yp) {
+                    Some(v) => v,
+                    None => kdot(&$unpack(x), yp),
+                };
             }
             sum
         }
@@ -1235,6 +1367,17 @@ macro_rules! kquant_avx2 {
             let (w, rb, x, xb) = (t.w.as_ptr(), t.w_row_bytes, t.x.as_ptr(), t.x_row_bytes);
             for r in t.rows.clone() {
                 let wr = w.add(r * rb);
+                if t.tokens == 1 && sb_dot!($block, wr, x).is_some() {
+                    // One token: the fused super-block dot, nothing unpacked to memory.
+                    let mut sum = 0.0f32;
+                    for b in 0..nb {
+                        let xb0 = wr.add(b * $bytes);
+                        _mm_prefetch::<_MM_HINT_T0>(xb0.wrapping_add(PREFETCH) as *const i8);
+                        sum += sb_dot!($block, xb0, x.add(b * 292)).unwrap_or(0.0);
+                    }
+                    t.out.write(r, sum);
+                    continue;
+                }
                 let mut k0 = 0;
                 while k0 < t.tokens {
                     let nt = (t.tokens - k0).min(N);
