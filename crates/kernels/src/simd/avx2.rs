@@ -1362,7 +1362,7 @@ macro_rules! kquant_avx2 {
 
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $gemm(t: &Tile) {
-            const N: usize = 4;
+            const N: usize = 8;
             let nb = t.cols / QK_K;
             let (w, rb, x, xb) = (t.w.as_ptr(), t.w_row_bytes, t.x.as_ptr(), t.x_row_bytes);
             for r in t.rows.clone() {
