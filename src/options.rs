@@ -65,6 +65,17 @@ impl ModelOpts {
         Ok(torchless_hub::resolve(self.model.as_deref())?)
     }
 
+    /// The model file opened (memory-mapped) for its metadata, without building the model.
+    pub fn open_file(&self) -> Result<(PathBuf, torchless_gguf::GgufFile), CliError> {
+        let path = self.path()?;
+        let file =
+            torchless_gguf::GgufFile::open(&path, LoadMode::Mmap).map_err(|e| CliError::Load {
+                path: path.display().to_string(),
+                source: e.into(),
+            })?;
+        Ok((path, file))
+    }
+
     pub fn load(&self) -> Result<Model, CliError> {
         let path = self.path()?;
         let opts = LoadOptions {

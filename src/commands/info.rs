@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use torchless_gguf::{GgufFile, LoadMode};
 use torchless_model::{Arch, ModelConfig};
 use torchless_tokenizer::Tokenizer;
 
@@ -22,12 +21,11 @@ fn mib(b: u64) -> f64 {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    let path = a.model.path()?;
+    let (path, file) = a.model.open_file()?;
     let load = |e| CliError::Load {
         path: path.display().to_string(),
         source: e,
     };
-    let file = GgufFile::open(&path, LoadMode::Mmap).map_err(|e| load(e.into()))?;
     let m = file.metadata();
     let meta_arch = m
         .str("general.architecture")

@@ -1,6 +1,5 @@
 //! `torchless tokenize`: the token ids of a text (and their pieces with --json).
 
-use torchless_gguf::{GgufFile, LoadMode};
 use torchless_tokenizer::Tokenizer;
 
 use crate::options::{CliError, ModelOpts};
@@ -24,12 +23,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<(), CliError> {
     // Only the metadata is needed: no weights are touched.
-    let path = a.model.path()?;
+    let (path, file) = a.model.open_file()?;
     let load = |e| CliError::Load {
         path: path.display().to_string(),
         source: e,
     };
-    let file = GgufFile::open(&path, LoadMode::Mmap).map_err(|e| load(e.into()))?;
     let tok = Tokenizer::from_metadata(file.metadata()).map_err(|e| load(e.into()))?;
     let ids = tok.encode(&a.text, !a.no_bos, a.special)?;
     if a.json {

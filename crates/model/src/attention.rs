@@ -167,29 +167,25 @@ fn attend_batched<E: KvElem>(
         for job in jobs {
             let kvh = job / per_kv.div_ceil(GROUP);
             let first = (job % per_kv.div_ceil(GROUP)) * GROUP;
-            let seq = batch.seq[query(kvh, first).0];
+            let mut seq = batch.seq[query(kvh, first).0];
             let mut qs: [(&[f32], usize); GROUP] = [(&[], 0); GROUP];
             let mut outs: [&mut [f32]; GROUP] = Default::default();
             let mut n = 0;
+            let mut ctx = GroupCtx {
+                kernels,
+                cache,
+                keys,
+                values,
+                s,
+                kvh,
+                stride,
+            };
             for j in first..(first + GROUP).min(per_kv) {
                 let (t, h) = query(kvh, j);
                 if batch.seq[t] != seq {
                     // Another sequence: attend to what we have, then start over.
-                    run_group(
-                        kernels,
-                        cache,
-                        keys,
-                        values,
-                        s,
-                        seq,
-                        kvh,
-                        &qs[..n],
-                        scores,
-                        stride,
-                        qr,
-                        acc,
-                        &mut outs[..n],
-                    );
+                    ctx.run(seq, &qs[..n], scores, qr, acc, &mut outs[..n]);
+                    seq = batch.seq[t];
                     n = 0;
                 }
                 let base = t * q_dim + h * hd;
@@ -198,53 +194,55 @@ fn attend_batched<E: KvElem>(
                 outs[n] = unsafe { out.slice_mut(base, hd) };
                 n += 1;
             }
-            let seq = batch.seq[query(kvh, (first + n.max(1) - 1).min(per_kv - 1)).0];
-            run_group(
-                kernels,
-                cache,
-                keys,
-                values,
-                s,
-                seq,
-                kvh,
-                &qs[..n],
-                scores,
-                stride,
-                qr,
-                acc,
-                &mut outs[..n],
-            );
+            ctx.run(seq, &qs[..n], scores, qr, acc, &mut outs[..n]);
         }
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_group<E: KvElem>(
-    kernels: &Kernels,
-    cache: &KvCache,
-    keys: &[E],
-    values: &[E],
-    s: &AttnShape,
-    seq: crate::kv_cache::SeqId,
+/// What the queries of one batched attention job share.
+struct GroupCtx<'a, E> {
+    kernels: &'a Kernels,
+    cache: &'a KvCache,
+    keys: &'a [E],
+    values: &'a [E],
+    s: &'a AttnShape,
     kvh: usize,
-    qs: &[(&[f32], usize)],
-    scores: &mut [f32],
     stride: usize,
-    qr: &mut [f32],
-    acc: &mut [f32],
-    outs: &mut [&mut [f32]],
-) {
-    if qs.is_empty() {
-        return;
+}
+
+impl<E: KvElem> GroupCtx<'_, E> {
+    /// Attends queries `qs` (all of sequence `seq`) to this KV head.
+    fn run(
+        &mut self,
+        seq: crate::kv_cache::SeqId,
+        qs: &[(&[f32], usize)],
+        scores: &mut [f32],
+        qr: &mut [f32],
+        acc: &mut [f32],
+        outs: &mut [&mut [f32]],
+    ) {
+        if qs.is_empty() {
+            return;
+        }
+        let kv = PagedHead {
+            keys: self.keys,
+            values: self.values,
+            blocks: self.cache.blocks(seq),
+            base: self.cache.offset(self.s.layer, 0, self.kvh, 0),
+            block_stride: self.cache.block_stride(),
+            block_size: self.cache.config().block_size,
+            head_dim: self.s.head_dim,
+        };
+        attend_group(
+            self.kernels,
+            qs,
+            &kv,
+            self.s.scale,
+            scores,
+            self.stride,
+            qr,
+            acc,
+            outs,
+        );
     }
-    let kv = PagedHead {
-        keys,
-        values,
-        blocks: cache.blocks(seq),
-        base: cache.offset(s.layer, 0, kvh, 0),
-        block_stride: cache.block_stride(),
-        block_size: cache.config().block_size,
-        head_dim: s.head_dim,
-    };
-    attend_group(kernels, qs, &kv, s.scale, scores, stride, qr, acc, outs);
 }

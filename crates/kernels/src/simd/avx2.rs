@@ -1083,31 +1083,37 @@ unsafe fn bcast_u8_i16(v: __m128i, i: i8) -> __m256i {
     _mm256_cvtepu8_epi16(_mm_shuffle_epi8(v, _mm_set1_epi8(i)))
 }
 
+/// A Q4_K/Q5_K super-block from its quants and packed scales (`k4_scales_vec`): one scale
+/// per 32-element chunk, one min per 16-element group.
+#[inline(always)]
+unsafe fn k4_block(q: [__m256i; 8], scm: __m128i, d: f32, dmin: f32) -> KBlock {
+    let mut sc = [_mm256_setzero_si256(); 8];
+    for (c, v) in sc.iter_mut().enumerate() {
+        *v = bcast_u8_i16(scm, c as i8);
+    }
+    let mins = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    KBlock {
+        q,
+        sc,
+        sc16: _mm256_setzero_si256(),
+        min16: _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scm, mins)),
+        offset: 0,
+        d,
+        dmin,
+    }
+}
+
 #[inline(always)]
 unsafe fn unpack_q4_k(b: &BlockQ4K) -> KBlock {
     let scm = k4_scales_vec(&b.scales);
     let m4 = _mm256_set1_epi8(0x0F);
     let mut q = [_mm256_setzero_si256(); 8];
-    let mut scv = [_mm256_setzero_si256(); 8];
     for j in 0..4 {
         let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j) as *const __m256i);
         q[2 * j] = _mm256_and_si256(bits, m4);
         q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-        scv[2 * j] = bcast_u8_i16(scm, 2 * j as i8);
-        scv[2 * j + 1] = bcast_u8_i16(scm, 2 * j as i8 + 1);
     }
-    KBlock {
-        q,
-        sc: scv,
-        sc16: _mm256_setzero_si256(),
-        min16: _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
-            scm,
-            _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15),
-        )),
-        offset: 0,
-        d: h(b.d),
-        dmin: h(b.dmin),
-    }
+    k4_block(q, scm, h(b.d), h(b.dmin))
 }
 
 #[inline(always)]
@@ -1125,7 +1131,6 @@ unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
         }};
     }
     let mut q = [_mm256_setzero_si256(); 8];
-    let mut scv = [_mm256_setzero_si256(); 8];
     for j in 0..4 {
         let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j) as *const __m256i);
         q[2 * j] = _mm256_or_si256(_mm256_and_si256(bits, m4), bit!(1u32 << (2 * j)));
@@ -1133,21 +1138,8 @@ unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
             _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
             bit!(2u32 << (2 * j)),
         );
-        scv[2 * j] = bcast_u8_i16(scm, 2 * j as i8);
-        scv[2 * j + 1] = bcast_u8_i16(scm, 2 * j as i8 + 1);
     }
-    KBlock {
-        q,
-        sc: scv,
-        sc16: _mm256_setzero_si256(),
-        min16: _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
-            scm,
-            _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15),
-        )),
-        offset: 0,
-        d: h(b.d),
-        dmin: h(b.dmin),
-    }
+    k4_block(q, scm, h(b.d), h(b.dmin))
 }
 
 #[inline(always)]
