@@ -276,3 +276,63 @@ fn qwen2_logits_match_llama_cpp() {
 fn qwen2_greedy_generation_matches_until_the_first_near_tie() {
     check_greedy_in(qwen(), "qwen2.5-coder-0.5b-q4_k_m");
 }
+
+/// Several sequences of different lengths in one forward pass, their tokens interleaved (so
+/// the sequence changes in the middle of a run of queries), give each sequence the logits it
+/// gets alone. This is the shape of work that continuous batching hands the forward pass.
+#[test]
+fn interleaved_sequences_in_one_batch_match_separate_runs() {
+    use torchless_model::{Batch, KvCache, KvConfig, Workspace};
+    let model = smollm2();
+    let c = model.config();
+    let prompts: [Vec<u32>; 3] = [
+        vec![1, 504, 3458, 282, 4649, 314, 1345, 30, 216],
+        vec![28, 9007, 1111, 42, 7],
+        vec![2, 17, 880, 12000, 3, 65, 901, 44, 5000, 6, 99, 1024],
+    ];
+    let alone: Vec<Vec<Vec<f32>>> = prompts.iter().map(|p| all_logits(model, p)).collect();
+
+    let n_ctx = 32;
+    let mut cache = KvCache::new(KvConfig {
+        n_layers: c.n_layers,
+        n_kv_heads: c.n_head_kv,
+        head_dim: c.head_dim,
+        block_size: 4,
+        n_blocks: 3 * n_ctx / 4,
+        ty: model.precision().kv_type(),
+    });
+    let mut ws = Workspace::new(c, 32, n_ctx, model.threads());
+    // Two passes; each takes a prefix of what is left of every sequence, interleaved.
+    let plans: [&[(usize, usize)]; 2] = [
+        &[(0, 2), (1, 3), (0, 2), (2, 1), (1, 1), (2, 5)],
+        &[(2, 3), (0, 5), (1, 1), (2, 3)],
+    ];
+    let mut next = [0usize; 3];
+    let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
+    for plan in plans {
+        let mut batch = Batch::new();
+        let mut owners = Vec::new();
+        for &(s, count) in plan {
+            for _ in 0..count {
+                batch.push(prompts[s][next[s]], next[s], s as u32, true);
+                owners.push(s);
+                next[s] += 1;
+            }
+        }
+        model.forward(&batch, &mut cache, &mut ws).unwrap();
+        for (row, &s) in owners.iter().enumerate() {
+            got[s].push(ws.logits_row(row).to_vec());
+        }
+    }
+    for s in 0..3 {
+        assert_eq!(next[s], prompts[s].len(), "plan covers sequence {s}");
+        for (pos, (a, b)) in got[s].iter().zip(&alone[s]).enumerate() {
+            let d = diff(a, b);
+            assert!(
+                d.max < 1e-3,
+                "sequence {s} position {pos}: max |d| {}",
+                d.max
+            );
+        }
+    }
+}
