@@ -138,6 +138,31 @@ proptest! {
         }
     }
 
+    /// Float weights with enough rows that the batched kernel takes them in several L2 blocks.
+    #[test]
+    fn float_tiles_spanning_row_blocks_are_bit_identical(rows in 90usize..260, tokens in 2usize..10, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 768 * 9)) {
+        let pool = ThreadPool::new(2);
+        let cols = 768;
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+            let w = weights(ty, rows * cols, &seed);
+            let t = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
+            let run = |k: &Kernels| {
+                let mut acts = Activations::new();
+                acts.encode(k, ty.traits().vec_dot_type, &xs[..tokens * cols], tokens, cols).unwrap();
+                let mut out = vec![0.0f32; rows * tokens];
+                matmul(&pool, k, &t, &acts, &mut out).unwrap();
+                out
+            };
+            let want = run(&Kernels::scalar());
+            for k in simd_kernels() {
+                let got = run(&k);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    prop_assert_eq!(g.to_bits(), w.to_bits(), "{} on {:?}, output {}: {} vs {}", ty, k.isa(), i, g, w);
+                }
+            }
+        }
+    }
+
     #[test]
     fn attention_is_bit_identical(n_kv in 1usize..90, hd_8 in 1usize..9, seed in any::<u64>()) {
         let (hd, bs) = (hd_8 * 8, 16);
@@ -236,6 +261,12 @@ proptest! {
         if zero_block {
             xs[256..512].fill(0.0);
         }
+        // Tiny values (f16 subnormals and underflow) and a few past the f16 range.
+        for x in &mut xs[128..192] {
+            *x *= 1e-6;
+        }
+        xs[200] = 70000.0;
+        xs[201] = -1e9;
         for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
             let n = ty.row_bytes(512).unwrap();
             let mut want = vec![0u8; n];

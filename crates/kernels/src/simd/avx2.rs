@@ -998,6 +998,22 @@ pub unsafe fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// f32 → f16 with the F16C instruction (round to nearest even, as the scalar conversion).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_f16(src: &[f32], dst: &mut [u8]) {
+    let n = src.len().min(dst.len() / 2);
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.add(i)));
+        _mm_storeu_si128(d.add(2 * i) as *mut __m128i, h);
+        i += 8;
+    }
+    for j in i..n {
+        dst[2 * j..2 * j + 2].copy_from_slice(&f16_bytes(src[j]));
+    }
+}
+
 /// The scalar Q8_K quantizer (llama.cpp uses its reference code on x86 too), compiled with
 /// SSE4.1 rounding instructions instead of a library call.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -1511,12 +1527,12 @@ unsafe fn gemm_float<E: FloatElem>(t: &Tile) {
         }
         return;
     }
-    // Batched: blocks of tokens whose activations, converted to f32 once into a thread-local
-    // buffer, fit in L2 beside the tile's rows; within a block, tiles of 3 rows × 4 tokens with
-    // one accumulator each (the activations come straight from memory into the multiply-adds,
-    // leaving the registers to the accumulators).
-    let tb = ((192 << 10) / (4 * n)).clamp(8, 256);
-    let need = tb * n;
+    // Batched: the rows are taken in blocks whose weights fit in L2; for each block, four
+    // tokens at a time are converted to f32 into an L1-sized buffer and every 3-row tile of the
+    // block runs past them (3 rows × 4 tokens, one accumulator each). Streaming the weights from
+    // L2 costs fewer bytes per multiply-add than streaming the activations would.
+    const TOK: usize = 4;
+    let need = TOK * n;
     let xf: *mut f32 = XF32.with(|cell| {
         let mut buf = cell.borrow_mut();
         if buf.len() < need {
@@ -1524,39 +1540,38 @@ unsafe fn gemm_float<E: FloatElem>(t: &Tile) {
         }
         buf.as_mut_ptr()
     });
-    let mut k0 = 0;
-    while k0 < t.tokens {
-        let nt = (t.tokens - k0).min(tb);
-        for k in 0..nt {
-            for i in (0..n / 8 * 8).step_by(8) {
-                _mm256_storeu_ps(
-                    xf.add(k * n + i),
-                    E::load8(x.add((k0 + k) * xb + i * E::BYTES)),
-                );
+    let rows_per_block = ((256 << 10) / rb.max(1)).clamp(3, 384) / 3 * 3;
+    let mut r0 = t.rows.start;
+    while r0 < t.rows.end {
+        let r1 = (r0 + rows_per_block).min(t.rows.end);
+        let mut k = 0;
+        while k < t.tokens {
+            let nk = (t.tokens - k).min(TOK);
+            for kk in 0..nk {
+                for i in (0..n / 8 * 8).step_by(8) {
+                    _mm256_storeu_ps(
+                        xf.add(kk * n + i),
+                        E::load8(x.add((k + kk) * xb + i * E::BYTES)),
+                    );
+                }
             }
-        }
-        let mut r = t.rows.start;
-        while r < t.rows.end {
-            let nr = (t.rows.end - r).min(3);
-            let mut k = 0;
-            while k < nt {
-                let nk = (nt - k).min(4);
-                let xk = xf.add(k * n);
+            let mut r = r0;
+            while r < r1 {
+                let nr = (r1 - r).min(3);
                 let wr = w.add(r * rb);
-                let out = |ri: usize, kk: usize, v: f32| {
-                    t.out.write((k0 + k + kk) * t.out_stride + r + ri, v)
-                };
+                let out =
+                    |ri: usize, kk: usize, v: f32| t.out.write((k + kk) * t.out_stride + r + ri, v);
                 match (nr, nk) {
-                    (3, 4) => float_tile::<E, 3, 4>(wr, rb, xk, n, out),
-                    (2, 4) => float_tile::<E, 2, 4>(wr, rb, xk, n, out),
-                    (1, 4) => float_tile::<E, 1, 4>(wr, rb, xk, n, out),
+                    (3, 4) => float_tile::<E, 3, 4>(wr, rb, xf, n, out),
+                    (2, 4) => float_tile::<E, 2, 4>(wr, rb, xf, n, out),
+                    (1, 4) => float_tile::<E, 1, 4>(wr, rb, xf, n, out),
                     _ => {
                         for ri in 0..nr {
                             for kk in 0..nk {
                                 float_tile::<E, 1, 1>(
                                     w.add((r + ri) * rb),
                                     rb,
-                                    xk.add(kk * n),
+                                    xf.add(kk * n),
                                     n,
                                     |_, _, v| out(ri, kk, v),
                                 );
@@ -1564,11 +1579,11 @@ unsafe fn gemm_float<E: FloatElem>(t: &Tile) {
                         }
                     }
                 }
-                k += nk;
+                r += nr;
             }
-            r += nr;
+            k += nk;
         }
-        k0 += nt;
+        r0 = r1;
     }
 }
 

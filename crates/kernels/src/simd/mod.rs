@@ -117,6 +117,7 @@ checked_quant! {
     avx2_quant_q8_0 => avx2::quantize_q8_0,
     avx2_quant_q8_1 => avx2::quantize_q8_1,
     avx2_quant_q8_k => avx2::quantize_q8_k,
+    avx2_quant_f16 => avx2::quantize_f16,
 }
 
 /// The SIMD activation quantizer for `ty` on `isa`, if there is one.
@@ -127,6 +128,7 @@ pub(crate) fn quantize(isa: Isa, ty: GgmlType) -> Option<crate::quant::FromF32Fn
             GgmlType::Q8_0 => Some(avx2_quant_q8_0),
             GgmlType::Q8_1 => Some(avx2_quant_q8_1),
             GgmlType::Q8_K => Some(avx2_quant_q8_k),
+            GgmlType::F16 => Some(avx2_quant_f16),
             _ => None,
         },
         _ => {
