@@ -57,6 +57,10 @@ pub struct ModelOpts {
     /// llama.cpp's quantized-activation arithmetic.
     #[arg(long)]
     pub precise: bool,
+    /// Keep the weights in the file's layout instead of repacking 4-bit matrices into the
+    /// interleaved layout the SIMD kernels read faster (costs load time, saves nothing else).
+    #[arg(long)]
+    pub no_repack: bool,
 }
 
 impl ModelOpts {
@@ -91,6 +95,7 @@ impl ModelOpts {
             } else {
                 Precision::Reference
             },
+            no_repack: self.no_repack,
         };
         Model::load(&path, &opts).map_err(|source| CliError::Load {
             path: path.display().to_string(),

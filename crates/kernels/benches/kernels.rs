@@ -88,6 +88,11 @@ fn bench_matmul(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::from_parameter(ty), &ty, |b, _| {
                 b.iter(|| matmul(&pool, &k, &w, &acts, &mut out).unwrap())
             });
+            if let Some(packed) = w.interleaved() {
+                g.bench_with_input(BenchmarkId::new("rows8", ty), &ty, |b, _| {
+                    b.iter(|| matmul(&pool, &k, &packed, &acts, &mut out).unwrap())
+                });
+            }
         }
         g.finish();
     }

@@ -140,6 +140,18 @@ impl Kernels {
         crate::simd::gemm(self.isa, ty)
     }
 
+    /// The tile kernel for weights of type `ty` in the eight-row interleaved layout: the SIMD
+    /// one for this ISA, else the scalar reference (`None`: the type has no such layout).
+    pub fn gemm_rows8(&self, ty: GgmlType) -> Option<crate::matmul::GemmFn> {
+        crate::simd::gemm_rows8(self.isa, ty).or(crate::quant::interleave::gemm_scalar_fn(ty))
+    }
+
+    /// Whether repacking weights of type `ty` into the interleaved layout pays on this ISA
+    /// (it has a SIMD kernel for it).
+    pub fn prefers_rows8(&self, ty: GgmlType) -> bool {
+        crate::simd::gemm_rows8(self.isa, ty).is_some()
+    }
+
     /// The encoder for activations of type `ty` (Q8_0, Q8_1, Q8_K, F16, BF16, F32).
     pub fn quantize(&self, ty: GgmlType) -> Option<FromF32Fn> {
         crate::simd::quantize(self.isa, ty).or(ty.traits().from_f32)

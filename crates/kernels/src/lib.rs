@@ -28,4 +28,4 @@ pub use dispatch::{Isa, Kernels};
 pub use matmul::{matmul, matmul_f32, Activations, MatmulError};
 pub use pool::ThreadPool;
 pub use quant::GgmlType;
-pub use tensor::{Storage, Tensor, TensorError};
+pub use tensor::{Layout, Storage, Tensor, TensorError};

@@ -12,7 +12,7 @@ use crate::pool::ThreadPool;
 use std::ops::Range;
 
 use crate::quant::{GgmlType, VecDotFn};
-use crate::tensor::Tensor;
+use crate::tensor::{Layout, Tensor};
 
 /// Why a product could not be computed (these are caller bugs or unsupported types).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub enum MatmulError {
     Output { have: usize, need: usize },
     #[error("{cols} is not a whole number of {ty} blocks")]
     Blocks { ty: GgmlType, cols: usize },
+    #[error("{ty} weights in the {layout:?} layout have no kernel on this path")]
+    Layout { ty: GgmlType, layout: Layout },
 }
 
 /// A batch of activation rows encoded for one weight type's dot products.
@@ -264,7 +266,21 @@ pub fn matmul(
         (true, Some(f)) => f,
         _ => kernels.vec_dot(ty).ok_or(MatmulError::Unsupported(ty))?,
     };
-    let gemm = kernels.gemm(ty);
+    // Interleaved weights have only tile kernels: the SIMD one where the tile is whole, the
+    // scalar reference (which reads the layout with checked indexing) otherwise.
+    let (gemm, fallback): (Option<GemmFn>, Option<GemmFn>) = match w.layout() {
+        Layout::Rows => (kernels.gemm(ty), None),
+        Layout::Rows8 => {
+            let fallback = crate::quant::interleave::gemm_scalar_fn(ty);
+            if fallback.is_none() || n % 8 != 0 {
+                return Err(MatmulError::Layout {
+                    ty,
+                    layout: w.layout(),
+                });
+            }
+            (kernels.gemm_rows8(ty), fallback)
+        }
+    };
     let shared = SharedOut::new(out);
     let bytes = w.bytes();
     let w_row_bytes = w.row_bytes();
@@ -281,8 +297,9 @@ pub fn matmul(
             out_stride: n,
             batched,
         };
-        match gemm {
-            Some(g) if tile.in_bounds() => g(&tile),
+        match (gemm, fallback) {
+            (Some(g), _) if tile.in_bounds() => g(&tile),
+            (_, Some(f)) => f(&tile),
             _ => gemm_by_dots(dot, &tile),
         }
     });
@@ -299,6 +316,12 @@ pub fn matmul_f32(
     out: &mut [f32],
 ) -> Result<(), MatmulError> {
     let ty = w.ty();
+    if w.layout() != Layout::Rows {
+        return Err(MatmulError::Layout {
+            ty,
+            layout: w.layout(),
+        });
+    }
     let to_f32 = ty.traits().to_f32.ok_or(MatmulError::Unsupported(ty))?;
     let (n, cols) = (w.rows(), w.cols());
     if x.len() < tokens * cols {

@@ -59,6 +59,31 @@ impl Storage {
     pub fn is_mapped(&self) -> bool {
         matches!(self, Storage::Mapped(_))
     }
+
+    /// Tells the kernel that `len` bytes at `offset` of a memory map will not be read again, so
+    /// their pages leave the resident set (for weights that were copied elsewhere). The map is
+    /// read-only and private: a later read would fetch the bytes from the file again. Does
+    /// nothing for heap storage.
+    pub fn release(&self, offset: usize, len: usize) {
+        if let Storage::Mapped(m) = self {
+            if offset.checked_add(len).is_some_and(|end| end <= m.len()) {
+                // SAFETY: the mapping is read-only and file-backed; dropping its pages cannot
+                // change what a later read sees.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+                };
+            }
+        }
+    }
+}
+
+/// How a tensor's rows are laid out in its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Row after row, as in the model file.
+    Rows,
+    /// Groups of eight rows interleaved block by block (see [`crate::quant::interleave`]).
+    Rows8,
 }
 
 /// A typed view of `len` bytes at `offset` in shared storage.
@@ -69,6 +94,7 @@ pub struct Tensor {
     storage: Arc<Storage>,
     offset: usize,
     len: usize,
+    layout: Layout,
 }
 
 /// Why a tensor view could not be made.
@@ -123,6 +149,7 @@ impl Tensor {
             storage,
             offset,
             len,
+            layout: Layout::Rows,
         })
     }
 
@@ -142,6 +169,37 @@ impl Tensor {
 
     pub fn ty(&self) -> GgmlType {
         self.ty
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// A heap copy of this tensor in the eight-row interleaved layout, when its type and shape
+    /// allow one (see [`crate::quant::interleave`]).
+    pub fn interleaved(&self) -> Option<Tensor> {
+        let ty = self.ty;
+        if self.layout != Layout::Rows || !crate::quant::interleave::supports(ty) {
+            return None;
+        }
+        let mut storage = Storage::zeroed(self.len);
+        let dst = storage.bytes_mut()?;
+        if !crate::quant::interleave::interleave(ty, self.bytes(), self.rows(), self.cols(), dst) {
+            return None;
+        }
+        Some(Tensor {
+            ty,
+            dims: self.dims.clone(),
+            storage: Arc::new(storage),
+            offset: 0,
+            len: self.len,
+            layout: Layout::Rows8,
+        })
+    }
+
+    /// Drops the resident pages of a memory-mapped tensor that will not be read again.
+    pub fn release(&self) {
+        self.storage.release(self.offset, self.len);
     }
 
     pub fn dims(&self) -> &[usize] {
@@ -174,8 +232,11 @@ impl Tensor {
         &self.storage.bytes()[self.offset..self.offset + self.len]
     }
 
-    /// The bytes of row `r` (empty when out of range).
+    /// The bytes of row `r` (empty when out of range or when the rows are interleaved).
     pub fn row(&self, r: usize) -> &[u8] {
+        if self.layout != Layout::Rows {
+            return &[];
+        }
         let rb = self.row_bytes();
         self.bytes().get(r * rb..(r + 1) * rb).unwrap_or(&[])
     }
@@ -192,6 +253,9 @@ impl Tensor {
 
     /// The whole tensor as f32 (for small tensors: norms, biases).
     pub fn to_f32_vec(&self) -> Option<Vec<f32>> {
+        if self.layout != Layout::Rows {
+            return None;
+        }
         let mut out = vec![0.0f32; self.n_elements()];
         crate::quant::dequantize(self.ty, self.bytes(), &mut out).then_some(out)
     }

@@ -10,7 +10,7 @@ use torchless_kernels::attention::{
 };
 use torchless_kernels::matmul::{matmul, Activations};
 use torchless_kernels::quant::{self, GgmlType};
-use torchless_kernels::{Isa, Kernels, Storage, Tensor, ThreadPool};
+use torchless_kernels::{Isa, Kernels, Layout, Storage, Tensor, ThreadPool};
 
 const WEIGHT_TYPES: [GgmlType; 13] = [
     GgmlType::F32,
@@ -135,6 +135,39 @@ proptest! {
                     prop_assert_eq!(g.to_bits(), w.to_bits(), "{} on {:?}, output {}: {} vs {}", ty, k.isa(), i, g, w);
                 }
             }
+        }
+    }
+
+    /// Weights repacked into the eight-row interleaved layout give exactly the products of the
+    /// plain layout on the scalar reference, on every path (the scalar one included).
+    #[test]
+    fn interleaved_weights_give_the_plain_products(groups in 1usize..6, tokens in 1usize..7, blocks in 1usize..12, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 384 * 6)) {
+        let pool = ThreadPool::new(2);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+            let (rows, cols) = (8 * groups, 32 * blocks);
+            let w = weights(ty, rows * cols, &seed);
+            let plain = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
+            let packed = plain.interleaved().unwrap();
+            prop_assert_eq!(packed.layout(), Layout::Rows8);
+            prop_assert!(packed.row(0).is_empty());
+            let run = |k: &Kernels, t: &Tensor| {
+                let mut acts = Activations::new();
+                acts.encode(k, ty.traits().vec_dot_type, &xs[..tokens * cols], tokens, cols).unwrap();
+                let mut out = vec![0.0f32; rows * tokens];
+                matmul(&pool, k, t, &acts, &mut out).unwrap();
+                out
+            };
+            let want = run(&Kernels::scalar(), &plain);
+            let mut all = simd_kernels();
+            all.push(Kernels::scalar());
+            for k in all {
+                let got = run(&k, &packed);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    prop_assert_eq!(g.to_bits(), w.to_bits(), "{} interleaved on {:?}, output {}: {} vs {}", ty, k.isa(), i, g, w);
+                }
+            }
+            let mut out = vec![0.0f32; rows * tokens];
+            prop_assert!(torchless_kernels::matmul_f32(&pool, &packed, &xs[..tokens * cols], tokens, &mut out).is_err());
         }
     }
 

@@ -42,6 +42,9 @@ pub struct LoadOptions {
     /// Threads of the compute pool (0 = physical cores).
     pub threads: usize,
     pub precision: Precision,
+    /// Keep every weight in the file's layout (no repacking into the interleaved layouts that
+    /// some kernels read faster; `--no-repack`).
+    pub no_repack: bool,
 }
 
 /// A model ready to run.
@@ -101,7 +104,7 @@ impl Model {
         })?;
         let vocab = Weights::vocab_of(&file)?;
         let config = ModelConfig::from_metadata(m, arch, &meta_arch, vocab)?;
-        let weights = Weights::load(&file, &config)?;
+        let mut weights = Weights::load(&file, &config)?;
         let tokenizer = match Tokenizer::from_metadata(m) {
             Ok(t) => Some(t),
             Err(torchless_tokenizer::TokenizerError::Missing) => None,
@@ -116,6 +119,12 @@ impl Model {
             }
         }
         let kernels = Kernels::from_env().map_err(|e| ModelError::Config(e.to_string()))?;
+        if opts.precision == Precision::Reference && !opts.no_repack {
+            let n = weights.repack(&kernels);
+            if n > 0 {
+                tracing::info!(matrices = n, "weights repacked into the interleaved layout");
+            }
+        }
         let threads = if opts.threads == 0 {
             physical_cores()
         } else {

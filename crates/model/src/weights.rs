@@ -156,6 +156,42 @@ impl Weights {
         })
     }
 
+    /// Repacks the matrices that the kernels read faster in the eight-row interleaved layout
+    /// (llama.cpp's "repack" buffers do the same); the mapped pages of the originals are
+    /// released, so the resident memory stays about the size of the file. The embedding table
+    /// (and a head tied to it) keeps its layout: rows of it are looked up. Returns the number
+    /// of matrices repacked.
+    pub fn repack(&mut self, kernels: &torchless_kernels::Kernels) -> usize {
+        let mut n = 0;
+        let mut one = |t: &mut Tensor| {
+            if !kernels.prefers_rows8(t.ty()) {
+                return;
+            }
+            if let Some(packed) = t.interleaved() {
+                t.release();
+                *t = packed;
+                n += 1;
+            }
+        };
+        for l in &mut self.layers {
+            for t in [
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.w_gate,
+                &mut l.w_up,
+                &mut l.w_down,
+            ] {
+                one(t);
+            }
+        }
+        if !self.tied_output {
+            one(&mut self.output);
+        }
+        n
+    }
+
     /// Every matrix, for accounting (bytes read per token, types in use).
     pub fn matrices(&self) -> Vec<&Tensor> {
         let mut v: Vec<&Tensor> = Vec::new();

@@ -3,6 +3,7 @@
 
 pub mod blocks;
 pub mod float;
+pub mod interleave;
 pub mod kquants;
 pub mod legacy;
 pub mod types;

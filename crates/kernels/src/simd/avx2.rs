@@ -361,28 +361,71 @@ unsafe fn nibble_tile<T: Nibble, const R: usize, const N: usize>(
 /// vector lanes.
 #[inline(always)]
 unsafe fn nibble_rows8<T: Nibble>(w: *const u8, rb: usize, nb: usize, y: *const u8) -> __m256 {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 8];
-    let mut summs = _mm256_setzero_ps();
-    for b in 0..nb {
+    rows8_token::<T>(nb, y, |b| {
         let p: [*const u8; 8] = arr!(8, w, |i| w.add(i * rb + b * T::BYTES));
         if b % 3 == 0 {
             for &pi in &p {
                 _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(PREFETCH) as *const i8);
             }
         }
+        let m = if T::MIN {
+            gather_halves(&p, 2)
+        } else {
+            _mm256_setzero_ps()
+        };
+        let q: [*const u8; 8] = arr!(8, w, |i| p[i].add(T::QS));
+        (gather_halves(&p, 0), m, transpose_8x4(&q))
+    })
+}
+
+/// The same product for eight interleaved rows (group at `g`; see
+/// [`crate::quant::interleave`]): scales and quants come with plain loads.
+#[inline(always)]
+unsafe fn interleaved_rows8<T: Nibble>(g: *const u8, nb: usize, y: *const u8) -> __m256 {
+    rows8_token::<T>(nb, y, |b| interleaved_block::<T>(g, b))
+}
+
+/// Block column `b` of an interleaved group at `g`: the eight scales and minimums as floats
+/// and the quants as [`transpose_8x4`] would give them.
+#[inline(always)]
+unsafe fn interleaved_block<T: Nibble>(g: *const u8, b: usize) -> (__m256, __m256, [__m256i; 4]) {
+    let c = g.add(b * 8 * T::BYTES);
+    _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PREFETCH) as *const i8);
+    let d = _mm256_cvtph_ps(_mm_loadu_si128(c as *const __m128i));
+    let (m, q) = if T::MIN {
+        (
+            _mm256_cvtph_ps(_mm_loadu_si128(c.add(16) as *const __m128i)),
+            c.add(32),
+        )
+    } else {
+        (_mm256_setzero_ps(), c.add(16))
+    };
+    let v = arr!(4, _mm256_setzero_si256(), |j| _mm256_loadu_si256(
+        q.add(32 * j) as *const __m256i
+    ));
+    (d, m, v)
+}
+
+/// Q4_0/Q4_1 × one token (`y`) for eight rows whose block `b` `load` gives as (scales,
+/// minimums, quants with dword `j` of every row in vector `j`), the rows in the vector lanes.
+#[inline(always)]
+unsafe fn rows8_token<T: Nibble>(
+    nb: usize,
+    y: *const u8,
+    load: impl Fn(usize) -> (__m256, __m256, [__m256i; 4]),
+) -> __m256 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut summs = _mm256_setzero_ps();
+    for b in 0..nb {
+        let (dx, mx, v) = load(b);
         let yb = y.add(b * T::ABYTES);
         let (dy, sy) = halves2(yb);
-        let d = _mm256_mul_ps(gather_halves(&p, 0), _mm256_set1_ps(dy));
+        let d = _mm256_mul_ps(dx, _mm256_set1_ps(dy));
         if T::MIN {
-            summs = _mm256_add_ps(
-                summs,
-                _mm256_mul_ps(gather_halves(&p, 2), _mm256_set1_ps(sy)),
-            );
+            summs = _mm256_add_ps(summs, _mm256_mul_ps(mx, _mm256_set1_ps(sy)));
         }
-        let q: [*const u8; 8] = arr!(8, w, |i| p[i].add(T::QS));
-        let v = transpose_8x4(&q);
         let yq = yb.add(T::AQS) as *const i32;
         for j in 0..4 {
             let mut lo = _mm256_and_si256(v[j], m4);
@@ -500,7 +543,6 @@ const fn panel_stride(min: bool) -> usize {
 /// Unpacks eight rows × `nb` blocks starting at `w` (row stride `rb`) into `panel`.
 #[inline(always)]
 unsafe fn build_panel<T: Fmt32>(w: *const u8, rb: usize, nb: usize, panel: *mut __m256i) {
-    let ps = panel_stride(T::MIN);
     for b in 0..nb {
         let mut rows = [_mm256_setzero_si256(); 8];
         let mut d = [0i16; 8];
@@ -511,27 +553,55 @@ unsafe fn build_panel<T: Fmt32>(w: *const u8, rb: usize, nb: usize, panel: *mut 
             d[i] = (wb as *const i16).read_unaligned();
             m[i] = (wb.add(2) as *const i16).read_unaligned();
         }
-        let lanes = transpose_8x8(&rows);
-        let out = panel.add(b * ps);
-        if T::MIN {
-            for l in 0..8 {
-                *out.add(l) = lanes[l];
-            }
-            *out.add(8) = _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(
-                d.as_ptr() as *const __m128i
-            )));
-            *out.add(9) = _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(
-                m.as_ptr() as *const __m128i
-            )));
-        } else {
-            for l in 0..8 {
-                *out.add(2 * l) = _mm256_sign_epi8(lanes[l], lanes[l]);
-                *out.add(2 * l + 1) = lanes[l];
-            }
-            *out.add(16) = _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(
-                d.as_ptr() as *const __m128i
-            )));
+        let half8 = |h: &[i16; 8]| _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+        store_panel_block::<T>(panel, b, &transpose_8x8(&rows), half8(&d), half8(&m));
+    }
+}
+
+/// Unpacks the eight interleaved rows of the group at `g` into `panel`: the lanes are the
+/// nibbles of the quant vectors, no transposing needed.
+#[inline(always)]
+unsafe fn build_panel_interleaved<T: Nibble + Fmt32>(g: *const u8, nb: usize, panel: *mut __m256i) {
+    let m4 = _mm256_set1_epi8(0x0F);
+    for b in 0..nb {
+        let (d, m, v) = interleaved_block::<T>(g, b);
+        let mut lanes = [_mm256_setzero_si256(); 8];
+        for j in 0..4 {
+            lanes[j] = _mm256_and_si256(v[j], m4);
+            lanes[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v[j], 4), m4);
         }
+        if !<T as Nibble>::MIN {
+            for l in &mut lanes {
+                *l = _mm256_sub_epi8(*l, _mm256_set1_epi8(8));
+            }
+        }
+        store_panel_block::<T>(panel, b, &lanes, d, m);
+    }
+}
+
+/// Writes block `b` of a panel from its eight lanes (quants, signed unless `MIN`), scales
+/// and minimums.
+#[inline(always)]
+unsafe fn store_panel_block<T: Fmt32>(
+    panel: *mut __m256i,
+    b: usize,
+    lanes: &[__m256i; 8],
+    d: __m256,
+    m: __m256,
+) {
+    let out = panel.add(b * panel_stride(T::MIN));
+    if T::MIN {
+        for l in 0..8 {
+            *out.add(l) = lanes[l];
+        }
+        *out.add(8) = _mm256_castps_si256(d);
+        *out.add(9) = _mm256_castps_si256(m);
+    } else {
+        for l in 0..8 {
+            *out.add(2 * l) = _mm256_sign_epi8(lanes[l], lanes[l]);
+            *out.add(2 * l + 1) = lanes[l];
+        }
+        *out.add(16) = _mm256_castps_si256(d);
     }
 }
 
@@ -591,7 +661,19 @@ thread_local! {
 /// Rows `r..r + 8k` of a tile with several tokens, through panels; returns the first row not
 /// done.
 #[inline(always)]
-unsafe fn panel_rows<T: Fmt32>(t: &Tile, mut r: usize) -> usize {
+unsafe fn panel_rows<T: Fmt32>(t: &Tile, r: usize) -> usize {
+    let nb = t.cols / QK;
+    let rb = t.w_row_bytes;
+    panel_rows_with::<T>(t, r, |w, panel| build_panel::<T>(w, rb, nb, panel))
+}
+
+/// [`panel_rows`] with the panel of the eight rows at `w` made by `build(w, panel)`.
+#[inline(always)]
+unsafe fn panel_rows_with<T: Fmt32>(
+    t: &Tile,
+    mut r: usize,
+    build: impl Fn(*const u8, *mut __m256i),
+) -> usize {
     let nb = t.cols / QK;
     let need = nb * panel_stride(T::MIN);
     // The pointer stays valid: the buffer lives as long as the thread and is only resized here.
@@ -602,26 +684,50 @@ unsafe fn panel_rows<T: Fmt32>(t: &Tile, mut r: usize) -> usize {
         }
         buf.as_mut_ptr()
     });
-    {
-        while r + 8 <= t.rows.end {
-            build_panel::<T>(
-                t.w.as_ptr().add(r * t.w_row_bytes),
-                t.w_row_bytes,
-                nb,
-                panel,
-            );
-            for k in 0..t.tokens {
-                let o = panel_token::<T>(panel, nb, t.x.as_ptr().add(k * t.x_row_bytes));
-                let mut v = [0.0f32; 8];
-                _mm256_storeu_ps(v.as_mut_ptr(), o);
-                for (i, x) in v.iter().enumerate() {
-                    t.out.write(k * t.out_stride + r + i, *x);
-                }
+    while r + 8 <= t.rows.end {
+        build(t.w.as_ptr().add(r * t.w_row_bytes), panel);
+        for k in 0..t.tokens {
+            let o = panel_token::<T>(panel, nb, t.x.as_ptr().add(k * t.x_row_bytes));
+            let mut v = [0.0f32; 8];
+            _mm256_storeu_ps(v.as_mut_ptr(), o);
+            for (i, x) in v.iter().enumerate() {
+                t.out.write(k * t.out_stride + r + i, *x);
             }
-            r += 8;
         }
+        r += 8;
     }
     r
+}
+
+/// Interleaved Q4_0/Q4_1 weights (whole groups of eight rows).
+#[inline(always)]
+unsafe fn gemm_interleaved<T: Nibble + Fmt32>(t: &Tile, ty: crate::quant::GgmlType) {
+    if !t.rows.start.is_multiple_of(8) || !t.rows.end.is_multiple_of(8) {
+        crate::quant::interleave::gemm_scalar(ty, t);
+        return;
+    }
+    let nb = t.cols / QK;
+    let w = t.w.as_ptr();
+    if t.tokens >= 2 {
+        panel_rows_with::<T>(t, t.rows.start, |g, panel| {
+            build_panel_interleaved::<T>(g, nb, panel)
+        });
+    } else {
+        for r in t.rows.clone().step_by(8) {
+            let g = w.add(r * t.w_row_bytes);
+            store8(t, r, interleaved_rows8::<T>(g, nb, t.x.as_ptr()));
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_rows8_q4_0(t: &Tile) {
+    gemm_interleaved::<Q40>(t, crate::quant::GgmlType::Q4_0)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_rows8_q4_1(t: &Tile) {
+    gemm_interleaved::<Q41>(t, crate::quant::GgmlType::Q4_1)
 }
 
 #[inline(always)]

@@ -70,6 +70,24 @@ checked_tile! {
     avx2_gemm_f32 => avx2::gemm_f32,
     avx2_gemm_f16 => avx2::gemm_f16,
     avx2_gemm_bf16 => avx2::gemm_bf16,
+    avx2_rows8_q4_0 => avx2::gemm_rows8_q4_0,
+    avx2_rows8_q4_1 => avx2::gemm_rows8_q4_1,
+}
+
+/// The tile kernel for interleaved (eight-row) weights of type `ty` on `isa`, if there is one.
+pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => match ty {
+            GgmlType::Q4_0 => Some(avx2_rows8_q4_0),
+            GgmlType::Q4_1 => Some(avx2_rows8_q4_1),
+            _ => None,
+        },
+        _ => {
+            let _ = ty;
+            None
+        }
+    }
 }
 
 /// The whole-tile kernel for weights of type `ty` on `isa`, if there is one.

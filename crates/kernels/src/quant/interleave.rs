@@ -1,0 +1,201 @@
+//! The eight-row interleaved layout ("rows8") of the 32-element 4-bit formats (Q4_0, Q4_1):
+//! how weights are repacked at load time so that the SIMD kernels read eight rows' scales with
+//! one load and their quants already transposed, instead of gathering them on every product.
+//!
+//! A tensor of `rows` (a multiple of 8) × `nb` blocks keeps its size. Group `g` (rows
+//! `8g..8g+8`) occupies the bytes of those rows; in it, block column `b` is `8 × BYTES` bytes at
+//! `b * 8 * BYTES`:
+//! - the eight rows' scales `d` (f16), row order;
+//! - for Q4_1, the eight rows' minimums `m` (f16);
+//! - the quants as four 32-byte vectors: vector `j` holds bytes `4j..4j+4` of the 16 quant bytes
+//!   of rows 0, 1, 2, 3 (first 16 bytes), then rows 4, 5, 6, 7.
+//!
+//! This module only moves bytes (and gives the scalar reference kernel for the layout); it
+//! computes nothing itself and knows nothing of models or files.
+
+use super::GgmlType;
+
+/// What the layout needs to know of a format: block bytes and whether it has a minimum.
+fn shape(ty: GgmlType) -> Option<(usize, bool)> {
+    match ty {
+        GgmlType::Q4_0 => Some((18, false)),
+        GgmlType::Q4_1 => Some((20, true)),
+        _ => None,
+    }
+}
+
+/// Whether weights of type `ty` can be interleaved.
+pub fn supports(ty: GgmlType) -> bool {
+    shape(ty).is_some()
+}
+
+/// Offset, within an interleaved block column, of the quant byte `k` (0..16) of row `i` (0..8).
+fn quant_offset(min: bool, i: usize, k: usize) -> usize {
+    let header = if min { 32 } else { 16 };
+    header + 32 * (k / 4) + 16 * (i / 4) + 4 * (i % 4) + k % 4
+}
+
+/// Copies block `b` of row `i` of a group between the plain (`plain`, one block) and the
+/// interleaved (`col`, one block column) forms, in the direction `to_interleaved` says.
+fn move_block(min: bool, i: usize, plain: &mut [u8], col: &mut [u8], to_interleaved: bool) {
+    let qs = if min { 4 } else { 2 };
+    let mut pairs = [(0usize, 2 * i), (2, 16 + 2 * i)];
+    let fields = if min { &mut pairs[..] } else { &mut pairs[..1] };
+    for &mut (p, c) in fields {
+        for o in 0..2 {
+            if to_interleaved {
+                col[c + o] = plain[p + o];
+            } else {
+                plain[p + o] = col[c + o];
+            }
+        }
+    }
+    for k in 0..16 {
+        let c = quant_offset(min, i, k);
+        if to_interleaved {
+            col[c] = plain[qs + k];
+        } else {
+            plain[qs + k] = col[c];
+        }
+    }
+}
+
+/// Repacks `rows` rows of `cols` elements of type `ty` from `src` (plain) into `dst`
+/// (interleaved, same length). Returns false when the type, the shape or the lengths do not fit.
+pub fn interleave(ty: GgmlType, src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) -> bool {
+    let Some((bytes, min)) = shape(ty) else {
+        return false;
+    };
+    let Some(rb) = ty.row_bytes(cols) else {
+        return false;
+    };
+    if !rows.is_multiple_of(8) || src.len() != rows * rb || dst.len() != src.len() {
+        return false;
+    }
+    let nb = rb / bytes;
+    let mut block = vec![0u8; bytes];
+    for g in 0..rows / 8 {
+        for b in 0..nb {
+            let col = &mut dst[g * 8 * rb + b * 8 * bytes..][..8 * bytes];
+            for i in 0..8 {
+                let at = (8 * g + i) * rb + b * bytes;
+                block.copy_from_slice(&src[at..at + bytes]);
+                move_block(min, i, &mut block, col, true);
+            }
+        }
+    }
+    true
+}
+
+/// Writes row `r` of an interleaved tensor (`src`, rows of `row_bytes`) in the plain layout
+/// into `dst` (`row_bytes` long). Returns false when the type or the lengths do not fit.
+pub fn plain_row(ty: GgmlType, src: &[u8], row_bytes: usize, r: usize, dst: &mut [u8]) -> bool {
+    let Some((bytes, min)) = shape(ty) else {
+        return false;
+    };
+    let group = (r / 8) * 8 * row_bytes;
+    if !row_bytes.is_multiple_of(bytes)
+        || dst.len() != row_bytes
+        || group + 8 * row_bytes > src.len()
+    {
+        return false;
+    }
+    let mut col = [0u8; 160];
+    for (b, plain) in dst.chunks_exact_mut(bytes).enumerate() {
+        let at = group + b * 8 * bytes;
+        col[..8 * bytes].copy_from_slice(&src[at..at + 8 * bytes]);
+        move_block(min, r % 8, plain, &mut col, false);
+    }
+    true
+}
+
+thread_local! {
+    /// Each thread's plain copy of one interleaved row (the scalar kernel's scratch).
+    static ROW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The scalar reference tile kernel for interleaved weights: each row is put back in the plain
+/// layout and goes through the type's reference dot product, so the results are exactly those
+/// of the plain tensor.
+pub(crate) fn gemm_scalar(ty: GgmlType, t: &crate::matmul::Tile) {
+    let Some(dot) = ty.traits().vec_dot else {
+        return;
+    };
+    ROW.with(|cell| {
+        let mut row = cell.borrow_mut();
+        row.resize(t.w_row_bytes, 0);
+        for r in t.rows.clone() {
+            if !plain_row(ty, t.w, t.w_row_bytes, r, &mut row) {
+                continue;
+            }
+            for k in 0..t.tokens {
+                // SAFETY: the tile's rows are this call's alone.
+                unsafe {
+                    t.out
+                        .write(k * t.out_stride + r, dot(t.cols, &row, t.x_row(k)))
+                };
+            }
+        }
+    });
+}
+
+fn gemm_scalar_q4_0(t: &crate::matmul::Tile) {
+    gemm_scalar(GgmlType::Q4_0, t)
+}
+
+fn gemm_scalar_q4_1(t: &crate::matmul::Tile) {
+    gemm_scalar(GgmlType::Q4_1, t)
+}
+
+/// The scalar tile kernel for interleaved weights of type `ty`.
+pub(crate) fn gemm_scalar_fn(ty: GgmlType) -> Option<crate::matmul::GemmFn> {
+    match ty {
+        GgmlType::Q4_0 => Some(gemm_scalar_q4_0),
+        GgmlType::Q4_1 => Some(gemm_scalar_q4_1),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaving_round_trips_and_moves_every_byte() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+            let (rows, cols) = (16, 96);
+            let rb = ty.row_bytes(cols).unwrap();
+            let src: Vec<u8> = (0..rows * rb).map(|i| (i * 7 + i / 251) as u8).collect();
+            let mut dst = vec![0u8; src.len()];
+            assert!(interleave(ty, &src, rows, cols, &mut dst));
+            assert_ne!(dst, src);
+            let mut sorted_a = src.clone();
+            let mut sorted_b = dst.clone();
+            sorted_a.sort_unstable();
+            sorted_b.sort_unstable();
+            assert_eq!(sorted_a, sorted_b, "a permutation of the bytes");
+            let mut row = vec![0u8; rb];
+            for r in 0..rows {
+                assert!(plain_row(ty, &dst, rb, r, &mut row));
+                assert_eq!(row, &src[r * rb..(r + 1) * rb], "{ty} row {r}");
+            }
+        }
+        let mut out = vec![0u8; 18 * 7];
+        assert!(!interleave(
+            GgmlType::Q4_0,
+            &vec![0u8; 18 * 7],
+            7,
+            32,
+            &mut out
+        ));
+        assert!(!interleave(GgmlType::Q8_0, &[], 0, 32, &mut []));
+    }
+
+    #[test]
+    fn the_layout_is_the_documented_one() {
+        // Row 5, quant byte 9 in Q4_1: after the 32-byte header, vector 2 (bytes 8..12), the
+        // upper half (rows 4-7), slot 1 of that half, byte 1 of the dword.
+        assert_eq!(quant_offset(true, 5, 9), 32 + 64 + 16 + 4 + 1);
+        assert_eq!(quant_offset(false, 0, 0), 16);
+    }
+}
