@@ -1,12 +1,15 @@
-//! The eight-row interleaved layout ("rows8") of the 32-element 4-bit formats (Q4_0, Q4_1):
-//! how weights are repacked at load time so that the SIMD kernels read eight rows' scales with
-//! one load and their quants already transposed, instead of gathering them on every product.
+//! The eight-row interleaved layout ("rows8") of the 32-element nibble formats (Q4_0, Q4_1,
+//! Q5_0, Q5_1): how weights are repacked at load time so that the SIMD kernels read eight rows'
+//! scales with one load and their quants already transposed, instead of gathering them on every
+//! product.
 //!
 //! A tensor of `rows` (a multiple of 8) × `nb` blocks keeps its size. Group `g` (rows
 //! `8g..8g+8`) occupies the bytes of those rows; in it, block column `b` is `8 × BYTES` bytes at
 //! `b * 8 * BYTES`:
 //! - the eight rows' scales `d` (f16), row order;
-//! - for Q4_1, the eight rows' minimums `m` (f16);
+//! - for Q4_1 and Q5_1, the eight rows' minimums `m` (f16);
+//! - for Q5_0 and Q5_1, the eight rows' fifth bits as 32-bit words, reordered so that byte `j`
+//!   holds the bits of elements `4j..4j+4` (bits 0-3) and `16+4j..16+4j+4` (bits 4-7);
 //! - the quants as four 32-byte vectors: vector `j` holds bytes `4j..4j+4` of the 16 quant bytes
 //!   of rows 0, 1, 2, 3 (first 16 bytes), then rows 4, 5, 6, 7.
 //!
@@ -15,13 +18,38 @@
 
 use super::GgmlType;
 
-/// What the layout needs to know of a format: block bytes and whether it has a minimum.
-fn shape(ty: GgmlType) -> Option<(usize, bool)> {
-    match ty {
-        GgmlType::Q4_0 => Some((18, false)),
-        GgmlType::Q4_1 => Some((20, true)),
-        _ => None,
+/// What the layout needs to know of a format.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// Bytes per block.
+    bytes: usize,
+    /// Whether blocks carry a minimum after the scale.
+    min: bool,
+    /// Whether blocks carry a 32-bit word of fifth bits after the scale (and minimum).
+    qh: bool,
+}
+
+impl Shape {
+    /// Offset of the 16 quant bytes in a plain block.
+    fn qs(self) -> usize {
+        self.bytes - 16
     }
+
+    /// Offset of the quant vectors in an interleaved block column.
+    fn header(self) -> usize {
+        16 + if self.min { 16 } else { 0 } + if self.qh { 32 } else { 0 }
+    }
+}
+
+fn shape(ty: GgmlType) -> Option<Shape> {
+    let (bytes, min, qh) = match ty {
+        GgmlType::Q4_0 => (18, false, false),
+        GgmlType::Q4_1 => (20, true, false),
+        GgmlType::Q5_0 => (22, false, true),
+        GgmlType::Q5_1 => (24, true, true),
+        _ => return None,
+    };
+    Some(Shape { bytes, min, qh })
 }
 
 /// Whether weights of type `ty` can be interleaved.
@@ -29,33 +57,61 @@ pub fn supports(ty: GgmlType) -> bool {
     shape(ty).is_some()
 }
 
+/// The fifth bits in lane order: byte `j` gets the bits of elements `4j..4j+4` and
+/// `16+4j..16+4j+4`.
+fn qh_to_lanes(qh: u32) -> u32 {
+    let mut out = 0u32;
+    for j in 0..4 {
+        for c in 0..4 {
+            out |= ((qh >> (4 * j + c)) & 1) << (8 * j + c);
+            out |= ((qh >> (16 + 4 * j + c)) & 1) << (8 * j + 4 + c);
+        }
+    }
+    out
+}
+
+fn qh_from_lanes(lanes: u32) -> u32 {
+    let mut out = 0u32;
+    for j in 0..4 {
+        for c in 0..4 {
+            out |= ((lanes >> (8 * j + c)) & 1) << (4 * j + c);
+            out |= ((lanes >> (8 * j + 4 + c)) & 1) << (16 + 4 * j + c);
+        }
+    }
+    out
+}
+
 /// Offset, within an interleaved block column, of the quant byte `k` (0..16) of row `i` (0..8).
-fn quant_offset(min: bool, i: usize, k: usize) -> usize {
-    let header = if min { 32 } else { 16 };
-    header + 32 * (k / 4) + 16 * (i / 4) + 4 * (i % 4) + k % 4
+fn quant_offset(sh: Shape, i: usize, k: usize) -> usize {
+    sh.header() + 32 * (k / 4) + 16 * (i / 4) + 4 * (i % 4) + k % 4
 }
 
 /// Copies block `b` of row `i` of a group between the plain (`plain`, one block) and the
 /// interleaved (`col`, one block column) forms, in the direction `to_interleaved` says.
-fn move_block(min: bool, i: usize, plain: &mut [u8], col: &mut [u8], to_interleaved: bool) {
-    let qs = if min { 4 } else { 2 };
-    let mut pairs = [(0usize, 2 * i), (2, 16 + 2 * i)];
-    let fields = if min { &mut pairs[..] } else { &mut pairs[..1] };
-    for &mut (p, c) in fields {
-        for o in 0..2 {
-            if to_interleaved {
-                col[c + o] = plain[p + o];
-            } else {
-                plain[p + o] = col[c + o];
-            }
+fn move_block(sh: Shape, i: usize, plain: &mut [u8], col: &mut [u8], to_interleaved: bool) {
+    let mut copy = |p: usize, c: usize, n: usize| {
+        if to_interleaved {
+            col[c..c + n].copy_from_slice(&plain[p..p + n]);
+        } else {
+            plain[p..p + n].copy_from_slice(&col[c..c + n]);
         }
+    };
+    copy(0, 2 * i, 2);
+    if sh.min {
+        copy(2, 16 + 2 * i, 2);
     }
     for k in 0..16 {
-        let c = quant_offset(min, i, k);
+        copy(sh.qs() + k, quant_offset(sh, i, k), 1);
+    }
+    if sh.qh {
+        let p = if sh.min { 4 } else { 2 };
+        let c = 16 + if sh.min { 16 } else { 0 } + 4 * i;
+        let word =
+            |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         if to_interleaved {
-            col[c] = plain[qs + k];
+            col[c..c + 4].copy_from_slice(&qh_to_lanes(word(plain, p)).to_le_bytes());
         } else {
-            plain[qs + k] = col[c];
+            plain[p..p + 4].copy_from_slice(&qh_from_lanes(word(col, c)).to_le_bytes());
         }
     }
 }
@@ -63,9 +119,10 @@ fn move_block(min: bool, i: usize, plain: &mut [u8], col: &mut [u8], to_interlea
 /// Repacks `rows` rows of `cols` elements of type `ty` from `src` (plain) into `dst`
 /// (interleaved, same length). Returns false when the type, the shape or the lengths do not fit.
 pub fn interleave(ty: GgmlType, src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) -> bool {
-    let Some((bytes, min)) = shape(ty) else {
+    let Some(sh) = shape(ty) else {
         return false;
     };
+    let bytes = sh.bytes;
     let Some(rb) = ty.row_bytes(cols) else {
         return false;
     };
@@ -80,7 +137,7 @@ pub fn interleave(ty: GgmlType, src: &[u8], rows: usize, cols: usize, dst: &mut 
             for i in 0..8 {
                 let at = (8 * g + i) * rb + b * bytes;
                 block.copy_from_slice(&src[at..at + bytes]);
-                move_block(min, i, &mut block, col, true);
+                move_block(sh, i, &mut block, col, true);
             }
         }
     }
@@ -90,9 +147,10 @@ pub fn interleave(ty: GgmlType, src: &[u8], rows: usize, cols: usize, dst: &mut 
 /// Writes row `r` of an interleaved tensor (`src`, rows of `row_bytes`) in the plain layout
 /// into `dst` (`row_bytes` long). Returns false when the type or the lengths do not fit.
 pub fn plain_row(ty: GgmlType, src: &[u8], row_bytes: usize, r: usize, dst: &mut [u8]) -> bool {
-    let Some((bytes, min)) = shape(ty) else {
+    let Some(sh) = shape(ty) else {
         return false;
     };
+    let bytes = sh.bytes;
     let group = (r / 8) * 8 * row_bytes;
     if !row_bytes.is_multiple_of(bytes)
         || dst.len() != row_bytes
@@ -100,11 +158,11 @@ pub fn plain_row(ty: GgmlType, src: &[u8], row_bytes: usize, r: usize, dst: &mut
     {
         return false;
     }
-    let mut col = [0u8; 160];
+    let mut col = [0u8; 8 * 24];
     for (b, plain) in dst.chunks_exact_mut(bytes).enumerate() {
         let at = group + b * 8 * bytes;
         col[..8 * bytes].copy_from_slice(&src[at..at + 8 * bytes]);
-        move_block(min, r % 8, plain, &mut col, false);
+        move_block(sh, r % 8, plain, &mut col, false);
     }
     true
 }
@@ -147,11 +205,21 @@ fn gemm_scalar_q4_1(t: &crate::matmul::Tile) {
     gemm_scalar(GgmlType::Q4_1, t)
 }
 
+fn gemm_scalar_q5_0(t: &crate::matmul::Tile) {
+    gemm_scalar(GgmlType::Q5_0, t)
+}
+
+fn gemm_scalar_q5_1(t: &crate::matmul::Tile) {
+    gemm_scalar(GgmlType::Q5_1, t)
+}
+
 /// The scalar tile kernel for interleaved weights of type `ty`.
 pub(crate) fn gemm_scalar_fn(ty: GgmlType) -> Option<crate::matmul::GemmFn> {
     match ty {
         GgmlType::Q4_0 => Some(gemm_scalar_q4_0),
         GgmlType::Q4_1 => Some(gemm_scalar_q4_1),
+        GgmlType::Q5_0 => Some(gemm_scalar_q5_0),
+        GgmlType::Q5_1 => Some(gemm_scalar_q5_1),
         _ => None,
     }
 }
@@ -162,18 +230,25 @@ mod tests {
 
     #[test]
     fn interleaving_round_trips_and_moves_every_byte() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+        ] {
             let (rows, cols) = (16, 96);
             let rb = ty.row_bytes(cols).unwrap();
             let src: Vec<u8> = (0..rows * rb).map(|i| (i * 7 + i / 251) as u8).collect();
             let mut dst = vec![0u8; src.len()];
             assert!(interleave(ty, &src, rows, cols, &mut dst));
             assert_ne!(dst, src);
-            let mut sorted_a = src.clone();
-            let mut sorted_b = dst.clone();
-            sorted_a.sort_unstable();
-            sorted_b.sort_unstable();
-            assert_eq!(sorted_a, sorted_b, "a permutation of the bytes");
+            if !shape(ty).unwrap().qh {
+                let mut sorted_a = src.clone();
+                let mut sorted_b = dst.clone();
+                sorted_a.sort_unstable();
+                sorted_b.sort_unstable();
+                assert_eq!(sorted_a, sorted_b, "a permutation of the bytes");
+            }
             let mut row = vec![0u8; rb];
             for r in 0..rows {
                 assert!(plain_row(ty, &dst, rb, r, &mut row));
@@ -195,7 +270,15 @@ mod tests {
     fn the_layout_is_the_documented_one() {
         // Row 5, quant byte 9 in Q4_1: after the 32-byte header, vector 2 (bytes 8..12), the
         // upper half (rows 4-7), slot 1 of that half, byte 1 of the dword.
-        assert_eq!(quant_offset(true, 5, 9), 32 + 64 + 16 + 4 + 1);
-        assert_eq!(quant_offset(false, 0, 0), 16);
+        let q41 = shape(GgmlType::Q4_1).unwrap();
+        assert_eq!(quant_offset(q41, 5, 9), 32 + 64 + 16 + 4 + 1);
+        assert_eq!(quant_offset(shape(GgmlType::Q4_0).unwrap(), 0, 0), 16);
+        assert_eq!(quant_offset(shape(GgmlType::Q5_1).unwrap(), 0, 0), 64);
+        // Element 5 (bit 5) goes to byte 1 bit 1; element 21 to byte 1 bit 5.
+        assert_eq!(qh_to_lanes(1 << 5), 1 << 9);
+        assert_eq!(qh_to_lanes(1 << 21), 1 << 13);
+        for x in [0u32, 1, 0xdead_beef, u32::MAX, 0x8000_0001] {
+            assert_eq!(qh_from_lanes(qh_to_lanes(x)), x);
+        }
     }
 }

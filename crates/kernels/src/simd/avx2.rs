@@ -174,6 +174,9 @@ use crate::matmul::Tile;
 /// How far ahead of each weight row the tile kernels prefetch.
 const PREFETCH: usize = 2048;
 
+/// How far ahead of its current block column the interleaved kernels prefetch.
+const PREFETCH_ROWS8: usize = 4096;
+
 /// Two halves at `p` (a block's scale and min or sum) as f32, with a full 64-bit load.
 #[inline(always)]
 unsafe fn halves2(p: *const u8) -> (f32, f32) {
@@ -374,8 +377,58 @@ unsafe fn nibble_rows8<T: Nibble>(w: *const u8, rb: usize, nb: usize, y: *const 
             _mm256_setzero_ps()
         };
         let q: [*const u8; 8] = arr!(8, w, |i| p[i].add(T::QS));
-        (gather_halves(&p, 0), m, transpose_8x4(&q))
+        let v = transpose_8x4(&q);
+        (
+            gather_halves(&p, 0),
+            m,
+            nibble_lanes::<T>(&v, _mm256_setzero_si256()),
+        )
     })
+}
+
+/// The eight lanes (elements `4l..4l+4` of every row, rows in dword order) of a block column
+/// from its quant vectors `v` (dword `j` of every row's nibble bytes in vector `j`) and, for
+/// Q5_x, the rows' fifth bits in lane order (`qh`): signed values unless the format has a
+/// minimum, as the reference kernels form them.
+#[inline(always)]
+unsafe fn nibble_lanes<T: Nibble>(v: &[__m256i; 4], qh: __m256i) -> [__m256i; 8] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut lanes = [_mm256_setzero_si256(); 8];
+    for j in 0..4 {
+        lanes[j] = _mm256_and_si256(v[j], m4);
+        lanes[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v[j], 4), m4);
+    }
+    if T::QH.is_some() {
+        let jb = j4(0);
+        for j in 0..4 {
+            // Byte j of each row's word, in all four bytes of the row's dword.
+            let bytes = _mm256_shuffle_epi8(qh, _mm256_add_epi8(jb, _mm256_set1_epi8(j as i8)));
+            for (h, bits) in [(0usize, 0x0804_0201u32), (4, 0x8040_2010)] {
+                let mask = _mm256_set1_epi32(bits as i32);
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask);
+                let l = &mut lanes[j + h];
+                *l = if T::MIN {
+                    _mm256_or_si256(*l, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+                } else {
+                    _mm256_or_si256(*l, _mm256_andnot_si256(set, _mm256_set1_epi8(0xF0u8 as i8)))
+                };
+            }
+        }
+    } else if !T::MIN {
+        for l in &mut lanes {
+            *l = _mm256_sub_epi8(*l, _mm256_set1_epi8(8));
+        }
+    }
+    lanes
+}
+
+/// Shuffle indices putting byte `j` of each dword in all four of its bytes.
+#[inline(always)]
+unsafe fn j4(j: i8) -> __m256i {
+    let row = |d: i8| [4 * d + j; 4];
+    let b: [[i8; 4]; 4] = [row(0), row(1), row(2), row(3)];
+    let f = |k: usize| i32::from_le_bytes(b[k].map(|x| x as u8));
+    _mm256_setr_epi32(f(0), f(1), f(2), f(3), f(0), f(1), f(2), f(3))
 }
 
 /// The same product for eight interleaved rows (group at `g`; see
@@ -386,40 +439,48 @@ unsafe fn interleaved_rows8<T: Nibble>(g: *const u8, nb: usize, y: *const u8) ->
 }
 
 /// Block column `b` of an interleaved group at `g`: the eight scales and minimums as floats
-/// and the quants as [`transpose_8x4`] would give them.
+/// and the eight lanes of quants.
 #[inline(always)]
-unsafe fn interleaved_block<T: Nibble>(g: *const u8, b: usize) -> (__m256, __m256, [__m256i; 4]) {
+unsafe fn interleaved_block<T: Nibble>(g: *const u8, b: usize) -> (__m256, __m256, [__m256i; 8]) {
     let c = g.add(b * 8 * T::BYTES);
-    _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PREFETCH) as *const i8);
+    // A block column spans two or three cache lines: fetch all of them ahead.
+    for line in 0..(8 * T::BYTES).div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PREFETCH_ROWS8 + 64 * line) as *const i8);
+    }
     let d = _mm256_cvtph_ps(_mm_loadu_si128(c as *const __m128i));
-    let (m, q) = if T::MIN {
-        (
-            _mm256_cvtph_ps(_mm_loadu_si128(c.add(16) as *const __m128i)),
-            c.add(32),
-        )
+    let mut at = 16;
+    let m = if T::MIN {
+        at += 16;
+        _mm256_cvtph_ps(_mm_loadu_si128(c.add(16) as *const __m128i))
     } else {
-        (_mm256_setzero_ps(), c.add(16))
+        _mm256_setzero_ps()
     };
+    let qh = if T::QH.is_some() {
+        at += 32;
+        _mm256_loadu_si256(c.add(at - 32) as *const __m256i)
+    } else {
+        _mm256_setzero_si256()
+    };
+    let q = c.add(at);
     let v = arr!(4, _mm256_setzero_si256(), |j| _mm256_loadu_si256(
         q.add(32 * j) as *const __m256i
     ));
-    (d, m, v)
+    (d, m, nibble_lanes::<T>(&v, qh))
 }
 
-/// Q4_0/Q4_1 × one token (`y`) for eight rows whose block `b` `load` gives as (scales,
-/// minimums, quants with dword `j` of every row in vector `j`), the rows in the vector lanes.
+/// A nibble format × one token (`y`) for eight rows whose block `b` `load` gives as (scales,
+/// minimums, lanes; see [`nibble_lanes`]), the rows in the vector lanes.
 #[inline(always)]
 unsafe fn rows8_token<T: Nibble>(
     nb: usize,
     y: *const u8,
-    load: impl Fn(usize) -> (__m256, __m256, [__m256i; 4]),
+    load: impl Fn(usize) -> (__m256, __m256, [__m256i; 8]),
 ) -> __m256 {
-    let m4 = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 8];
     let mut summs = _mm256_setzero_ps();
     for b in 0..nb {
-        let (dx, mx, v) = load(b);
+        let (dx, mx, lanes) = load(b);
         let yb = y.add(b * T::ABYTES);
         let (dy, sy) = halves2(yb);
         let d = _mm256_mul_ps(dx, _mm256_set1_ps(dy));
@@ -427,25 +488,15 @@ unsafe fn rows8_token<T: Nibble>(
             summs = _mm256_add_ps(summs, _mm256_mul_ps(mx, _mm256_set1_ps(sy)));
         }
         let yq = yb.add(T::AQS) as *const i32;
-        for j in 0..4 {
-            let mut lo = _mm256_and_si256(v[j], m4);
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16(v[j], 4), m4);
-            let ylo = _mm256_set1_epi32(yq.add(j).read_unaligned());
-            let yhi = _mm256_set1_epi32(yq.add(j + 4).read_unaligned());
-            let (slo, shi) = if T::MIN {
-                (_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi))
+        for (l, &q) in lanes.iter().enumerate() {
+            let yl = _mm256_set1_epi32(yq.add(l).read_unaligned());
+            let s = if T::MIN {
+                _mm256_maddubs_epi16(q, yl)
             } else {
-                lo = _mm256_sub_epi8(lo, _mm256_set1_epi8(8));
-                hi = _mm256_sub_epi8(hi, _mm256_set1_epi8(8));
-                (
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(ylo, lo)),
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(yhi, hi)),
-                )
+                _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(yl, q))
             };
-            let slo = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, slo));
-            let shi = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, shi));
-            acc[j] = _mm256_fmadd_ps(d, slo, acc[j]);
-            acc[j + 4] = _mm256_fmadd_ps(d, shi, acc[j + 4]);
+            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, s));
+            acc[l] = _mm256_fmadd_ps(d, s, acc[l]);
         }
     }
     if T::MIN {
@@ -562,19 +613,8 @@ unsafe fn build_panel<T: Fmt32>(w: *const u8, rb: usize, nb: usize, panel: *mut 
 /// nibbles of the quant vectors, no transposing needed.
 #[inline(always)]
 unsafe fn build_panel_interleaved<T: Nibble + Fmt32>(g: *const u8, nb: usize, panel: *mut __m256i) {
-    let m4 = _mm256_set1_epi8(0x0F);
     for b in 0..nb {
-        let (d, m, v) = interleaved_block::<T>(g, b);
-        let mut lanes = [_mm256_setzero_si256(); 8];
-        for j in 0..4 {
-            lanes[j] = _mm256_and_si256(v[j], m4);
-            lanes[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v[j], 4), m4);
-        }
-        if !<T as Nibble>::MIN {
-            for l in &mut lanes {
-                *l = _mm256_sub_epi8(*l, _mm256_set1_epi8(8));
-            }
-        }
+        let (d, m, lanes) = interleaved_block::<T>(g, b);
         store_panel_block::<T>(panel, b, &lanes, d, m);
     }
 }
@@ -728,6 +768,16 @@ pub unsafe fn gemm_rows8_q4_0(t: &Tile) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm_rows8_q4_1(t: &Tile) {
     gemm_interleaved::<Q41>(t, crate::quant::GgmlType::Q4_1)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_rows8_q5_0(t: &Tile) {
+    gemm_interleaved::<Q50>(t, crate::quant::GgmlType::Q5_0)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_rows8_q5_1(t: &Tile) {
+    gemm_interleaved::<Q51>(t, crate::quant::GgmlType::Q5_1)
 }
 
 #[inline(always)]

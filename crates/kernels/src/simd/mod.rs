@@ -72,6 +72,8 @@ checked_tile! {
     avx2_gemm_bf16 => avx2::gemm_bf16,
     avx2_rows8_q4_0 => avx2::gemm_rows8_q4_0,
     avx2_rows8_q4_1 => avx2::gemm_rows8_q4_1,
+    avx2_rows8_q5_0 => avx2::gemm_rows8_q5_0,
+    avx2_rows8_q5_1 => avx2::gemm_rows8_q5_1,
 }
 
 /// The tile kernel for interleaved (eight-row) weights of type `ty` on `isa`, if there is one.
@@ -81,6 +83,8 @@ pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn
         Isa::Avx2 | Isa::Avx512 => match ty {
             GgmlType::Q4_0 => Some(avx2_rows8_q4_0),
             GgmlType::Q4_1 => Some(avx2_rows8_q4_1),
+            GgmlType::Q5_0 => Some(avx2_rows8_q5_0),
+            GgmlType::Q5_1 => Some(avx2_rows8_q5_1),
             _ => None,
         },
         _ => {
