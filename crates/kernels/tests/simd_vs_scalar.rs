@@ -115,7 +115,7 @@ proptest! {
     }
 
     #[test]
-    fn tile_kernels_are_bit_identical(rows in 1usize..40, tokens in 1usize..7, blocks in 1usize..4, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 768 * 6)) {
+    fn tile_kernels_are_bit_identical(rows in 1usize..40, tokens in 1usize..20, blocks in 1usize..4, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 768 * 19)) {
         let pool = ThreadPool::new(2);
         for ty in WEIGHT_TYPES {
             let cols = blocks * 256;
@@ -168,6 +168,35 @@ proptest! {
             }
             let mut out = vec![0.0f32; rows * tokens];
             prop_assert!(torchless_kernels::matmul_f32(&pool, &packed, &xs[..tokens * cols], tokens, &mut out).is_err());
+        }
+    }
+
+    /// Long rows and enough tokens that the batched kernels take the tokens in several
+    /// cache-sized blocks (plain and interleaved layouts).
+    #[test]
+    fn tiles_spanning_token_blocks_are_bit_identical(groups in 1usize..3, tokens in 25usize..41, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 6144 * 40)) {
+        let pool = ThreadPool::new(2);
+        let (rows, cols) = (8 * groups, 6144);
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let w = weights(ty, rows * cols, &seed);
+            let plain = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
+            let run = |k: &Kernels, t: &Tensor| {
+                let mut acts = Activations::new();
+                acts.encode(k, ty.traits().vec_dot_type, &xs[..tokens * cols], tokens, cols).unwrap();
+                let mut out = vec![0.0f32; rows * tokens];
+                matmul(&pool, k, t, &acts, &mut out).unwrap();
+                out
+            };
+            let want = run(&Kernels::scalar(), &plain);
+            let packed = plain.interleaved();
+            for k in simd_kernels() {
+                for t in std::iter::once(&plain).chain(packed.as_ref()) {
+                    let got = run(&k, t);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        prop_assert_eq!(g.to_bits(), w.to_bits(), "{} ({:?}) on {:?}, output {}: {} vs {}", ty, t.layout(), k.isa(), i, g, w);
+                    }
+                }
+            }
         }
     }
 

@@ -174,6 +174,16 @@ use crate::matmul::Tile;
 /// How far ahead of each weight row the tile kernels prefetch.
 const PREFETCH: usize = 2048;
 
+/// Prefetches every cache line of the `bytes` bytes at `p` (a block that spans several lines:
+/// fetching only its first line leaves the others to the hardware prefetcher, which measured
+/// here falls behind — Qwen2.5-1.5B decode went from 10 to 15 tokens/s).
+#[inline(always)]
+unsafe fn prefetch_span(p: *const u8, bytes: usize) {
+    for line in 0..bytes.div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line) as *const i8);
+    }
+}
+
 /// How far ahead of its current block column the interleaved kernels prefetch.
 const PREFETCH_ROWS8: usize = 4096;
 
@@ -443,10 +453,7 @@ unsafe fn interleaved_rows8<T: Nibble>(g: *const u8, nb: usize, y: *const u8) ->
 #[inline(always)]
 unsafe fn interleaved_block<T: Nibble>(g: *const u8, b: usize) -> (__m256, __m256, [__m256i; 8]) {
     let c = g.add(b * 8 * T::BYTES);
-    // A block column spans two or three cache lines: fetch all of them ahead.
-    for line in 0..(8 * T::BYTES).div_ceil(64) {
-        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PREFETCH_ROWS8 + 64 * line) as *const i8);
-    }
+    prefetch_span(c.wrapping_add(PREFETCH_ROWS8), 8 * T::BYTES);
     let d = _mm256_cvtph_ps(_mm_loadu_si128(c as *const __m128i));
     let mut at = 16;
     let m = if T::MIN {
@@ -724,19 +731,35 @@ unsafe fn panel_rows_with<T: Fmt32>(
         }
         buf.as_mut_ptr()
     });
-    while r + 8 <= t.rows.end {
-        build(t.w.as_ptr().add(r * t.w_row_bytes), panel);
-        for k in 0..t.tokens {
-            let o = panel_token::<T>(panel, nb, t.x.as_ptr().add(k * t.x_row_bytes));
-            let mut v = [0.0f32; 8];
-            _mm256_storeu_ps(v.as_mut_ptr(), o);
-            for (i, x) in v.iter().enumerate() {
-                t.out.write(k * t.out_stride + r + i, *x);
+    let first = r;
+    let tb = token_block(t.x_row_bytes);
+    let mut t0 = 0;
+    while t0 < t.tokens {
+        let t1 = (t0 + tb).min(t.tokens);
+        r = first;
+        while r + 8 <= t.rows.end {
+            build(t.w.as_ptr().add(r * t.w_row_bytes), panel);
+            for k in t0..t1 {
+                let o = panel_token::<T>(panel, nb, t.x.as_ptr().add(k * t.x_row_bytes));
+                let mut v = [0.0f32; 8];
+                _mm256_storeu_ps(v.as_mut_ptr(), o);
+                for (i, x) in v.iter().enumerate() {
+                    t.out.write(k * t.out_stride + r + i, *x);
+                }
             }
+            r += 8;
         }
-        r += 8;
+        t0 = t1;
     }
     r
+}
+
+/// Tokens per block of a batched product: as many as keep their activations (`row_bytes`
+/// each) within about half of L2, so that every weight row runs past activations in cache
+/// rather than streaming them from L3 once per row. A multiple of eight.
+#[inline(always)]
+fn token_block(row_bytes: usize) -> usize {
+    ((192 << 10) / row_bytes.max(1)).clamp(8, 1 << 16) / 8 * 8
 }
 
 /// Interleaved Q4_0/Q4_1 weights (whole groups of eight rows).
@@ -861,9 +884,7 @@ unsafe fn q8_0_tile<const R: usize, const N: usize>(
         }
         for i in 0..R {
             let wb = w.add(i * rb + b * 34);
-            if b % 2 == 0 {
-                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH) as *const i8);
-            }
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH) as *const i8);
             let dx = halves2(wb).0;
             let qx = _mm256_loadu_si256(wb.add(2) as *const __m256i);
             let ax = _mm256_sign_epi8(qx, qx);
@@ -1228,6 +1249,71 @@ unsafe fn kdot(k: &KBlock, y: *const u8) -> f32 {
     (k.d * dy) * isum as f32 - (k.dmin * dy) * msum as f32
 }
 
+/// Lane `k` of the result: the sum of the eight lanes of `v[k]`.
+#[inline(always)]
+unsafe fn hsum8_i32(v: &[__m256i; 8]) -> __m256i {
+    let a = _mm256_hadd_epi32(v[0], v[1]);
+    let b = _mm256_hadd_epi32(v[2], v[3]);
+    let c = _mm256_hadd_epi32(v[4], v[5]);
+    let d = _mm256_hadd_epi32(v[6], v[7]);
+    let ab = _mm256_hadd_epi32(a, b);
+    let cd = _mm256_hadd_epi32(c, d);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(ab, cd),
+        _mm256_permute2x128_si256::<0x31>(ab, cd),
+    )
+}
+
+/// [`kdot`] for eight tokens at once (Q8_K blocks at `y[k]`), lane `k` of the result for
+/// token `k`. The integer sums are exact whatever their order, and the float arithmetic is
+/// [`kdot`]'s operation for operation, so every lane equals its `kdot`.
+#[inline(always)]
+unsafe fn kdot8(k: &KBlock, y: &[*const u8; 8]) -> __m256 {
+    let acc: [__m256i; 8] = arr!(8, _mm256_setzero_si256(), |t| {
+        let yq = y[t].add(4);
+        let mut a = _mm256_setzero_si256();
+        for c in 0..8 {
+            let p =
+                _mm256_maddubs_epi16(k.q[c], _mm256_loadu_si256(yq.add(32 * c) as *const __m256i));
+            a = _mm256_add_epi32(a, _mm256_madd_epi16(k.sc[c], p));
+        }
+        a
+    });
+    let bsums: [__m256i; 8] = arr!(8, _mm256_setzero_si256(), |t| _mm256_loadu_si256(
+        y[t].add(260) as *const __m256i
+    ));
+    let mut isum = hsum8_i32(&acc);
+    if k.offset != 0 {
+        let corr = hsum8_i32(&arr!(8, _mm256_setzero_si256(), |t| _mm256_madd_epi16(
+            k.sc16, bsums[t]
+        )));
+        isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(_mm256_set1_epi32(k.offset), corr));
+    }
+    let msum = hsum8_i32(&arr!(8, _mm256_setzero_si256(), |t| _mm256_madd_epi16(
+        k.min16, bsums[t]
+    )));
+    let dy = _mm256_setr_ps(
+        (y[0] as *const f32).read_unaligned(),
+        (y[1] as *const f32).read_unaligned(),
+        (y[2] as *const f32).read_unaligned(),
+        (y[3] as *const f32).read_unaligned(),
+        (y[4] as *const f32).read_unaligned(),
+        (y[5] as *const f32).read_unaligned(),
+        (y[6] as *const f32).read_unaligned(),
+        (y[7] as *const f32).read_unaligned(),
+    );
+    _mm256_sub_ps(
+        _mm256_mul_ps(
+            _mm256_mul_ps(_mm256_set1_ps(k.d), dy),
+            _mm256_cvtepi32_ps(isum),
+        ),
+        _mm256_mul_ps(
+            _mm256_mul_ps(_mm256_set1_ps(k.dmin), dy),
+            _mm256_cvtepi32_ps(msum),
+        ),
+    )
+}
+
 #[inline(always)]
 unsafe fn i16x16(v: [i16; 16]) -> __m256i {
     _mm256_loadu_si256(v.as_ptr() as *const __m256i)
@@ -1502,6 +1588,19 @@ macro_rules! sb_dot {
     }};
 }
 
+/// Whether [`sb_dot!`] has a fused single-token kernel for a block type.
+macro_rules! has_sb {
+    (BlockQ4K) => {
+        true
+    };
+    (BlockQ6K) => {
+        true
+    };
+    ($other:ident) => {
+        false
+    };
+}
+
 macro_rules! kquant_avx2 {
     ($block:ident, $bytes:expr, $unpack:ident, $dot:ident, $gemm:ident) => {
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -1529,38 +1628,60 @@ macro_rules! kquant_avx2 {
             const N: usize = 8;
             let nb = t.cols / QK_K;
             let (w, rb, x, xb) = (t.w.as_ptr(), t.w_row_bytes, t.x.as_ptr(), t.x_row_bytes);
-            for r in t.rows.clone() {
-                let wr = w.add(r * rb);
-                if t.tokens == 1 && sb_dot!($block, wr, x).is_some() {
+            if t.tokens == 1 && has_sb!($block) {
+                for r in t.rows.clone() {
                     // One token: the fused super-block dot, nothing unpacked to memory.
+                    let wr = w.add(r * rb);
                     let mut sum = 0.0f32;
                     for b in 0..nb {
                         let xb0 = wr.add(b * $bytes);
-                        _mm_prefetch::<_MM_HINT_T0>(xb0.wrapping_add(PREFETCH) as *const i8);
+                        prefetch_span(xb0.wrapping_add(PREFETCH), $bytes);
                         sum += sb_dot!($block, xb0, x.add(b * 292)).unwrap_or(0.0);
                     }
                     t.out.write(r, sum);
-                    continue;
                 }
-                let mut k0 = 0;
-                while k0 < t.tokens {
-                    let nt = (t.tokens - k0).min(N);
-                    let mut sums = [0.0f32; N];
-                    for b in 0..nb {
-                        let blk = &*(wr.add(b * $bytes) as *const $block);
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            wr.add(b * $bytes).wrapping_add(PREFETCH) as *const i8
-                        );
-                        let u = $unpack(blk);
+                return;
+            }
+            let tb = token_block(xb);
+            let mut t0 = 0;
+            while t0 < t.tokens {
+                let t1 = (t0 + tb).min(t.tokens);
+                for r in t.rows.clone() {
+                    let wr = w.add(r * rb);
+                    let mut k0 = t0;
+                    // Eight tokens at a time through each unpacked super-block, reduced together.
+                    while k0 + N <= t1 {
+                        let mut sums = _mm256_setzero_ps();
+                        for b in 0..nb {
+                            let blk = &*(wr.add(b * $bytes) as *const $block);
+                            prefetch_span(wr.add(b * $bytes).wrapping_add(PREFETCH), $bytes);
+                            let u = $unpack(blk);
+                            let ys: [*const u8; N] = arr!(N, x, |k| x.add((k0 + k) * xb + b * 292));
+                            sums = _mm256_add_ps(sums, kdot8(&u, &ys));
+                        }
+                        let mut v = [0.0f32; N];
+                        _mm256_storeu_ps(v.as_mut_ptr(), sums);
+                        for (k, s) in v.iter().enumerate() {
+                            t.out.write((k0 + k) * t.out_stride + r, *s);
+                        }
+                        k0 += N;
+                    }
+                    if k0 < t1 {
+                        let nt = t1 - k0;
+                        let mut sums = [0.0f32; N];
+                        for b in 0..nb {
+                            let blk = &*(wr.add(b * $bytes) as *const $block);
+                            let u = $unpack(blk);
+                            for k in 0..nt {
+                                sums[k] += kdot(&u, x.add((k0 + k) * xb + b * 292));
+                            }
+                        }
                         for k in 0..nt {
-                            sums[k] += kdot(&u, x.add((k0 + k) * xb + b * 292));
+                            t.out.write((k0 + k) * t.out_stride + r, sums[k]);
                         }
                     }
-                    for k in 0..nt {
-                        t.out.write((k0 + k) * t.out_stride + r, sums[k]);
-                    }
-                    k0 += nt;
                 }
+                t0 = t1;
             }
         }
     };
