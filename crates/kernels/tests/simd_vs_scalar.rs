@@ -89,6 +89,23 @@ fn activations(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     a
 }
 
+/// `t` × the first `tokens` rows of `xs` (encoded for `t`'s type) with kernels `k`.
+fn product(pool: &ThreadPool, k: &Kernels, t: &Tensor, xs: &[f32], tokens: usize) -> Vec<f32> {
+    let (rows, cols) = (t.rows(), t.cols());
+    let mut acts = Activations::new();
+    acts.encode(
+        k,
+        t.ty().traits().vec_dot_type,
+        &xs[..tokens * cols],
+        tokens,
+        cols,
+    )
+    .unwrap();
+    let mut out = vec![0.0f32; rows * tokens];
+    matmul(pool, k, t, &acts, &mut out).unwrap();
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -121,13 +138,7 @@ proptest! {
             let cols = blocks * 256;
             let w = weights(ty, rows * cols, &seed);
             let t = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
-            let run = |k: &Kernels| {
-                let mut acts = Activations::new();
-                acts.encode(k, ty.traits().vec_dot_type, &xs[..tokens * cols], tokens, cols).unwrap();
-                let mut out = vec![0.0f32; rows * tokens];
-                matmul(&pool, k, &t, &acts, &mut out).unwrap();
-                out
-            };
+            let run = |k: &Kernels| product(&pool, k, &t, &xs, tokens);
             let want = run(&Kernels::scalar());
             for k in simd_kernels() {
                 let got = run(&k);
@@ -150,13 +161,7 @@ proptest! {
             let packed = plain.interleaved().unwrap();
             prop_assert_eq!(packed.layout(), Layout::Rows8);
             prop_assert!(packed.row(0).is_empty());
-            let run = |k: &Kernels, t: &Tensor| {
-                let mut acts = Activations::new();
-                acts.encode(k, ty.traits().vec_dot_type, &xs[..tokens * cols], tokens, cols).unwrap();
-                let mut out = vec![0.0f32; rows * tokens];
-                matmul(&pool, k, t, &acts, &mut out).unwrap();
-                out
-            };
+            let run = |k: &Kernels, t: &Tensor| product(&pool, k, t, &xs, tokens);
             let want = run(&Kernels::scalar(), &plain);
             let mut all = simd_kernels();
             all.push(Kernels::scalar());
@@ -180,13 +185,7 @@ proptest! {
         for ty in [GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             let w = weights(ty, rows * cols, &seed);
             let plain = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
-            let run = |k: &Kernels, t: &Tensor| {
-                let mut acts = Activations::new();
-                acts.encode(k, ty.traits().vec_dot_type, &xs[..tokens * cols], tokens, cols).unwrap();
-                let mut out = vec![0.0f32; rows * tokens];
-                matmul(&pool, k, t, &acts, &mut out).unwrap();
-                out
-            };
+            let run = |k: &Kernels, t: &Tensor| product(&pool, k, t, &xs, tokens);
             let want = run(&Kernels::scalar(), &plain);
             let packed = plain.interleaved();
             for k in simd_kernels() {
@@ -208,13 +207,7 @@ proptest! {
         for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
             let w = weights(ty, rows * cols, &seed);
             let t = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
-            let run = |k: &Kernels| {
-                let mut acts = Activations::new();
-                acts.encode(k, ty.traits().vec_dot_type, &xs[..tokens * cols], tokens, cols).unwrap();
-                let mut out = vec![0.0f32; rows * tokens];
-                matmul(&pool, k, &t, &acts, &mut out).unwrap();
-                out
-            };
+            let run = |k: &Kernels| product(&pool, k, &t, &xs, tokens);
             let want = run(&Kernels::scalar());
             for k in simd_kernels() {
                 let got = run(&k);
