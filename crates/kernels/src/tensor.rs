@@ -77,6 +77,12 @@ impl Storage {
     }
 }
 
+thread_local! {
+    /// Each thread's plain copy of one row of an interleaved tensor (kept: no allocation per
+    /// lookup).
+    static PLAIN_ROW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// How a tensor's rows are laid out in its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -245,10 +251,26 @@ impl Tensor {
         self.storage.is_mapped()
     }
 
-    /// Row `r` converted to f32 into `out` (length `cols`). Returns false if the type cannot
-    /// be dequantized or `r` is out of range.
+    /// Row `r` converted to f32 into `out` (length `cols`), from either layout. Returns false
+    /// if the type cannot be dequantized or `r` is out of range.
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) -> bool {
-        r < self.rows() && crate::quant::dequantize(self.ty, self.row(r), out)
+        if r >= self.rows() {
+            return false;
+        }
+        match self.layout {
+            Layout::Rows => crate::quant::dequantize(self.ty, self.row(r), out),
+            Layout::Rows8 => PLAIN_ROW.with(|cell| {
+                let mut row = cell.borrow_mut();
+                row.resize(self.row_bytes(), 0);
+                crate::quant::interleave::plain_row(
+                    self.ty,
+                    self.bytes(),
+                    self.row_bytes(),
+                    r,
+                    &mut row,
+                ) && crate::quant::dequantize(self.ty, &row, out)
+            }),
+        }
     }
 
     /// The whole tensor as f32 (for small tensors: norms, biases).

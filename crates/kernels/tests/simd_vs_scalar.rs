@@ -154,13 +154,18 @@ proptest! {
     #[test]
     fn interleaved_weights_give_the_plain_products(groups in 1usize..6, tokens in 1usize..7, blocks in 1usize..12, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 384 * 6)) {
         let pool = ThreadPool::new(2);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
             let (rows, cols) = (8 * groups, 32 * blocks);
             let w = weights(ty, rows * cols, &seed);
             let plain = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
             let packed = plain.interleaved().unwrap();
             prop_assert_eq!(packed.layout(), Layout::Rows8);
             prop_assert!(packed.row(0).is_empty());
+            let (mut a, mut b) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+            for r in [0, rows / 2, rows - 1] {
+                prop_assert!(plain.row_to_f32(r, &mut a) && packed.row_to_f32(r, &mut b));
+                prop_assert_eq!(&a, &b, "row {} of {} looked up through the interleaved layout", r, ty);
+            }
             let run = |k: &Kernels, t: &Tensor| product(&pool, k, t, &xs, tokens);
             let want = run(&Kernels::scalar(), &plain);
             let mut all = simd_kernels();

@@ -158,9 +158,9 @@ impl Weights {
 
     /// Repacks the matrices that the kernels read faster in the eight-row interleaved layout
     /// (llama.cpp's "repack" buffers do the same); the mapped pages of the originals are
-    /// released, so the resident memory stays about the size of the file. The embedding table
-    /// (and a head tied to it) keeps its layout: rows of it are looked up. Returns the number
-    /// of matrices repacked.
+    /// released, so the resident memory stays about the size of the file. An embedding table
+    /// is repacked only when the output head is tied to it (its rows are then looked up through
+    /// the interleaved layout). Returns the number of matrices repacked.
     pub fn repack(&mut self, kernels: &torchless_kernels::Kernels) -> usize {
         let mut n = 0;
         let mut one = |t: &mut Tensor| {
@@ -186,7 +186,11 @@ impl Weights {
                 one(t);
             }
         }
-        if !self.tied_output {
+        if self.tied_output {
+            // Embedding rows are looked up from either layout; the head shares the table.
+            one(&mut self.token_embd);
+            self.output = self.token_embd.clone();
+        } else {
             one(&mut self.output);
         }
         n

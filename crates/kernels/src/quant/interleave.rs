@@ -1,5 +1,5 @@
-//! The eight-row interleaved layout ("rows8") of the 32-element nibble formats (Q4_0, Q4_1,
-//! Q5_0, Q5_1): how weights are repacked at load time so that the SIMD kernels read eight rows'
+//! The eight-row interleaved layout ("rows8") of the 32-element formats (Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q8_0): how weights are repacked at load time so that the SIMD kernels read eight rows'
 //! scales with one load and their quants already transposed, instead of gathering them on every
 //! product.
 //!
@@ -10,8 +10,8 @@
 //! - for Q4_1 and Q5_1, the eight rows' minimums `m` (f16);
 //! - for Q5_0 and Q5_1, the eight rows' fifth bits as 32-bit words, reordered so that byte `j`
 //!   holds the bits of elements `4j..4j+4` (bits 0-3) and `16+4j..16+4j+4` (bits 4-7);
-//! - the quants as four 32-byte vectors: vector `j` holds bytes `4j..4j+4` of the 16 quant bytes
-//!   of rows 0, 1, 2, 3 (first 16 bytes), then rows 4, 5, 6, 7.
+//! - the quants as four (Q8_0: eight) 32-byte vectors: vector `j` holds bytes `4j..4j+4` of the
+//!   16 (32) quant bytes of rows 0, 1, 2, 3 (first 16 bytes), then rows 4, 5, 6, 7.
 //!
 //! This module only moves bytes (and gives the scalar reference kernel for the layout); it
 //! computes nothing itself and knows nothing of models or files.
@@ -27,12 +27,14 @@ struct Shape {
     min: bool,
     /// Whether blocks carry a 32-bit word of fifth bits after the scale (and minimum).
     qh: bool,
+    /// Bytes of quants per block (16 nibble pairs, or 32 bytes for Q8_0).
+    qbytes: usize,
 }
 
 impl Shape {
     /// Offset of the 16 quant bytes in a plain block.
     fn qs(self) -> usize {
-        self.bytes - 16
+        self.bytes - self.qbytes
     }
 
     /// Offset of the quant vectors in an interleaved block column.
@@ -42,14 +44,20 @@ impl Shape {
 }
 
 fn shape(ty: GgmlType) -> Option<Shape> {
-    let (bytes, min, qh) = match ty {
-        GgmlType::Q4_0 => (18, false, false),
-        GgmlType::Q4_1 => (20, true, false),
-        GgmlType::Q5_0 => (22, false, true),
-        GgmlType::Q5_1 => (24, true, true),
+    let (bytes, min, qh, qbytes) = match ty {
+        GgmlType::Q4_0 => (18, false, false, 16),
+        GgmlType::Q4_1 => (20, true, false, 16),
+        GgmlType::Q5_0 => (22, false, true, 16),
+        GgmlType::Q5_1 => (24, true, true, 16),
+        GgmlType::Q8_0 => (34, false, false, 32),
         _ => return None,
     };
-    Some(Shape { bytes, min, qh })
+    Some(Shape {
+        bytes,
+        min,
+        qh,
+        qbytes,
+    })
 }
 
 /// Whether weights of type `ty` can be interleaved.
@@ -81,7 +89,8 @@ fn qh_from_lanes(lanes: u32) -> u32 {
     out
 }
 
-/// Offset, within an interleaved block column, of the quant byte `k` (0..16) of row `i` (0..8).
+/// Offset, within an interleaved block column, of the quant byte `k` (0..16, or 0..32 for
+/// Q8_0) of row `i` (0..8).
 fn quant_offset(sh: Shape, i: usize, k: usize) -> usize {
     sh.header() + 32 * (k / 4) + 16 * (i / 4) + 4 * (i % 4) + k % 4
 }
@@ -100,7 +109,7 @@ fn move_block(sh: Shape, i: usize, plain: &mut [u8], col: &mut [u8], to_interlea
     if sh.min {
         copy(2, 16 + 2 * i, 2);
     }
-    for k in 0..16 {
+    for k in 0..sh.qbytes {
         copy(sh.qs() + k, quant_offset(sh, i, k), 1);
     }
     if sh.qh {
@@ -158,7 +167,7 @@ pub fn plain_row(ty: GgmlType, src: &[u8], row_bytes: usize, r: usize, dst: &mut
     {
         return false;
     }
-    let mut col = [0u8; 8 * 24];
+    let mut col = [0u8; 8 * 34];
     for (b, plain) in dst.chunks_exact_mut(bytes).enumerate() {
         let at = group + b * 8 * bytes;
         col[..8 * bytes].copy_from_slice(&src[at..at + 8 * bytes]);
@@ -213,6 +222,10 @@ fn gemm_scalar_q5_1(t: &crate::matmul::Tile) {
     gemm_scalar(GgmlType::Q5_1, t)
 }
 
+fn gemm_scalar_q8_0(t: &crate::matmul::Tile) {
+    gemm_scalar(GgmlType::Q8_0, t)
+}
+
 /// The scalar tile kernel for interleaved weights of type `ty`.
 pub(crate) fn gemm_scalar_fn(ty: GgmlType) -> Option<crate::matmul::GemmFn> {
     match ty {
@@ -220,6 +233,7 @@ pub(crate) fn gemm_scalar_fn(ty: GgmlType) -> Option<crate::matmul::GemmFn> {
         GgmlType::Q4_1 => Some(gemm_scalar_q4_1),
         GgmlType::Q5_0 => Some(gemm_scalar_q5_0),
         GgmlType::Q5_1 => Some(gemm_scalar_q5_1),
+        GgmlType::Q8_0 => Some(gemm_scalar_q8_0),
         _ => None,
     }
 }
@@ -263,7 +277,7 @@ mod tests {
             32,
             &mut out
         ));
-        assert!(!interleave(GgmlType::Q8_0, &[], 0, 32, &mut []));
+        assert!(!interleave(GgmlType::Q4_K, &[], 0, 256, &mut []));
     }
 
     #[test]

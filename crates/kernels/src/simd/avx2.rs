@@ -373,15 +373,20 @@ unsafe fn nibble_tile<T: Nibble, const R: usize, const N: usize>(
 /// Q4_0/Q4_1 × one token for eight rows starting at `w` (row stride `rb`), the rows in the
 /// vector lanes.
 #[inline(always)]
-unsafe fn nibble_rows8<T: Nibble>(w: *const u8, rb: usize, nb: usize, y: *const u8) -> __m256 {
+unsafe fn nibble_rows8<T: Nibble + Fmt32>(
+    w: *const u8,
+    rb: usize,
+    nb: usize,
+    y: *const u8,
+) -> __m256 {
     rows8_token::<T>(nb, y, |b| {
-        let p: [*const u8; 8] = arr!(8, w, |i| w.add(i * rb + b * T::BYTES));
+        let p: [*const u8; 8] = arr!(8, w, |i| w.add(i * rb + b * <T as Nibble>::BYTES));
         if b % 3 == 0 {
             for &pi in &p {
                 _mm_prefetch::<_MM_HINT_T0>(pi.wrapping_add(PREFETCH) as *const i8);
             }
         }
-        let m = if T::MIN {
+        let m = if <T as Nibble>::MIN {
             gather_halves(&p, 2)
         } else {
             _mm256_setzero_ps()
@@ -444,8 +449,8 @@ unsafe fn j4(j: i8) -> __m256i {
 /// The same product for eight interleaved rows (group at `g`; see
 /// [`crate::quant::interleave`]): scales and quants come with plain loads.
 #[inline(always)]
-unsafe fn interleaved_rows8<T: Nibble>(g: *const u8, nb: usize, y: *const u8) -> __m256 {
-    rows8_token::<T>(nb, y, |b| interleaved_block::<T>(g, b))
+unsafe fn interleaved_rows8<T: Fmt32>(g: *const u8, nb: usize, y: *const u8) -> __m256 {
+    rows8_token::<T>(nb, y, |b| T::interleaved(g, b))
 }
 
 /// Block column `b` of an interleaved group at `g`: the eight scales and minimums as floats
@@ -478,7 +483,7 @@ unsafe fn interleaved_block<T: Nibble>(g: *const u8, b: usize) -> (__m256, __m25
 /// A nibble format × one token (`y`) for eight rows whose block `b` `load` gives as (scales,
 /// minimums, lanes; see [`nibble_lanes`]), the rows in the vector lanes.
 #[inline(always)]
-unsafe fn rows8_token<T: Nibble>(
+unsafe fn rows8_token<T: Fmt32>(
     nb: usize,
     y: *const u8,
     load: impl Fn(usize) -> (__m256, __m256, [__m256i; 8]),
@@ -528,6 +533,10 @@ trait Fmt32 {
     const AQS: usize = if Self::MIN { 4 } else { 2 };
     /// The block's 32 quants in element order (signed unless `MIN`).
     unsafe fn quants(wb: *const u8) -> __m256i;
+    /// Block column `b` of an interleaved group at `g` (see [`crate::quant::interleave`]): the
+    /// eight rows' scales and minimums as floats and the eight lanes of quants (elements
+    /// `4l..4l+4` of every row in lane vector `l`).
+    unsafe fn interleaved(g: *const u8, b: usize) -> (__m256, __m256, [__m256i; 8]);
 }
 
 macro_rules! nibble_fmt32 {
@@ -538,6 +547,10 @@ macro_rules! nibble_fmt32 {
             #[inline(always)]
             unsafe fn quants(wb: *const u8) -> __m256i {
                 quants::<$t>(wb)
+            }
+            #[inline(always)]
+            unsafe fn interleaved(g: *const u8, b: usize) -> (__m256, __m256, [__m256i; 8]) {
+                interleaved_block::<$t>(g, b)
             }
         }
     };
@@ -554,6 +567,16 @@ impl Fmt32 for Q80 {
     #[inline(always)]
     unsafe fn quants(wb: *const u8) -> __m256i {
         _mm256_loadu_si256(wb.add(2) as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn interleaved(g: *const u8, b: usize) -> (__m256, __m256, [__m256i; 8]) {
+        let c = g.add(b * 8 * 34);
+        prefetch_span(c.wrapping_add(PREFETCH_ROWS8), 8 * 34);
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(c as *const __m128i));
+        let lanes = arr!(8, _mm256_setzero_si256(), |l| _mm256_loadu_si256(
+            c.add(16 + 32 * l) as *const __m256i
+        ));
+        (d, _mm256_setzero_ps(), lanes)
     }
 }
 
@@ -616,12 +639,12 @@ unsafe fn build_panel<T: Fmt32>(w: *const u8, rb: usize, nb: usize, panel: *mut 
     }
 }
 
-/// Unpacks the eight interleaved rows of the group at `g` into `panel`: the lanes are the
-/// nibbles of the quant vectors, no transposing needed.
+/// Unpacks the eight interleaved rows of the group at `g` into `panel`: the lanes come
+/// ready-made, no transposing needed.
 #[inline(always)]
-unsafe fn build_panel_interleaved<T: Nibble + Fmt32>(g: *const u8, nb: usize, panel: *mut __m256i) {
+unsafe fn build_panel_interleaved<T: Fmt32>(g: *const u8, nb: usize, panel: *mut __m256i) {
     for b in 0..nb {
-        let (d, m, lanes) = interleaved_block::<T>(g, b);
+        let (d, m, lanes) = T::interleaved(g, b);
         store_panel_block::<T>(panel, b, &lanes, d, m);
     }
 }
@@ -764,7 +787,7 @@ fn token_block(row_bytes: usize) -> usize {
 
 /// Interleaved Q4_0/Q4_1 weights (whole groups of eight rows).
 #[inline(always)]
-unsafe fn gemm_interleaved<T: Nibble + Fmt32>(t: &Tile, ty: crate::quant::GgmlType) {
+unsafe fn gemm_interleaved<T: Fmt32>(t: &Tile, ty: crate::quant::GgmlType) {
     if !t.rows.start.is_multiple_of(8) || !t.rows.end.is_multiple_of(8) {
         crate::quant::interleave::gemm_scalar(ty, t);
         return;
@@ -801,6 +824,11 @@ pub unsafe fn gemm_rows8_q5_0(t: &Tile) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemm_rows8_q5_1(t: &Tile) {
     gemm_interleaved::<Q51>(t, crate::quant::GgmlType::Q5_1)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_rows8_q8_0(t: &Tile) {
+    gemm_interleaved::<Q80>(t, crate::quant::GgmlType::Q8_0)
 }
 
 #[inline(always)]

@@ -74,6 +74,7 @@ checked_tile! {
     avx2_rows8_q4_1 => avx2::gemm_rows8_q4_1,
     avx2_rows8_q5_0 => avx2::gemm_rows8_q5_0,
     avx2_rows8_q5_1 => avx2::gemm_rows8_q5_1,
+    avx2_rows8_q8_0 => avx2::gemm_rows8_q8_0,
 }
 
 /// The tile kernel for interleaved (eight-row) weights of type `ty` on `isa`, if there is one.
@@ -85,6 +86,7 @@ pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn
             GgmlType::Q4_1 => Some(avx2_rows8_q4_1),
             GgmlType::Q5_0 => Some(avx2_rows8_q5_0),
             GgmlType::Q5_1 => Some(avx2_rows8_q5_1),
+            GgmlType::Q8_0 => Some(avx2_rows8_q8_0),
             _ => None,
         },
         _ => {
