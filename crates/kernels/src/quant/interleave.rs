@@ -270,13 +270,7 @@ mod tests {
             }
         }
         let mut out = vec![0u8; 18 * 7];
-        assert!(!interleave(
-            GgmlType::Q4_0,
-            &vec![0u8; 18 * 7],
-            7,
-            32,
-            &mut out
-        ));
+        assert!(!interleave(GgmlType::Q4_0, &[0u8; 18 * 7], 7, 32, &mut out));
         assert!(!interleave(GgmlType::Q4_K, &[], 0, 256, &mut []));
     }
 
