@@ -164,7 +164,9 @@ impl Weights {
     pub fn repack(&mut self, kernels: &torchless_kernels::Kernels) -> usize {
         let mut n = 0;
         let mut one = |t: &mut Tensor| {
-            if !kernels.prefers_rows8(t.ty()) {
+            // Only mapped weights: their pages can be given back after the copy. A file read
+            // into memory (`--no-mmap`) would be held twice.
+            if !kernels.prefers_rows8(t.ty()) || !t.is_mapped() {
                 return;
             }
             if let Some(packed) = t.interleaved() {
