@@ -1671,48 +1671,60 @@ macro_rules! kquant_avx2 {
                 return;
             }
             let tb = token_block(xb);
-            let mut t0 = 0;
-            while t0 < t.tokens {
-                let t1 = (t0 + tb).min(t.tokens);
-                for r in t.rows.clone() {
-                    let wr = w.add(r * rb);
-                    let mut k0 = t0;
-                    // Eight tokens at a time through each unpacked super-block, reduced together.
-                    while k0 + N <= t1 {
-                        let mut sums = _mm256_setzero_ps();
+            // Each row is unpacked once per block of tokens into this thread's buffer, and
+            // every token of the block runs past the unpacked super-blocks.
+            KROW.with(|cell| {
+                let mut krow = cell.borrow_mut();
+                let mut t0 = 0;
+                while t0 < t.tokens {
+                    let t1 = (t0 + tb).min(t.tokens);
+                    for r in t.rows.clone() {
+                        let wr = w.add(r * rb);
+                        krow.clear();
                         for b in 0..nb {
                             let blk = &*(wr.add(b * $bytes) as *const $block);
                             prefetch_span(wr.add(b * $bytes).wrapping_add(PREFETCH), $bytes);
-                            let u = $unpack(blk);
-                            let ys: [*const u8; N] = arr!(N, x, |k| x.add((k0 + k) * xb + b * 292));
-                            sums = _mm256_add_ps(sums, kdot8(&u, &ys));
+                            krow.push($unpack(blk));
                         }
-                        let mut v = [0.0f32; N];
-                        _mm256_storeu_ps(v.as_mut_ptr(), sums);
-                        for (k, s) in v.iter().enumerate() {
-                            t.out.write((k0 + k) * t.out_stride + r, *s);
+                        let mut k0 = t0;
+                        // Eight tokens at a time, their integer sums reduced together.
+                        while k0 + N <= t1 {
+                            let mut sums = _mm256_setzero_ps();
+                            for (b, u) in krow.iter().enumerate() {
+                                let ys: [*const u8; N] =
+                                    arr!(N, x, |k| x.add((k0 + k) * xb + b * 292));
+                                sums = _mm256_add_ps(sums, kdot8(u, &ys));
+                            }
+                            let mut v = [0.0f32; N];
+                            _mm256_storeu_ps(v.as_mut_ptr(), sums);
+                            for (k, s) in v.iter().enumerate() {
+                                t.out.write((k0 + k) * t.out_stride + r, *s);
+                            }
+                            k0 += N;
                         }
-                        k0 += N;
-                    }
-                    if k0 < t1 {
-                        let nt = t1 - k0;
-                        let mut sums = [0.0f32; N];
-                        for b in 0..nb {
-                            let blk = &*(wr.add(b * $bytes) as *const $block);
-                            let u = $unpack(blk);
+                        if k0 < t1 {
+                            let nt = t1 - k0;
+                            let mut sums = [0.0f32; N];
+                            for (b, u) in krow.iter().enumerate() {
+                                for k in 0..nt {
+                                    sums[k] += kdot(u, x.add((k0 + k) * xb + b * 292));
+                                }
+                            }
                             for k in 0..nt {
-                                sums[k] += kdot(&u, x.add((k0 + k) * xb + b * 292));
+                                t.out.write((k0 + k) * t.out_stride + r, sums[k]);
                             }
                         }
-                        for k in 0..nt {
-                            t.out.write((k0 + k) * t.out_stride + r, sums[k]);
-                        }
                     }
+                    t0 = t1;
                 }
-                t0 = t1;
-            }
+            });
         }
     };
+}
+
+thread_local! {
+    /// Each thread's unpacked super-blocks of one K-quant row (kept: no allocation per call).
+    static KROW: std::cell::RefCell<Vec<KBlock>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 kquant_avx2!(BlockQ2K, 84, unpack_q2_k, dot_q2_k_q8_k, gemm_q2_k);
