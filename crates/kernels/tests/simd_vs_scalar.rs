@@ -106,6 +106,54 @@ fn product(pool: &ThreadPool, k: &Kernels, t: &Tensor, xs: &[f32], tokens: usize
     out
 }
 
+/// A `rows` × `cols` weight matrix of type `ty` with random contents.
+fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: &[u8]) -> Tensor {
+    let w = weights(ty, rows * cols, seed);
+    Tensor::new(
+        ty,
+        &[cols, rows],
+        std::sync::Arc::new(Storage::from_bytes(&w)),
+        0,
+    )
+    .unwrap()
+}
+
+/// The products of `plain` with the first `tokens` rows of `xs` on every SIMD path, and those of
+/// its interleaved copy (where the type has one) on every path, the scalar one included, are
+/// bit for bit those of the scalar reference on the plain layout.
+fn check_products(
+    pool: &ThreadPool,
+    plain: &Tensor,
+    xs: &[f32],
+    tokens: usize,
+) -> Result<(), TestCaseError> {
+    let want = product(pool, &Kernels::scalar(), plain, xs, tokens);
+    let packed = plain.interleaved();
+    let mut runs: Vec<(Kernels, &Tensor)> =
+        simd_kernels().into_iter().map(|k| (k, plain)).collect();
+    if let Some(p) = &packed {
+        runs.extend(simd_kernels().into_iter().map(|k| (k, p)));
+        runs.push((Kernels::scalar(), p));
+    }
+    for (k, t) in runs {
+        let got = product(pool, &k, t, xs, tokens);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            prop_assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{} ({:?}) on {:?}, output {}: {} vs {}",
+                plain.ty(),
+                t.layout(),
+                k.isa(),
+                i,
+                g,
+                w
+            );
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -135,29 +183,19 @@ proptest! {
     fn tile_kernels_are_bit_identical(rows in 1usize..40, tokens in 1usize..20, blocks in 1usize..4, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 768 * 19)) {
         let pool = ThreadPool::new(2);
         for ty in WEIGHT_TYPES {
-            let cols = blocks * 256;
-            let w = weights(ty, rows * cols, &seed);
-            let t = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
-            let run = |k: &Kernels| product(&pool, k, &t, &xs, tokens);
-            let want = run(&Kernels::scalar());
-            for k in simd_kernels() {
-                let got = run(&k);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    prop_assert_eq!(g.to_bits(), w.to_bits(), "{} on {:?}, output {}: {} vs {}", ty, k.isa(), i, g, w);
-                }
-            }
+            check_products(&pool, &matrix(ty, rows, blocks * 256, &seed), &xs, tokens)?;
         }
     }
 
     /// Weights repacked into the eight-row interleaved layout give exactly the products of the
-    /// plain layout on the scalar reference, on every path (the scalar one included).
+    /// plain layout on the scalar reference, on every path (the scalar one included), and their
+    /// rows can still be looked up.
     #[test]
     fn interleaved_weights_give_the_plain_products(groups in 1usize..6, tokens in 1usize..7, blocks in 1usize..12, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 384 * 6)) {
         let pool = ThreadPool::new(2);
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
             let (rows, cols) = (8 * groups, 32 * blocks);
-            let w = weights(ty, rows * cols, &seed);
-            let plain = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
+            let plain = matrix(ty, rows, cols, &seed);
             let packed = plain.interleaved().unwrap();
             prop_assert_eq!(packed.layout(), Layout::Rows8);
             prop_assert!(packed.row(0).is_empty());
@@ -166,16 +204,7 @@ proptest! {
                 prop_assert!(plain.row_to_f32(r, &mut a) && packed.row_to_f32(r, &mut b));
                 prop_assert_eq!(&a, &b, "row {} of {} looked up through the interleaved layout", r, ty);
             }
-            let run = |k: &Kernels, t: &Tensor| product(&pool, k, t, &xs, tokens);
-            let want = run(&Kernels::scalar(), &plain);
-            let mut all = simd_kernels();
-            all.push(Kernels::scalar());
-            for k in all {
-                let got = run(&k, &packed);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    prop_assert_eq!(g.to_bits(), w.to_bits(), "{} interleaved on {:?}, output {}: {} vs {}", ty, k.isa(), i, g, w);
-                }
-            }
+            check_products(&pool, &plain, &xs, tokens)?;
             let mut out = vec![0.0f32; rows * tokens];
             prop_assert!(torchless_kernels::matmul_f32(&pool, &packed, &xs[..tokens * cols], tokens, &mut out).is_err());
         }
@@ -186,21 +215,8 @@ proptest! {
     #[test]
     fn tiles_spanning_token_blocks_are_bit_identical(groups in 1usize..3, tokens in 25usize..41, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 6144 * 40)) {
         let pool = ThreadPool::new(2);
-        let (rows, cols) = (8 * groups, 6144);
         for ty in [GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
-            let w = weights(ty, rows * cols, &seed);
-            let plain = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
-            let run = |k: &Kernels, t: &Tensor| product(&pool, k, t, &xs, tokens);
-            let want = run(&Kernels::scalar(), &plain);
-            let packed = plain.interleaved();
-            for k in simd_kernels() {
-                for t in std::iter::once(&plain).chain(packed.as_ref()) {
-                    let got = run(&k, t);
-                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                        prop_assert_eq!(g.to_bits(), w.to_bits(), "{} ({:?}) on {:?}, output {}: {} vs {}", ty, t.layout(), k.isa(), i, g, w);
-                    }
-                }
-            }
+            check_products(&pool, &matrix(ty, 8 * groups, 6144, &seed), &xs, tokens)?;
         }
     }
 
@@ -208,18 +224,8 @@ proptest! {
     #[test]
     fn float_tiles_spanning_row_blocks_are_bit_identical(rows in 90usize..260, tokens in 2usize..10, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 768 * 9)) {
         let pool = ThreadPool::new(2);
-        let cols = 768;
         for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
-            let w = weights(ty, rows * cols, &seed);
-            let t = Tensor::new(ty, &[cols, rows], std::sync::Arc::new(Storage::from_bytes(&w)), 0).unwrap();
-            let run = |k: &Kernels| product(&pool, k, &t, &xs, tokens);
-            let want = run(&Kernels::scalar());
-            for k in simd_kernels() {
-                let got = run(&k);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    prop_assert_eq!(g.to_bits(), w.to_bits(), "{} on {:?}, output {}: {} vs {}", ty, k.isa(), i, g, w);
-                }
-            }
+            check_products(&pool, &matrix(ty, rows, 768, &seed), &xs, tokens)?;
         }
     }
 
