@@ -57,8 +57,9 @@ pub struct ModelOpts {
     /// llama.cpp's quantized-activation arithmetic.
     #[arg(long)]
     pub precise: bool,
-    /// Keep the weights in the file's layout instead of repacking 4-bit matrices into the
-    /// interleaved layout the SIMD kernels read faster (costs load time, saves nothing else).
+    /// Keep every weight memory-mapped in the file's layout instead of repacking Q4_0, Q4_1,
+    /// Q5_0, Q5_1 and Q8_0 matrices into the interleaved layout the SIMD kernels read faster
+    /// (faster start, slower generation).
     #[arg(long)]
     pub no_repack: bool,
 }

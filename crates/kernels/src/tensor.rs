@@ -77,12 +77,6 @@ impl Storage {
     }
 }
 
-thread_local! {
-    /// Each thread's plain copy of one row of an interleaved tensor (kept: no allocation per
-    /// lookup).
-    static PLAIN_ROW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// How a tensor's rows are laid out in its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -259,17 +253,14 @@ impl Tensor {
         }
         match self.layout {
             Layout::Rows => crate::quant::dequantize(self.ty, self.row(r), out),
-            Layout::Rows8 => PLAIN_ROW.with(|cell| {
-                let mut row = cell.borrow_mut();
-                row.resize(self.row_bytes(), 0);
-                crate::quant::interleave::plain_row(
-                    self.ty,
-                    self.bytes(),
-                    self.row_bytes(),
-                    r,
-                    &mut row,
-                ) && crate::quant::dequantize(self.ty, &row, out)
-            }),
+            Layout::Rows8 => crate::quant::interleave::with_plain_row(
+                self.ty,
+                self.bytes(),
+                self.row_bytes(),
+                r,
+                |row| crate::quant::dequantize(self.ty, row, out),
+            )
+            .unwrap_or(false),
         }
     }
 

@@ -171,7 +171,7 @@ fn attend_batched<E: KvElem>(
             let mut qs: [(&[f32], usize); GROUP] = [(&[], 0); GROUP];
             let mut outs: [&mut [f32]; GROUP] = Default::default();
             let mut n = 0;
-            let mut ctx = GroupCtx {
+            let ctx = GroupCtx {
                 kernels,
                 cache,
                 keys,
@@ -213,7 +213,7 @@ struct GroupCtx<'a, E> {
 impl<E: KvElem> GroupCtx<'_, E> {
     /// Attends queries `qs` (all of sequence `seq`) to this KV head.
     fn run(
-        &mut self,
+        &self,
         seq: crate::kv_cache::SeqId,
         qs: &[(&[f32], usize)],
         scores: &mut [f32],

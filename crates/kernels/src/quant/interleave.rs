@@ -37,9 +37,15 @@ impl Shape {
         self.bytes - self.qbytes
     }
 
+    /// Offset of the fifth-bit words in an interleaved block column (after the scales and
+    /// minimums).
+    fn qh_at(self) -> usize {
+        16 + if self.min { 16 } else { 0 }
+    }
+
     /// Offset of the quant vectors in an interleaved block column.
     fn header(self) -> usize {
-        16 + if self.min { 16 } else { 0 } + if self.qh { 32 } else { 0 }
+        self.qh_at() + if self.qh { 32 } else { 0 }
     }
 }
 
@@ -95,33 +101,37 @@ fn quant_offset(sh: Shape, i: usize, k: usize) -> usize {
     sh.header() + 32 * (k / 4) + 16 * (i / 4) + 4 * (i % 4) + k % 4
 }
 
-/// Copies block `b` of row `i` of a group between the plain (`plain`, one block) and the
-/// interleaved (`col`, one block column) forms, in the direction `to_interleaved` says.
-fn move_block(sh: Shape, i: usize, plain: &mut [u8], col: &mut [u8], to_interleaved: bool) {
-    let mut copy = |p: usize, c: usize, n: usize| {
-        if to_interleaved {
-            col[c..c + n].copy_from_slice(&plain[p..p + n]);
-        } else {
-            plain[p..p + n].copy_from_slice(&col[c..c + n]);
+/// Moves row `i`'s block of a block column between the plain form (one block) and the
+/// interleaved form (the whole block column): from `from` into `to`, plain to interleaved when
+/// `to_interleaved`, else back.
+fn move_block(sh: Shape, i: usize, from: &[u8], to: &mut [u8], to_interleaved: bool) {
+    // Fixed-size moves (each a single load and store); `p` is the offset in the plain block,
+    // `c` the one in the block column.
+    let mv = |to: &mut [u8], p: usize, c: usize, n: usize| {
+        let (f, t) = if to_interleaved { (p, c) } else { (c, p) };
+        match n {
+            2 => to[t..t + 2].copy_from_slice(&from[f..f + 2]),
+            _ => to[t..t + 4].copy_from_slice(&from[f..f + 4]),
         }
     };
-    copy(0, 2 * i, 2);
+    mv(to, 0, 2 * i, 2);
     if sh.min {
-        copy(2, 16 + 2 * i, 2);
+        mv(to, 2, 16 + 2 * i, 2);
     }
-    for k in 0..sh.qbytes {
-        copy(sh.qs() + k, quant_offset(sh, i, k), 1);
+    // Quant bytes move four at a time: a row's dword j lands whole in vector j.
+    for k in (0..sh.qbytes).step_by(4) {
+        mv(to, sh.qs() + k, quant_offset(sh, i, k), 4);
     }
     if sh.qh {
-        let p = if sh.min { 4 } else { 2 };
-        let c = 16 + if sh.min { 16 } else { 0 } + 4 * i;
-        let word =
-            |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        if to_interleaved {
-            col[c..c + 4].copy_from_slice(&qh_to_lanes(word(plain, p)).to_le_bytes());
+        let (p, c) = (if sh.min { 4 } else { 2 }, sh.qh_at() + 4 * i);
+        let (f, t) = if to_interleaved { (p, c) } else { (c, p) };
+        let word = u32::from_le_bytes([from[f], from[f + 1], from[f + 2], from[f + 3]]);
+        let moved = if to_interleaved {
+            qh_to_lanes(word)
         } else {
-            plain[p..p + 4].copy_from_slice(&qh_from_lanes(word(col, c)).to_le_bytes());
-        }
+            qh_from_lanes(word)
+        };
+        to[t..t + 4].copy_from_slice(&moved.to_le_bytes());
     }
 }
 
@@ -139,14 +149,12 @@ pub fn interleave(ty: GgmlType, src: &[u8], rows: usize, cols: usize, dst: &mut 
         return false;
     }
     let nb = rb / bytes;
-    let mut block = vec![0u8; bytes];
     for g in 0..rows / 8 {
         for b in 0..nb {
             let col = &mut dst[g * 8 * rb + b * 8 * bytes..][..8 * bytes];
             for i in 0..8 {
                 let at = (8 * g + i) * rb + b * bytes;
-                block.copy_from_slice(&src[at..at + bytes]);
-                move_block(sh, i, &mut block, col, true);
+                move_block(sh, i, &src[at..at + bytes], col, true);
             }
         }
     }
@@ -167,18 +175,32 @@ pub fn plain_row(ty: GgmlType, src: &[u8], row_bytes: usize, r: usize, dst: &mut
     {
         return false;
     }
-    let mut col = [0u8; 8 * 34];
     for (b, plain) in dst.chunks_exact_mut(bytes).enumerate() {
         let at = group + b * 8 * bytes;
-        col[..8 * bytes].copy_from_slice(&src[at..at + 8 * bytes]);
-        move_block(sh, r % 8, plain, &mut col, false);
+        move_block(sh, r % 8, &src[at..at + 8 * bytes], plain, false);
     }
     true
 }
 
 thread_local! {
-    /// Each thread's plain copy of one interleaved row (the scalar kernel's scratch).
+    /// Each thread's plain copy of one interleaved row (kept: no allocation per lookup).
     static ROW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with row `r` of an interleaved tensor (`src`, rows of `row_bytes`) put back in the
+/// plain layout, in this thread's scratch buffer. `None` when the type or the lengths do not fit.
+pub fn with_plain_row<R>(
+    ty: GgmlType,
+    src: &[u8],
+    row_bytes: usize,
+    r: usize,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
+    ROW.with(|cell| {
+        let mut row = cell.borrow_mut();
+        row.resize(row_bytes, 0);
+        plain_row(ty, src, row_bytes, r, &mut row).then(|| f(&row))
+    })
 }
 
 /// The scalar reference tile kernel for interleaved weights: each row is put back in the plain
@@ -188,22 +210,17 @@ pub(crate) fn gemm_scalar(ty: GgmlType, t: &crate::matmul::Tile) {
     let Some(dot) = ty.traits().vec_dot else {
         return;
     };
-    ROW.with(|cell| {
-        let mut row = cell.borrow_mut();
-        row.resize(t.w_row_bytes, 0);
-        for r in t.rows.clone() {
-            if !plain_row(ty, t.w, t.w_row_bytes, r, &mut row) {
-                continue;
-            }
+    for r in t.rows.clone() {
+        with_plain_row(ty, t.w, t.w_row_bytes, r, |row| {
             for k in 0..t.tokens {
                 // SAFETY: the tile's rows are this call's alone.
                 unsafe {
                     t.out
-                        .write(k * t.out_stride + r, dot(t.cols, &row, t.x_row(k)))
+                        .write(k * t.out_stride + r, dot(t.cols, row, t.x_row(k)))
                 };
             }
-        }
-    });
+        });
+    }
 }
 
 fn gemm_scalar_q4_0(t: &crate::matmul::Tile) {

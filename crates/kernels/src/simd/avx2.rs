@@ -526,6 +526,8 @@ unsafe fn rows8_token<T: Fmt32>(
 
 /// A format of 32-element blocks with f16 scales whose quants the panel kernel can take.
 trait Fmt32 {
+    /// The format's entry in the type table.
+    const TY: crate::quant::GgmlType;
     const BYTES: usize;
     /// Whether blocks carry a minimum (activations Q8_1, unsigned quants).
     const MIN: bool;
@@ -540,8 +542,9 @@ trait Fmt32 {
 }
 
 macro_rules! nibble_fmt32 {
-    ($t:ty) => {
+    ($t:ty, $ty:ident) => {
         impl Fmt32 for $t {
+            const TY: crate::quant::GgmlType = crate::quant::GgmlType::$ty;
             const BYTES: usize = <$t as Nibble>::BYTES;
             const MIN: bool = <$t as Nibble>::MIN;
             #[inline(always)]
@@ -555,13 +558,14 @@ macro_rules! nibble_fmt32 {
         }
     };
 }
-nibble_fmt32!(Q40);
-nibble_fmt32!(Q41);
-nibble_fmt32!(Q50);
-nibble_fmt32!(Q51);
+nibble_fmt32!(Q40, Q4_0);
+nibble_fmt32!(Q41, Q4_1);
+nibble_fmt32!(Q50, Q5_0);
+nibble_fmt32!(Q51, Q5_1);
 
 struct Q80;
 impl Fmt32 for Q80 {
+    const TY: crate::quant::GgmlType = crate::quant::GgmlType::Q8_0;
     const BYTES: usize = 34;
     const MIN: bool = false;
     #[inline(always)]
@@ -787,9 +791,9 @@ fn token_block(row_bytes: usize) -> usize {
 
 /// Interleaved Q4_0/Q4_1 weights (whole groups of eight rows).
 #[inline(always)]
-unsafe fn gemm_interleaved<T: Fmt32>(t: &Tile, ty: crate::quant::GgmlType) {
+unsafe fn gemm_interleaved<T: Fmt32>(t: &Tile) {
     if !t.rows.start.is_multiple_of(8) || !t.rows.end.is_multiple_of(8) {
-        crate::quant::interleave::gemm_scalar(ty, t);
+        crate::quant::interleave::gemm_scalar(T::TY, t);
         return;
     }
     let nb = t.cols / QK;
@@ -806,29 +810,28 @@ unsafe fn gemm_interleaved<T: Fmt32>(t: &Tile, ty: crate::quant::GgmlType) {
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_rows8_q4_0(t: &Tile) {
-    gemm_interleaved::<Q40>(t, crate::quant::GgmlType::Q4_0)
+/// Public tile kernels: `name => generic kernel::<format>`, each compiled for AVX2.
+macro_rules! avx2_tiles {
+    ($($name:ident => $kernel:ident::<$t:ty>),* $(,)?) => {
+        $(
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $name(t: &Tile) {
+                $kernel::<$t>(t)
+            }
+        )*
+    };
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_rows8_q4_1(t: &Tile) {
-    gemm_interleaved::<Q41>(t, crate::quant::GgmlType::Q4_1)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_rows8_q5_0(t: &Tile) {
-    gemm_interleaved::<Q50>(t, crate::quant::GgmlType::Q5_0)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_rows8_q5_1(t: &Tile) {
-    gemm_interleaved::<Q51>(t, crate::quant::GgmlType::Q5_1)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_rows8_q8_0(t: &Tile) {
-    gemm_interleaved::<Q80>(t, crate::quant::GgmlType::Q8_0)
+avx2_tiles! {
+    gemm_rows8_q4_0 => gemm_interleaved::<Q40>,
+    gemm_rows8_q4_1 => gemm_interleaved::<Q41>,
+    gemm_rows8_q5_0 => gemm_interleaved::<Q50>,
+    gemm_rows8_q5_1 => gemm_interleaved::<Q51>,
+    gemm_rows8_q8_0 => gemm_interleaved::<Q80>,
+    gemm_q4_0 => gemm_nibble::<Q40>,
+    gemm_q4_1 => gemm_nibble::<Q41>,
+    gemm_q5_0 => gemm_nibble::<Q50>,
+    gemm_q5_1 => gemm_nibble::<Q51>,
 }
 
 #[inline(always)]
@@ -870,26 +873,6 @@ unsafe fn gemm_nibble<T: Nibble + Fmt32>(t: &Tile) {
             k += 1;
         }
     }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_q4_0(t: &Tile) {
-    gemm_nibble::<Q40>(t)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_q4_1(t: &Tile) {
-    gemm_nibble::<Q41>(t)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_q5_0(t: &Tile) {
-    gemm_nibble::<Q50>(t)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_q5_1(t: &Tile) {
-    gemm_nibble::<Q51>(t)
 }
 
 /// Q8_0 × Q8_0 for `R` rows at `w` (stride `rb`) and `N` tokens at `x` (stride `xb`).
