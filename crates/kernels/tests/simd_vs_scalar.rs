@@ -191,10 +191,11 @@ proptest! {
     /// plain layout on the scalar reference, on every path (the scalar one included), and their
     /// rows can still be looked up.
     #[test]
-    fn interleaved_weights_give_the_plain_products(groups in 1usize..6, tokens in 1usize..7, blocks in 1usize..12, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 384 * 6)) {
+    fn interleaved_weights_give_the_plain_products(groups in 1usize..6, tokens in 1usize..7, blocks in 1usize..12, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 1024 * 6)) {
         let pool = ThreadPool::new(2);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
-            let (rows, cols) = (8 * groups, 32 * blocks);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let block = ty.block_elems();
+            let (rows, cols) = (8 * groups, block * if block == 256 { 1 + blocks % 4 } else { blocks });
             let plain = matrix(ty, rows, cols, &seed);
             let packed = plain.interleaved().unwrap();
             prop_assert_eq!(packed.layout(), Layout::Rows8);

@@ -1,69 +1,90 @@
-//! The eight-row interleaved layout ("rows8") of the 32-element formats (Q4_0, Q4_1, Q5_0,
-//! Q5_1, Q8_0): how weights are repacked at load time so that the SIMD kernels read eight rows'
-//! scales with one load and their quants already transposed, instead of gathering them on every
-//! product.
+//! The eight-row interleaved layout ("rows8"): how weights are repacked at load time so that
+//! the SIMD kernels read eight rows' scales with one load and their quants already transposed,
+//! instead of gathering them on every product. Formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32-element
+//! blocks) and Q4_K, Q6_K (256-element super-blocks).
 //!
 //! A tensor of `rows` (a multiple of 8) × `nb` blocks keeps its size. Group `g` (rows
 //! `8g..8g+8`) occupies the bytes of those rows; in it, block column `b` is `8 × BYTES` bytes at
-//! `b * 8 * BYTES`:
-//! - the eight rows' scales `d` (f16), row order;
-//! - for Q4_1 and Q5_1, the eight rows' minimums `m` (f16);
-//! - for Q5_0 and Q5_1, the eight rows' fifth bits as 32-bit words, reordered so that byte `j`
-//!   holds the bits of elements `4j..4j+4` (bits 0-3) and `16+4j..16+4j+4` (bits 4-7);
-//! - the quants as four (Q8_0: eight) 32-byte vectors: vector `j` holds bytes `4j..4j+4` of the
-//!   16 (32) quant bytes of rows 0, 1, 2, 3 (first 16 bytes), then rows 4, 5, 6, 7.
+//! `b * 8 * BYTES`, made of the blocks' fields one after the other, each in one of two forms:
+//! - *packed*: a small field (an f16 scale or minimum) of the eight rows side by side, row order;
+//! - *words*: a field cut into 32-bit words; vector `k` (32 bytes) holds word `k` of rows
+//!   0..8, so one load gives the same four bytes of every row.
+//!
+//! The fields, in column order:
+//! - Q4_0, Q8_0: `d` packed; the quants as words (4, or 8 for Q8_0).
+//! - Q4_1: `d`, `m` packed; the quants as 4 words.
+//! - Q5_0 (Q5_1): `d` (and `m`) packed; the fifth bits as one word per row, reordered so that
+//!   byte `j` holds the bits of elements `4j..4j+4` (bits 0-3) and `16+4j..16+4j+4` (bits 4-7);
+//!   the quants as 4 words.
+//! - Q4_K: `d`, `dmin` packed; the 12 bytes of 6-bit scales and mins as 3 words; the 128 quant
+//!   bytes as 32 words.
+//! - Q6_K: `d` packed; the 16 scales as 4 words; `ql` (32 words) and `qh` (16 words) as
+//!   vectors in the order one pass reads them (see `Field::Q6Quants`).
 //!
 //! This module only moves bytes (and gives the scalar reference kernel for the layout); it
 //! computes nothing itself and knows nothing of models or files.
 
 use super::GgmlType;
 
-/// What the layout needs to know of a format.
-#[derive(Clone, Copy)]
-struct Shape {
-    /// Bytes per block.
-    bytes: usize,
-    /// Whether blocks carry a minimum after the scale.
-    min: bool,
-    /// Whether blocks carry a 32-bit word of fifth bits after the scale (and minimum).
-    qh: bool,
-    /// Bytes of quants per block (16 nibble pairs, or 32 bytes for Q8_0).
-    qbytes: usize,
+/// One field of a block and where it goes in the block column.
+#[derive(Clone, Copy, Debug)]
+enum Field {
+    /// Two bytes at `plain`; row `i`'s at `col + 2i`.
+    Half { plain: usize, col: usize },
+    /// `n` 32-bit words at `plain`; word `k` of row `i` at `col + 32k + 4i`.
+    Words { plain: usize, n: usize, col: usize },
+    /// The Q5 fifth-bit word at `plain`, reordered (see the module docs); row `i`'s at
+    /// `col + 4i`.
+    FifthBits { plain: usize, col: usize },
+    /// Q6_K's 128 bytes of low bits (at 0) and 64 of high bits (at 128) as words, in the order
+    /// one pass reads them: for each half `n` (0..2) and position `kk` (0..8), 96 bytes at
+    /// `col + 96(8n + kk)` holding low-bit words `16n + kk` and `16n + 8 + kk`, then high-bit
+    /// word `8n + kk` (each a vector of the eight rows, row `i` at `4i`).
+    Q6Quants { col: usize },
 }
 
-impl Shape {
-    /// Offset of the 16 quant bytes in a plain block.
-    fn qs(self) -> usize {
-        self.bytes - self.qbytes
-    }
+/// What the layout needs to know of a format: its block size and its fields.
+#[derive(Clone, Copy)]
+struct Shape {
+    bytes: usize,
+    fields: &'static [Field],
+}
 
-    /// Offset of the fifth-bit words in an interleaved block column (after the scales and
-    /// minimums).
-    fn qh_at(self) -> usize {
-        16 + if self.min { 16 } else { 0 }
-    }
+const fn half(plain: usize, col: usize) -> Field {
+    Field::Half { plain, col }
+}
 
-    /// Offset of the quant vectors in an interleaved block column.
-    fn header(self) -> usize {
-        self.qh_at() + if self.qh { 32 } else { 0 }
-    }
+const fn words(plain: usize, n: usize, col: usize) -> Field {
+    Field::Words { plain, n, col }
+}
+
+const fn fifth_bits(plain: usize, col: usize) -> Field {
+    Field::FifthBits { plain, col }
 }
 
 fn shape(ty: GgmlType) -> Option<Shape> {
-    let (bytes, min, qh, qbytes) = match ty {
-        GgmlType::Q4_0 => (18, false, false, 16),
-        GgmlType::Q4_1 => (20, true, false, 16),
-        GgmlType::Q5_0 => (22, false, true, 16),
-        GgmlType::Q5_1 => (24, true, true, 16),
-        GgmlType::Q8_0 => (34, false, false, 32),
+    const Q4_0: &[Field] = &[half(0, 0), words(2, 4, 16)];
+    const Q4_1: &[Field] = &[half(0, 0), half(2, 16), words(4, 4, 32)];
+    const Q5_0: &[Field] = &[half(0, 0), fifth_bits(2, 16), words(6, 4, 48)];
+    const Q5_1: &[Field] = &[half(0, 0), half(2, 16), fifth_bits(4, 32), words(8, 4, 64)];
+    const Q8_0: &[Field] = &[half(0, 0), words(2, 8, 16)];
+    const Q4_K: &[Field] = &[half(0, 0), half(2, 16), words(4, 3, 32), words(16, 32, 128)];
+    const Q6_K: &[Field] = &[
+        half(208, 0),
+        words(192, 4, 16),
+        Field::Q6Quants { col: 144 },
+    ];
+    let (bytes, fields) = match ty {
+        GgmlType::Q4_0 => (18, Q4_0),
+        GgmlType::Q4_1 => (20, Q4_1),
+        GgmlType::Q5_0 => (22, Q5_0),
+        GgmlType::Q5_1 => (24, Q5_1),
+        GgmlType::Q8_0 => (34, Q8_0),
+        GgmlType::Q4_K => (144, Q4_K),
+        GgmlType::Q6_K => (210, Q6_K),
         _ => return None,
     };
-    Some(Shape {
-        bytes,
-        min,
-        qh,
-        qbytes,
-    })
+    Some(Shape { bytes, fields })
 }
 
 /// Whether weights of type `ty` can be interleaved.
@@ -95,12 +116,6 @@ fn qh_from_lanes(lanes: u32) -> u32 {
     out
 }
 
-/// Offset, within an interleaved block column, of the quant byte `k` (0..16, or 0..32 for
-/// Q8_0) of row `i` (0..8).
-fn quant_offset(sh: Shape, i: usize, k: usize) -> usize {
-    sh.header() + 32 * (k / 4) + 16 * (i / 4) + 4 * (i % 4) + k % 4
-}
-
 /// Moves row `i`'s block of a block column between the plain form (one block) and the
 /// interleaved form (the whole block column): from `from` into `to`, plain to interleaved when
 /// `to_interleaved`, else back.
@@ -114,24 +129,39 @@ fn move_block(sh: Shape, i: usize, from: &[u8], to: &mut [u8], to_interleaved: b
             _ => to[t..t + 4].copy_from_slice(&from[f..f + 4]),
         }
     };
-    mv(to, 0, 2 * i, 2);
-    if sh.min {
-        mv(to, 2, 16 + 2 * i, 2);
-    }
-    // Quant bytes move four at a time: a row's dword j lands whole in vector j.
-    for k in (0..sh.qbytes).step_by(4) {
-        mv(to, sh.qs() + k, quant_offset(sh, i, k), 4);
-    }
-    if sh.qh {
-        let (p, c) = (if sh.min { 4 } else { 2 }, sh.qh_at() + 4 * i);
-        let (f, t) = if to_interleaved { (p, c) } else { (c, p) };
-        let word = u32::from_le_bytes([from[f], from[f + 1], from[f + 2], from[f + 3]]);
-        let moved = if to_interleaved {
-            qh_to_lanes(word)
-        } else {
-            qh_from_lanes(word)
-        };
-        to[t..t + 4].copy_from_slice(&moved.to_le_bytes());
+    for &field in sh.fields {
+        match field {
+            Field::Half { plain, col } => mv(to, plain, col + 2 * i, 2),
+            Field::Words { plain, n, col } => {
+                for k in 0..n {
+                    mv(to, plain + 4 * k, col + 32 * k + 4 * i, 4);
+                }
+            }
+            Field::FifthBits { plain, col } => {
+                let (f, t) = if to_interleaved {
+                    (plain, col + 4 * i)
+                } else {
+                    (col + 4 * i, plain)
+                };
+                let word = u32::from_le_bytes([from[f], from[f + 1], from[f + 2], from[f + 3]]);
+                let moved = if to_interleaved {
+                    qh_to_lanes(word)
+                } else {
+                    qh_from_lanes(word)
+                };
+                to[t..t + 4].copy_from_slice(&moved.to_le_bytes());
+            }
+            Field::Q6Quants { col } => {
+                for n in 0..2 {
+                    for kk in 0..8 {
+                        let at = col + 96 * (8 * n + kk) + 4 * i;
+                        mv(to, 4 * (16 * n + kk), at, 4);
+                        mv(to, 4 * (16 * n + 8 + kk), at + 32, 4);
+                        mv(to, 128 + 4 * (8 * n + kk), at + 64, 4);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -243,6 +273,14 @@ fn gemm_scalar_q8_0(t: &crate::matmul::Tile) {
     gemm_scalar(GgmlType::Q8_0, t)
 }
 
+fn gemm_scalar_q4_k(t: &crate::matmul::Tile) {
+    gemm_scalar(GgmlType::Q4_K, t)
+}
+
+fn gemm_scalar_q6_k(t: &crate::matmul::Tile) {
+    gemm_scalar(GgmlType::Q6_K, t)
+}
+
 /// The scalar tile kernel for interleaved weights of type `ty`.
 pub(crate) fn gemm_scalar_fn(ty: GgmlType) -> Option<crate::matmul::GemmFn> {
     match ty {
@@ -251,6 +289,8 @@ pub(crate) fn gemm_scalar_fn(ty: GgmlType) -> Option<crate::matmul::GemmFn> {
         GgmlType::Q5_0 => Some(gemm_scalar_q5_0),
         GgmlType::Q5_1 => Some(gemm_scalar_q5_1),
         GgmlType::Q8_0 => Some(gemm_scalar_q8_0),
+        GgmlType::Q4_K => Some(gemm_scalar_q4_k),
+        GgmlType::Q6_K => Some(gemm_scalar_q6_k),
         _ => None,
     }
 }
@@ -266,14 +306,36 @@ mod tests {
             GgmlType::Q4_1,
             GgmlType::Q5_0,
             GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
         ] {
-            let (rows, cols) = (16, 96);
+            let (rows, cols) = (16, 512);
             let rb = ty.row_bytes(cols).unwrap();
             let src: Vec<u8> = (0..rows * rb).map(|i| (i * 7 + i / 251) as u8).collect();
             let mut dst = vec![0u8; src.len()];
             assert!(interleave(ty, &src, rows, cols, &mut dst));
             assert_ne!(dst, src);
-            if !shape(ty).unwrap().qh {
+            let sh = shape(ty).unwrap();
+            let covered: usize = sh
+                .fields
+                .iter()
+                .map(|f| match *f {
+                    Field::Half { .. } => 2,
+                    Field::Words { n, .. } => 4 * n,
+                    Field::FifthBits { .. } => 4,
+                    Field::Q6Quants { .. } => 192,
+                })
+                .sum();
+            assert_eq!(
+                covered, sh.bytes,
+                "{ty}: every byte of a block belongs to a field"
+            );
+            if !sh
+                .fields
+                .iter()
+                .any(|f| matches!(f, Field::FifthBits { .. }))
+            {
                 let mut sorted_a = src.clone();
                 let mut sorted_b = dst.clone();
                 sorted_a.sort_unstable();
@@ -288,17 +350,29 @@ mod tests {
         }
         let mut out = vec![0u8; 18 * 7];
         assert!(!interleave(GgmlType::Q4_0, &[0u8; 18 * 7], 7, 32, &mut out));
-        assert!(!interleave(GgmlType::Q4_K, &[], 0, 256, &mut []));
+        assert!(!interleave(GgmlType::Q2_K, &[], 0, 256, &mut []));
     }
 
     #[test]
     fn the_layout_is_the_documented_one() {
         // Row 5, quant byte 9 in Q4_1: after the 32-byte header, vector 2 (bytes 8..12), the
         // upper half (rows 4-7), slot 1 of that half, byte 1 of the dword.
-        let q41 = shape(GgmlType::Q4_1).unwrap();
-        assert_eq!(quant_offset(q41, 5, 9), 32 + 64 + 16 + 4 + 1);
-        assert_eq!(quant_offset(shape(GgmlType::Q4_0).unwrap(), 0, 0), 16);
-        assert_eq!(quant_offset(shape(GgmlType::Q5_1).unwrap(), 0, 0), 64);
+        // Row 5, quant byte 9 (plain offset 4 + 9) in Q4_1: after the 32-byte header, vector 2
+        // (bytes 8..12), row slot 5 of the vector, byte 1 of the dword.
+        let (rows, cols) = (8, 32);
+        let src: Vec<u8> = (0..rows * 20).map(|i| i as u8).collect();
+        let mut dst = vec![0u8; src.len()];
+        assert!(interleave(GgmlType::Q4_1, &src, rows, cols, &mut dst));
+        assert_eq!(dst[32 + 64 + 16 + 4 + 1], src[5 * 20 + 4 + 9]);
+        // Q4_K row 3: dmin at 16 + 6, scale byte 5 in word 1 at 32 + 32 + 12 + 1, quant byte
+        // 70 in word 17 at 128 + 32 * 17 + 12 + 2.
+        let src: Vec<u8> = (0..8 * 144).map(|i| (i % 251) as u8).collect();
+        let mut dst = vec![0u8; src.len()];
+        assert!(interleave(GgmlType::Q4_K, &src, 8, 256, &mut dst));
+        let row3 = &src[3 * 144..4 * 144];
+        assert_eq!(dst[16 + 6..16 + 8], row3[2..4]);
+        assert_eq!(dst[32 + 32 + 12 + 1], row3[4 + 5]);
+        assert_eq!(dst[128 + 32 * 17 + 12 + 2], row3[16 + 70]);
         // Element 5 (bit 5) goes to byte 1 bit 1; element 21 to byte 1 bit 5.
         assert_eq!(qh_to_lanes(1 << 5), 1 << 9);
         assert_eq!(qh_to_lanes(1 << 21), 1 << 13);

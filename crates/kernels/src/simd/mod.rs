@@ -75,6 +75,8 @@ checked_tile! {
     avx2_rows8_q5_0 => avx2::gemm_rows8_q5_0,
     avx2_rows8_q5_1 => avx2::gemm_rows8_q5_1,
     avx2_rows8_q8_0 => avx2::gemm_rows8_q8_0,
+    avx2_rows8_q4_k => avx2::gemm_rows8_q4_k,
+    avx2_rows8_q6_k => avx2::gemm_rows8_q6_k,
 }
 
 /// The tile kernel for interleaved (eight-row) weights of type `ty` on `isa`, if there is one.
@@ -87,6 +89,8 @@ pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn
             GgmlType::Q5_0 => Some(avx2_rows8_q5_0),
             GgmlType::Q5_1 => Some(avx2_rows8_q5_1),
             GgmlType::Q8_0 => Some(avx2_rows8_q8_0),
+            GgmlType::Q4_K => Some(avx2_rows8_q4_k),
+            GgmlType::Q6_K => Some(avx2_rows8_q6_k),
             _ => None,
         },
         _ => {
