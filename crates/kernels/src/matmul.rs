@@ -113,6 +113,64 @@ impl Activations {
         Ok(())
     }
 
+    /// Encodes `rms_norm(x[t], w, eps)` of `rows` rows of `cols` values as `ty` without writing
+    /// the normalized rows anywhere: each row is normalized a chunk at a time into a small
+    /// buffer and encoded from there, so the bytes are exactly those of
+    /// [`crate::ops::rms_norm`] followed by [`Activations::encode`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_rms_norm(
+        &mut self,
+        kernels: &Kernels,
+        ty: GgmlType,
+        x: &[f32],
+        w: &[f32],
+        eps: f32,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), MatmulError> {
+        let f = kernels.quantize(ty).ok_or(MatmulError::Unsupported(ty))?;
+        let row_bytes = ty.row_bytes(cols).ok_or(MatmulError::Blocks { ty, cols })?;
+        if x.len() < rows * cols || w.len() < cols {
+            return Err(MatmulError::Shape {
+                act: x.len().min(w.len() * rows.max(1)),
+                weight: rows * cols,
+            });
+        }
+        // The largest chunk of at most 256 values that holds whole blocks and divides the row.
+        const MAX: usize = 256;
+        let block = ty.block_elems().max(1);
+        let mut chunk = MAX;
+        while chunk > block && (!cols.is_multiple_of(chunk) || !chunk.is_multiple_of(block)) {
+            chunk /= 2;
+        }
+        let chunk_bytes = match ty.row_bytes(chunk) {
+            Some(b) if cols.is_multiple_of(chunk) => b,
+            _ => return Err(MatmulError::Blocks { ty, cols }),
+        };
+        self.reserve(rows, cols);
+        let mut buf = [0.0f32; MAX];
+        for (src, dst) in x
+            .chunks_exact(cols)
+            .zip(self.data.chunks_exact_mut(row_bytes))
+            .take(rows)
+        {
+            let scale = crate::ops::rms_scale(src, eps);
+            for ((xs, ws), out) in src
+                .chunks_exact(chunk)
+                .zip(w.chunks_exact(chunk))
+                .zip(dst.chunks_exact_mut(chunk_bytes))
+            {
+                crate::ops::rms_apply(xs, ws, scale, &mut buf[..chunk]);
+                f(&buf[..chunk], out);
+            }
+        }
+        self.ty = ty;
+        self.rows = rows;
+        self.cols = cols;
+        self.row_bytes = row_bytes;
+        Ok(())
+    }
+
     pub fn row(&self, t: usize) -> &[u8] {
         &self.data[t * self.row_bytes..(t + 1) * self.row_bytes]
     }

@@ -10,9 +10,20 @@ use crate::lanes::silu_ggml;
 /// `out = x / sqrt(mean(x²) + eps) * w` (the product with `w` after the normalization, as
 /// llama.cpp's separate `rms_norm` and `mul`). The mean is accumulated in f64.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let scale = rms_scale(x, eps);
+    rms_apply(x, w, scale, out);
+}
+
+/// The factor RMSNorm multiplies `x` by: 1 / sqrt(mean(x²) + eps), the mean summed in f64.
+pub fn rms_scale(x: &[f32], eps: f32) -> f32 {
     let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
     let mean = (sum / x.len().max(1) as f64) as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
+    1.0 / (mean + eps).sqrt()
+}
+
+/// `out = (x * scale) * w`, element by element: RMSNorm's second half, on any slice of a row.
+#[inline]
+pub fn rms_apply(x: &[f32], w: &[f32], scale: f32, out: &mut [f32]) {
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = (v * scale) * g;
     }

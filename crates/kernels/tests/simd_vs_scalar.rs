@@ -230,6 +230,32 @@ proptest! {
         }
     }
 
+    /// RMSNorm fused into the activation encoding gives exactly the bytes of the norm followed by
+    /// the encoding, for every activation format, on every path (row lengths that are and are
+    /// not multiples of the fused chunk).
+    #[test]
+    fn fused_norm_encoding_is_byte_identical(rows in 1usize..4, chunks in 1usize..5, extra in 0usize..8, seed in any::<u64>(), xs in proptest::collection::vec(-6.0f32..6.0, 1280 * 3)) {
+        let mut rng = seed | 1;
+        let mut unit = move || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 };
+        let norm: Vec<f32> = (0..1280).map(|_| unit()).collect();
+        for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+            let cols = if ty == GgmlType::Q8_K { 256 * chunks } else { 256 * chunks + 32 * extra };
+            let x = &xs[..rows * cols];
+            for k in std::iter::once(Kernels::scalar()).chain(simd_kernels()) {
+                let mut normed = vec![0.0f32; rows * cols];
+                for (r, o) in x.chunks_exact(cols).zip(normed.chunks_exact_mut(cols)) {
+                    torchless_kernels::ops::rms_norm(r, &norm[..cols], 1e-5, o);
+                }
+                let (mut a, mut b) = (Activations::new(), Activations::new());
+                a.encode(&k, ty, &normed, rows, cols).unwrap();
+                b.encode_rms_norm(&k, ty, x, &norm[..cols], 1e-5, rows, cols).unwrap();
+                for t in 0..rows {
+                    prop_assert_eq!(a.row(t), b.row(t), "{} on {:?}, row {}", ty, k.isa(), t);
+                }
+            }
+        }
+    }
+
     #[test]
     fn attention_is_bit_identical(n_kv in 1usize..90, hd_8 in 1usize..9, seed in any::<u64>()) {
         let (hd, bs) = (hd_8 * 8, 16);

@@ -5,6 +5,7 @@
 //! x = embed(tokens)
 //! for each layer:
 //!     h = rmsnorm(x) ; q, k, v = h·Wq (+bq), h·Wk (+bk), h·Wv (+bv) ; rope(q, k)
+//!         (the norm is fused into the encoding of the activations where it can be)
 //!     cache[seq][pos] = (k, v) ; x += attend(q, cache) · Wo
 //!     h = rmsnorm(x) ; x += (silu(h·Wgate) * h·Wup) · Wdown
 //! logits = rmsnorm(x[wanted rows]) · Wout
@@ -93,6 +94,37 @@ impl Model {
             }
         }
         Ok(())
+    }
+
+    /// [`Model::project`] of `rms_norm(x, norm)` (`input` = `(x, norm)`): in the reference
+    /// precision, when every output takes the same activation format, the norm is fused into
+    /// the encoding (the normalized rows are never written); otherwise (and always when
+    /// dumping, so that the caller can dump `xn`) they go through `xn`.
+    fn project_normed(
+        &self,
+        acts: &mut Activations,
+        input: (&[f32], &[f32]),
+        xn: &mut [f32],
+        n: usize,
+        outputs: &mut [(&Tensor, &mut [f32])],
+    ) -> Result<(), ModelError> {
+        let (x, norm) = input;
+        let (d, eps) = (self.config.n_embd, self.config.norm_eps);
+        let fmt = |w: &Tensor| w.ty().traits().vec_dot_type;
+        if let (Precision::Reference, Some((first, _))) = (self.precision, outputs.first()) {
+            let need = fmt(first);
+            if !dump_enabled() && outputs.iter().all(|(w, _)| fmt(w) == need) {
+                acts.encode_rms_norm(&self.kernels, need, x, norm, eps, n, d)?;
+                for (w, out) in outputs.iter_mut() {
+                    matmul(&self.pool, &self.kernels, w, acts, out)?;
+                }
+                return Ok(());
+            }
+        }
+        for (row, out) in x.chunks_exact(d).zip(xn.chunks_exact_mut(d)).take(n) {
+            rms_norm(row, norm, eps, out);
+        }
+        self.project(acts, &xn[..n * d], n, outputs)
     }
 
     /// Checks a batch against the model, the workspace and the cache, and reserves its
@@ -204,18 +236,10 @@ impl Model {
             scale: 1.0 / (hd as f32).sqrt(),
         };
         for (l, w) in self.weights.layers.iter().enumerate() {
-            for t in 0..n {
-                rms_norm(
-                    &x[t * d..(t + 1) * d],
-                    &w.attn_norm,
-                    c.norm_eps,
-                    &mut xn[t * d..(t + 1) * d],
-                );
-            }
-            dump!("attn_norm-{l}", &xn[..n * d], n);
-            self.project(
+            self.project_normed(
                 acts,
-                &xn[..n * d],
+                (&x[..n * d], &w.attn_norm),
+                &mut xn[..n * d],
                 n,
                 &mut [
                     (&w.wq, &mut q[..n * qd]),
@@ -223,6 +247,7 @@ impl Model {
                     (&w.wv, &mut v[..n * kvd]),
                 ],
             )?;
+            dump!("attn_norm-{l}", &xn[..n * d], n);
             dump!("Qcur-{l}", &q[..n * qd], n);
             dump!("Kcur-{l}", &k[..n * kvd], n);
             dump!("Vcur-{l}", &v[..n * kvd], n);
@@ -282,17 +307,10 @@ impl Model {
             torchless_kernels::ops::add_assign(&mut x[..n * d], &proj[..n * d]);
             dump!("ffn_inp-{l}", &x[..n * d], n);
 
-            for t in 0..n {
-                rms_norm(
-                    &x[t * d..(t + 1) * d],
-                    &w.ffn_norm,
-                    c.norm_eps,
-                    &mut xn[t * d..(t + 1) * d],
-                );
-            }
-            self.project(
+            self.project_normed(
                 acts,
-                &xn[..n * d],
+                (&x[..n * d], &w.ffn_norm),
+                &mut xn[..n * d],
                 n,
                 &mut [
                     (&w.w_gate, &mut gate[..n * ff]),
