@@ -178,14 +178,42 @@ impl Tensor {
     /// A heap copy of this tensor in the eight-row interleaved layout, when its type and shape
     /// allow one (see [`crate::quant::interleave`]).
     pub fn interleaved(&self) -> Option<Tensor> {
+        self.interleaved_with(false)
+    }
+
+    /// [`Tensor::interleaved`]; with `release`, the resident pages of a memory-mapped source
+    /// are dropped as the copy proceeds (a few MiB at a time), so that repacking a large matrix
+    /// never holds both whole copies. The source stays readable (pages come back from the file).
+    pub fn interleaved_with(&self, release: bool) -> Option<Tensor> {
         let ty = self.ty;
         if self.layout != Layout::Rows || !crate::quant::interleave::supports(ty) {
             return None;
         }
+        let (rows, cols, rb) = (self.rows(), self.cols(), self.row_bytes());
+        if !rows.is_multiple_of(8) || rb == 0 || rows * rb != self.len {
+            return None;
+        }
         let mut storage = Storage::zeroed(self.len);
         let dst = storage.bytes_mut()?;
-        if !crate::quant::interleave::interleave(ty, self.bytes(), self.rows(), self.cols(), dst) {
-            return None;
+        let src = self.bytes();
+        // Whole groups of eight rows, about 4 MiB of source at a time.
+        let step = ((4 << 20) / (8 * rb)).max(1) * 8 * rb;
+        let mut at = 0;
+        while at < self.len {
+            let end = (at + step).min(self.len);
+            if !crate::quant::interleave::interleave(
+                ty,
+                &src[at..end],
+                (end - at) / rb,
+                cols,
+                &mut dst[at..end],
+            ) {
+                return None;
+            }
+            if release {
+                self.storage.release(self.offset + at, end - at);
+            }
+            at = end;
         }
         Some(Tensor {
             ty,

@@ -169,8 +169,7 @@ impl Weights {
             if !kernels.prefers_rows8(t.ty()) || !t.is_mapped() {
                 return;
             }
-            if let Some(packed) = t.interleaved() {
-                t.release();
+            if let Some(packed) = t.interleaved_with(true) {
                 *t = packed;
                 n += 1;
             }
