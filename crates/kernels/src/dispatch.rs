@@ -74,7 +74,12 @@ impl Isa {
 
     /// Whether the project has kernels for this family (beyond the scalar fallbacks).
     pub fn is_implemented(self) -> bool {
-        matches!(self, Isa::Scalar | Isa::Avx2)
+        match self {
+            Isa::Scalar | Isa::Avx2 => true,
+            // The 32-element formats so far; the rest fall back to the scalar kernels.
+            Isa::Neon => cfg!(target_arch = "aarch64"),
+            Isa::Avx512 => false,
+        }
     }
 
     /// The best family this CPU supports and the project implements.

@@ -3,6 +3,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
 
 use crate::dispatch::Isa;
 use crate::quant::{GgmlType, VecDotFn};
@@ -39,6 +41,15 @@ checked! {
     avx2_f32_b => avx2::dot_f32_batched,
     avx2_f16_b => avx2::dot_f16_batched,
     avx2_bf16_b => avx2::dot_bf16_batched,
+}
+
+#[cfg(target_arch = "aarch64")]
+checked! {
+    neon_q4_0 => neon::dot_q4_0_q8_0,
+    neon_q4_1 => neon::dot_q4_1_q8_1,
+    neon_q5_0 => neon::dot_q5_0_q8_0,
+    neon_q5_1 => neon::dot_q5_1_q8_1,
+    neon_q8_0 => neon::dot_q8_0_q8_0,
 }
 
 /// Wraps an `unsafe` target-feature tile kernel in a safe function pointer.
@@ -201,6 +212,15 @@ pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
             GgmlType::F32 => Some(avx2_f32),
             GgmlType::F16 => Some(avx2_f16),
             GgmlType::BF16 => Some(avx2_bf16),
+            _ => None,
+        },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => match ty {
+            GgmlType::Q4_0 => Some(neon_q4_0),
+            GgmlType::Q4_1 => Some(neon_q4_1),
+            GgmlType::Q5_0 => Some(neon_q5_0),
+            GgmlType::Q5_1 => Some(neon_q5_1),
+            GgmlType::Q8_0 => Some(neon_q8_0),
             _ => None,
         },
         _ => {
