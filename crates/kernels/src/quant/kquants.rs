@@ -9,7 +9,7 @@
 use super::blocks::*;
 
 /// A super-block in common form: x[e] = d * scale[e/16] * q[e] - dmin * min[e/16].
-struct Unpacked {
+pub(crate) struct Unpacked {
     q: [i8; QK_K],
     scale: [i32; 16],
     min: [i32; 16],
@@ -18,7 +18,7 @@ struct Unpacked {
 }
 
 impl Unpacked {
-    fn zeroed() -> Self {
+    pub(crate) fn zeroed() -> Self {
         Unpacked {
             q: [0; QK_K],
             scale: [0; 16],
@@ -39,12 +39,27 @@ impl Unpacked {
     }
 
     fn dot(&self, y: &BlockQ8K) -> f32 {
+        self.dot_by(y, |q, yq| {
+            std::array::from_fn(|g| {
+                (16 * g..16 * g + 16)
+                    .map(|e| q[e] as i32 * yq[e] as i8 as i32)
+                    .sum()
+            })
+        })
+    }
+
+    /// The dot product with the sixteen group sums `Σ q·y` (exact integers, so any order)
+    /// computed by `group_sums(q, y.qs)`; the rest as [`Unpacked::dot`].
+    #[inline(always)]
+    pub(crate) fn dot_by(
+        &self,
+        y: &BlockQ8K,
+        group_sums: impl FnOnce(&[i8; QK_K], &[u8; QK_K]) -> [i32; 16],
+    ) -> f32 {
+        let sums = group_sums(&self.q, &y.qs);
         let mut isum = 0i32;
         let mut msum = 0i32;
-        for g in 0..16 {
-            let s: i32 = (16 * g..16 * g + 16)
-                .map(|e| self.q[e] as i32 * y.q(e))
-                .sum();
+        for (g, s) in sums.iter().enumerate() {
             isum += self.scale[g] * s;
             msum += self.min[g] * y.bsum(g);
         }
@@ -53,7 +68,7 @@ impl Unpacked {
     }
 }
 
-fn unpack_q2_k(b: &BlockQ2K, u: &mut Unpacked) {
+pub(crate) fn unpack_q2_k(b: &BlockQ2K, u: &mut Unpacked) {
     u.d = f16_at(b.d);
     u.dmin = f16_at(b.dmin);
     for g in 0..16 {
@@ -69,7 +84,7 @@ fn unpack_q2_k(b: &BlockQ2K, u: &mut Unpacked) {
     }
 }
 
-fn unpack_q3_k(b: &BlockQ3K, u: &mut Unpacked) {
+pub(crate) fn unpack_q3_k(b: &BlockQ3K, u: &mut Unpacked) {
     u.d = f16_at(b.d);
     u.dmin = 0.0;
     let sc = q3k_scales(&b.scales);
@@ -89,7 +104,7 @@ fn unpack_q3_k(b: &BlockQ3K, u: &mut Unpacked) {
     }
 }
 
-fn unpack_q4_k(b: &BlockQ4K, u: &mut Unpacked) {
+pub(crate) fn unpack_q4_k(b: &BlockQ4K, u: &mut Unpacked) {
     u.d = f16_at(b.d);
     u.dmin = f16_at(b.dmin);
     let (sc, m) = k4_scales_mins(&b.scales);
@@ -106,7 +121,7 @@ fn unpack_q4_k(b: &BlockQ4K, u: &mut Unpacked) {
     }
 }
 
-fn unpack_q5_k(b: &BlockQ5K, u: &mut Unpacked) {
+pub(crate) fn unpack_q5_k(b: &BlockQ5K, u: &mut Unpacked) {
     u.d = f16_at(b.d);
     u.dmin = f16_at(b.dmin);
     let (sc, m) = k4_scales_mins(&b.scales);
@@ -126,7 +141,7 @@ fn unpack_q5_k(b: &BlockQ5K, u: &mut Unpacked) {
     }
 }
 
-fn unpack_q6_k(b: &BlockQ6K, u: &mut Unpacked) {
+pub(crate) fn unpack_q6_k(b: &BlockQ6K, u: &mut Unpacked) {
     u.d = f16_at(b.d);
     u.dmin = 0.0;
     for g in 0..16 {

@@ -50,6 +50,11 @@ checked! {
     neon_q5_0 => neon::dot_q5_0_q8_0,
     neon_q5_1 => neon::dot_q5_1_q8_1,
     neon_q8_0 => neon::dot_q8_0_q8_0,
+    neon_q2_k => neon::dot_q2_k_q8_k,
+    neon_q3_k => neon::dot_q3_k_q8_k,
+    neon_q4_k => neon::dot_q4_k_q8_k,
+    neon_q5_k => neon::dot_q5_k_q8_k,
+    neon_q6_k => neon::dot_q6_k_q8_k,
 }
 
 /// Wraps an `unsafe` target-feature tile kernel in a safe function pointer.
@@ -221,6 +226,11 @@ pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
             GgmlType::Q5_0 => Some(neon_q5_0),
             GgmlType::Q5_1 => Some(neon_q5_1),
             GgmlType::Q8_0 => Some(neon_q8_0),
+            GgmlType::Q2_K => Some(neon_q2_k),
+            GgmlType::Q3_K => Some(neon_q3_k),
+            GgmlType::Q4_K => Some(neon_q4_k),
+            GgmlType::Q5_K => Some(neon_q5_k),
+            GgmlType::Q6_K => Some(neon_q6_k),
             _ => None,
         },
         _ => {
