@@ -90,27 +90,7 @@ impl Activations {
         rows: usize,
         cols: usize,
     ) -> Result<(), MatmulError> {
-        let f = kernels.quantize(ty).ok_or(MatmulError::Unsupported(ty))?;
-        let row_bytes = ty.row_bytes(cols).ok_or(MatmulError::Blocks { ty, cols })?;
-        if x.len() < rows * cols {
-            return Err(MatmulError::Shape {
-                act: x.len(),
-                weight: rows * cols,
-            });
-        }
-        self.reserve(rows, cols);
-        for (src, dst) in x
-            .chunks_exact(cols)
-            .zip(self.data.chunks_exact_mut(row_bytes))
-            .take(rows)
-        {
-            f(src, dst);
-        }
-        self.ty = ty;
-        self.rows = rows;
-        self.cols = cols;
-        self.row_bytes = row_bytes;
-        Ok(())
+        self.encode_rows(kernels, ty, x, rows, cols, |f, src, dst| f(src, dst))
     }
 
     /// Encodes `rms_norm(x[t], w, eps)` of `rows` rows of `cols` values as `ty` without writing
@@ -128,12 +108,10 @@ impl Activations {
         rows: usize,
         cols: usize,
     ) -> Result<(), MatmulError> {
-        let f = kernels.quantize(ty).ok_or(MatmulError::Unsupported(ty))?;
-        let row_bytes = ty.row_bytes(cols).ok_or(MatmulError::Blocks { ty, cols })?;
-        if x.len() < rows * cols || w.len() < cols {
+        if w.len() < cols {
             return Err(MatmulError::Shape {
-                act: x.len().min(w.len() * rows.max(1)),
-                weight: rows * cols,
+                act: w.len(),
+                weight: cols,
             });
         }
         // The largest chunk of at most 256 values that holds whole blocks and divides the row.
@@ -147,13 +125,8 @@ impl Activations {
             Some(b) if cols.is_multiple_of(chunk) => b,
             _ => return Err(MatmulError::Blocks { ty, cols }),
         };
-        self.reserve(rows, cols);
         let mut buf = [0.0f32; MAX];
-        for (src, dst) in x
-            .chunks_exact(cols)
-            .zip(self.data.chunks_exact_mut(row_bytes))
-            .take(rows)
-        {
+        self.encode_rows(kernels, ty, x, rows, cols, |f, src, dst| {
             let scale = crate::ops::rms_scale(src, eps);
             for ((xs, ws), out) in src
                 .chunks_exact(chunk)
@@ -163,6 +136,35 @@ impl Activations {
                 crate::ops::rms_apply(xs, ws, scale, &mut buf[..chunk]);
                 f(&buf[..chunk], out);
             }
+        })
+    }
+
+    /// Checks the shapes, makes room and fills each encoded row with `fill(encoder, x row,
+    /// encoded row)`.
+    fn encode_rows(
+        &mut self,
+        kernels: &Kernels,
+        ty: GgmlType,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        mut fill: impl FnMut(crate::quant::FromF32Fn, &[f32], &mut [u8]),
+    ) -> Result<(), MatmulError> {
+        let f = kernels.quantize(ty).ok_or(MatmulError::Unsupported(ty))?;
+        let row_bytes = ty.row_bytes(cols).ok_or(MatmulError::Blocks { ty, cols })?;
+        if x.len() < rows * cols {
+            return Err(MatmulError::Shape {
+                act: x.len(),
+                weight: rows * cols,
+            });
+        }
+        self.reserve(rows, cols);
+        for (src, dst) in x
+            .chunks_exact(cols)
+            .zip(self.data.chunks_exact_mut(row_bytes))
+            .take(rows)
+        {
+            fill(f, src, dst);
         }
         self.ty = ty;
         self.rows = rows;

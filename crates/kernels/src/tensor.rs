@@ -225,11 +225,6 @@ impl Tensor {
         })
     }
 
-    /// Drops the resident pages of a memory-mapped tensor that will not be read again.
-    pub fn release(&self) {
-        self.storage.release(self.offset, self.len);
-    }
-
     pub fn dims(&self) -> &[usize] {
         &self.dims
     }

@@ -738,6 +738,32 @@ thread_local! {
     static PANEL: std::cell::RefCell<Vec<__m256i>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// This thread's panel buffer, at least `need` vectors long. The pointer stays valid until the
+/// next call on this thread (the buffer lives as long as the thread and only grows here), so a
+/// kernel uses it for one tile and does not call this again meanwhile.
+#[inline(always)]
+fn panel_buffer(need: usize) -> *mut __m256i {
+    PANEL.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < need {
+            // SAFETY: only the AVX2 kernels call this, on a CPU that `Kernels` checked for AVX2.
+            buf.resize(need, unsafe { _mm256_setzero_si256() });
+        }
+        buf.as_mut_ptr()
+    })
+}
+
+/// Whether a tile covers whole groups of eight interleaved rows; when it does not, computes it
+/// with the scalar reference for the layout instead (and says so).
+#[inline(always)]
+fn whole_groups(t: &Tile, ty: crate::quant::GgmlType) -> bool {
+    let whole = t.rows.start.is_multiple_of(8) && t.rows.end.is_multiple_of(8);
+    if !whole {
+        crate::quant::interleave::gemm_scalar(ty, t);
+    }
+    whole
+}
+
 /// Rows `r..r + 8k` of a tile with several tokens, through panels; returns the first row not
 /// done.
 #[inline(always)]
@@ -755,15 +781,7 @@ unsafe fn panel_rows_with<T: Fmt32>(
     build: impl Fn(*const u8, *mut __m256i),
 ) -> usize {
     let nb = t.cols / QK;
-    let need = nb * panel_stride(T::MIN);
-    // The pointer stays valid: the buffer lives as long as the thread and is only resized here.
-    let panel: *mut __m256i = PANEL.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < need {
-            buf.resize(need, _mm256_setzero_si256());
-        }
-        buf.as_mut_ptr()
-    });
+    let panel = panel_buffer(nb * panel_stride(T::MIN));
     let first = r;
     let tb = token_block(t.x_row_bytes);
     let mut t0 = 0;
@@ -798,8 +816,7 @@ fn token_block(row_bytes: usize) -> usize {
 /// Interleaved Q4_0/Q4_1 weights (whole groups of eight rows).
 #[inline(always)]
 unsafe fn gemm_interleaved<T: Fmt32>(t: &Tile) {
-    if !t.rows.start.is_multiple_of(8) || !t.rows.end.is_multiple_of(8) {
-        crate::quant::interleave::gemm_scalar(T::TY, t);
+    if !whole_groups(t, T::TY) {
         return;
     }
     let nb = t.cols / QK;
@@ -2103,8 +2120,7 @@ impl KRows8 for Q6K {
 /// group of rows against four tokens at a time while the group stays in L1/L2.
 #[inline(always)]
 unsafe fn gemm_interleaved_k<K: KRows8>(t: &Tile) {
-    if !t.rows.start.is_multiple_of(8) || !t.rows.end.is_multiple_of(8) {
-        crate::quant::interleave::gemm_scalar(K::TY, t);
+    if !whole_groups(t, K::TY) {
         return;
     }
     let nb = t.cols / QK_K;
@@ -2115,15 +2131,7 @@ unsafe fn gemm_interleaved_k<K: KRows8>(t: &Tile) {
         }
         return;
     }
-    // The pointer stays valid: the buffer lives as long as the thread and is only resized here.
-    let q: *mut __m256i = PANEL.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        let need = (nb * K::UNPACKED).max(1);
-        if buf.len() < need {
-            buf.resize(need, _mm256_setzero_si256());
-        }
-        buf.as_mut_ptr()
-    });
+    let q = panel_buffer((nb * K::UNPACKED).max(1));
     let tb = token_block(xb);
     let mut t0 = 0;
     while t0 < t.tokens {
