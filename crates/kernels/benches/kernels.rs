@@ -81,7 +81,7 @@ fn bench_matmul(c: &mut Criterion) {
             let w = matrix(ty, rows, cols);
             let x = pseudo(tokens * cols, 3);
             let mut acts = Activations::new();
-            acts.encode(&k, ty.traits().vec_dot_type, &x, tokens, cols)
+            acts.encode(&pool, &k, ty.traits().vec_dot_type, &x, tokens, cols)
                 .unwrap();
             let mut out = vec![0.0f32; rows * tokens];
             g.throughput(Throughput::Bytes(w.bytes().len() as u64));

@@ -81,16 +81,17 @@ impl Activations {
         self.cols
     }
 
-    /// Encodes `rows` rows of `cols` f32 values from `x` as `ty`.
+    /// Encodes `rows` rows of `cols` f32 values from `x` as `ty` (rows spread over `pool`).
     pub fn encode(
         &mut self,
+        pool: &ThreadPool,
         kernels: &Kernels,
         ty: GgmlType,
         x: &[f32],
         rows: usize,
         cols: usize,
     ) -> Result<(), MatmulError> {
-        self.encode_rows(kernels, ty, x, rows, cols, |f, src, dst| f(src, dst))
+        self.encode_rows(pool, kernels, ty, x, rows, cols, |f, src, dst| f(src, dst))
     }
 
     /// Encodes `rms_norm(x[t], w, eps)` of `rows` rows of `cols` values as `ty` without writing
@@ -100,6 +101,7 @@ impl Activations {
     #[allow(clippy::too_many_arguments)]
     pub fn encode_rms_norm(
         &mut self,
+        pool: &ThreadPool,
         kernels: &Kernels,
         ty: GgmlType,
         x: &[f32],
@@ -125,8 +127,8 @@ impl Activations {
             Some(b) if cols.is_multiple_of(chunk) => b,
             _ => return Err(MatmulError::Blocks { ty, cols }),
         };
-        let mut buf = [0.0f32; MAX];
-        self.encode_rows(kernels, ty, x, rows, cols, |f, src, dst| {
+        self.encode_rows(pool, kernels, ty, x, rows, cols, |f, src, dst| {
+            let mut buf = [0.0f32; MAX];
             let scale = crate::ops::rms_scale(src, eps);
             for ((xs, ws), out) in src
                 .chunks_exact(chunk)
@@ -140,15 +142,17 @@ impl Activations {
     }
 
     /// Checks the shapes, makes room and fills each encoded row with `fill(encoder, x row,
-    /// encoded row)`.
+    /// encoded row)`, the rows of a batch spread over the pool.
+    #[allow(clippy::too_many_arguments)]
     fn encode_rows(
         &mut self,
+        pool: &ThreadPool,
         kernels: &Kernels,
         ty: GgmlType,
         x: &[f32],
         rows: usize,
         cols: usize,
-        mut fill: impl FnMut(crate::quant::FromF32Fn, &[f32], &mut [u8]),
+        fill: impl Fn(crate::quant::FromF32Fn, &[f32], &mut [u8]) + Sync,
     ) -> Result<(), MatmulError> {
         let f = kernels.quantize(ty).ok_or(MatmulError::Unsupported(ty))?;
         let row_bytes = ty.row_bytes(cols).ok_or(MatmulError::Blocks { ty, cols })?;
@@ -159,13 +163,16 @@ impl Activations {
             });
         }
         self.reserve(rows, cols);
-        for (src, dst) in x
-            .chunks_exact(cols)
-            .zip(self.data.chunks_exact_mut(row_bytes))
-            .take(rows)
-        {
-            fill(f, src, dst);
-        }
+        let data = SharedOut::new(&mut self.data[..rows * row_bytes]);
+        let grain = rows.div_ceil(4 * pool.n_threads()).max(4);
+        pool.parallel_for(rows, grain, |_, chunk| {
+            for t in chunk {
+                // SAFETY: each row index is visited by exactly one chunk, so the encoded rows
+                // written here are disjoint.
+                let dst = unsafe { data.slice_mut(t * row_bytes, row_bytes) };
+                fill(f, &x[t * cols..(t + 1) * cols], dst);
+            }
+        });
         self.ty = ty;
         self.rows = rows;
         self.cols = cols;
@@ -179,20 +186,27 @@ impl Activations {
 }
 
 /// A raw view of an output buffer that threads write disjoint elements of.
-#[derive(Clone, Copy)]
-pub struct SharedOut {
-    ptr: *mut f32,
+pub struct SharedOut<T = f32> {
+    ptr: *mut T,
     len: usize,
 }
 
-// SAFETY: `SharedOut` is only used to let pool threads write disjoint indices of one buffer
-// that outlives the pool job.
-unsafe impl Send for SharedOut {}
-// SAFETY: as above.
-unsafe impl Sync for SharedOut {}
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
 
-impl SharedOut {
-    pub fn new(out: &mut [f32]) -> SharedOut {
+impl<T> Copy for SharedOut<T> {}
+
+// SAFETY: `SharedOut` is only used to let pool threads write disjoint indices of one buffer
+// that outlives the pool job; `T: Send` values may be written from another thread.
+unsafe impl<T: Send> Send for SharedOut<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    pub fn new(out: &mut [T]) -> SharedOut<T> {
         SharedOut {
             ptr: out.as_mut_ptr(),
             len: out.len(),
@@ -204,7 +218,7 @@ impl SharedOut {
     /// # Safety
     /// No other thread may access index `i` during the job, and the buffer must outlive it.
     #[inline(always)]
-    pub unsafe fn write(&self, i: usize, v: f32) {
+    pub unsafe fn write(&self, i: usize, v: T) {
         if i < self.len {
             // SAFETY: in bounds; the caller guarantees exclusive access to index `i`.
             unsafe { *self.ptr.add(i) = v };
@@ -217,7 +231,7 @@ impl SharedOut {
     /// No other thread may access these elements while the slice lives, and the buffer must
     /// outlive it.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut(&self, start: usize, len: usize) -> &mut [f32] {
+    pub unsafe fn slice_mut(&self, start: usize, len: usize) -> &mut [T] {
         let start = start.min(self.len);
         let len = len.min(self.len - start);
         // SAFETY: in bounds by the clamping above; exclusivity is the caller's promise.

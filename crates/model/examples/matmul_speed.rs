@@ -33,8 +33,15 @@ fn main() {
         let t = Instant::now();
         for m in &mats {
             let x = vec![0.5f32; m.cols() * tokens];
-            acts.encode(&k, m.ty().traits().vec_dot_type, &x, tokens, m.cols())
-                .unwrap();
+            acts.encode(
+                &pool,
+                &k,
+                m.ty().traits().vec_dot_type,
+                &x,
+                tokens,
+                m.cols(),
+            )
+            .unwrap();
             matmul(&pool, &k, m, &acts, &mut out[..m.rows() * tokens]).unwrap();
         }
         let s = t.elapsed().as_secs_f64();
@@ -48,8 +55,15 @@ fn main() {
     // One small matrix, over and over (in cache): the kernels' compute speed.
     for m in [&model.weights().layers[0].w_gate, &model.weights().output] {
         let x = vec![0.5f32; m.cols() * tokens];
-        acts.encode(&k, m.ty().traits().vec_dot_type, &x, tokens, m.cols())
-            .unwrap();
+        acts.encode(
+            &pool,
+            &k,
+            m.ty().traits().vec_dot_type,
+            &x,
+            tokens,
+            m.cols(),
+        )
+        .unwrap();
         let reps = (200_000_000 / m.bytes().len()).max(1);
         let t = Instant::now();
         for _ in 0..reps {

@@ -10,6 +10,7 @@
 //!     h = rmsnorm(x) ; x += (silu(h·Wgate) * h·Wup) · Wdown
 //! logits = rmsnorm(x[wanted rows]) · Wout
 
+use torchless_kernels::matmul::SharedOut;
 use torchless_kernels::ops::{rms_norm, rope_cache, rope_heads, swiglu};
 use torchless_kernels::{matmul, matmul_f32, Activations, GgmlType, Tensor};
 
@@ -70,6 +71,24 @@ fn dump_tensor(name: &str, data: &[f32], rows: usize) {
 }
 
 impl Model {
+    /// Calls `f(t)` for every token `t` of a batch of `n`, tokens spread over the pool in
+    /// chunks (a single token runs on the caller, with no hand-off).
+    fn per_token(&self, n: usize, f: impl Fn(usize) + Sync) {
+        let grain = n.div_ceil(4 * self.pool.n_threads()).max(4);
+        self.pool
+            .parallel_for(n, grain, |_, tokens| tokens.for_each(&f));
+    }
+
+    /// `x += y`, rows of `d` values, spread over the pool.
+    fn residual(&self, x: &mut [f32], y: &[f32], d: usize) {
+        let xs = SharedOut::new(x);
+        self.per_token(y.len() / d, |t| {
+            // SAFETY: row `t` of `x` is touched by this call only.
+            let row = unsafe { xs.slice_mut(t * d, d) };
+            torchless_kernels::ops::add_assign(row, &y[t * d..(t + 1) * d]);
+        });
+    }
+
     /// `out[t] = input[t] · Wᵀ` for each (W, out) pair, all from the same `input` rows; in the
     /// reference precision the input is encoded once per activation format.
     fn project(
@@ -86,7 +105,7 @@ impl Model {
                 Precision::Reference => {
                     let need = w.ty().traits().vec_dot_type;
                     if encoded != Some(need) {
-                        acts.encode(&self.kernels, need, input, n, w.cols())?;
+                        acts.encode(&self.pool, &self.kernels, need, input, n, w.cols())?;
                         encoded = Some(need);
                     }
                     matmul(&self.pool, &self.kernels, w, acts, out)?;
@@ -114,7 +133,7 @@ impl Model {
         if let (Precision::Reference, Some((first, _))) = (self.precision, outputs.first()) {
             let need = fmt(first);
             if !dump_enabled() && outputs.iter().all(|(w, _)| fmt(w) == need) {
-                acts.encode_rms_norm(&self.kernels, need, x, norm, eps, n, d)?;
+                acts.encode_rms_norm(&self.pool, &self.kernels, need, x, norm, eps, n, d)?;
                 for (w, out) in outputs.iter_mut() {
                     matmul(&self.pool, &self.kernels, w, acts, out)?;
                 }
@@ -251,35 +270,29 @@ impl Model {
             dump!("Qcur-{l}", &q[..n * qd], n);
             dump!("Kcur-{l}", &k[..n * kvd], n);
             dump!("Vcur-{l}", &v[..n * kvd], n);
-            for (bias, buf, width) in [
-                (&w.bq, &mut *q, qd),
-                (&w.bk, &mut *k, kvd),
-                (&w.bv, &mut *v, kvd),
-            ] {
-                if let Some(b) = bias {
-                    for row in buf[..n * width].chunks_exact_mut(width) {
-                        torchless_kernels::ops::add_assign(row, b);
+            {
+                let (qs, ks, vs) = (SharedOut::new(q), SharedOut::new(k), SharedOut::new(v));
+                let (bq, bk, bv) = (w.bq.as_deref(), w.bk.as_deref(), w.bv.as_deref());
+                self.per_token(n, |t| {
+                    // SAFETY: token `t`'s rows of q, k and v are touched by this call only.
+                    let (qt, kt, vt) = unsafe {
+                        (
+                            qs.slice_mut(t * qd, qd),
+                            ks.slice_mut(t * kvd, kvd),
+                            vs.slice_mut(t * kvd, kvd),
+                        )
+                    };
+                    for (bias, row) in [(bq, &mut *qt), (bk, &mut *kt), (bv, vt)] {
+                        if let Some(b) = bias {
+                            torchless_kernels::ops::add_assign(row, b);
+                        }
                     }
-                }
+                    let table = &rope[t * rd..(t + 1) * rd];
+                    rope_heads(&self.kernels, qt, hd, rd, c.rope.style, table);
+                    rope_heads(&self.kernels, kt, hd, rd, c.rope.style, table);
+                });
             }
             for t in 0..n {
-                let table = &rope[t * rd..(t + 1) * rd];
-                rope_heads(
-                    &self.kernels,
-                    &mut q[t * qd..(t + 1) * qd],
-                    hd,
-                    rd,
-                    c.rope.style,
-                    table,
-                );
-                rope_heads(
-                    &self.kernels,
-                    &mut k[t * kvd..(t + 1) * kvd],
-                    hd,
-                    rd,
-                    c.rope.style,
-                    table,
-                );
                 cache.write(
                     l,
                     batch.seq[t],
@@ -304,7 +317,7 @@ impl Model {
             dump!("kqv_out-{l}", &att[..n * qd], n);
             self.project(acts, &att[..n * qd], n, &mut [(&w.wo, &mut proj[..n * d])])?;
             dump!("attn_out-{l}", &proj[..n * d], n);
-            torchless_kernels::ops::add_assign(&mut x[..n * d], &proj[..n * d]);
+            self.residual(&mut x[..n * d], &proj[..n * d], d);
             dump!("ffn_inp-{l}", &x[..n * d], n);
 
             self.project_normed(
@@ -319,11 +332,14 @@ impl Model {
             )?;
             dump!("ffn_gate-{l}", &gate[..n * ff], n);
             dump!("ffn_up-{l}", &up[..n * ff], n);
-            for (g, u) in gate[..n * ff]
-                .chunks_exact_mut(ff)
-                .zip(up[..n * ff].chunks_exact(ff))
             {
-                swiglu(&self.kernels, g, u);
+                let gs = SharedOut::new(&mut gate[..n * ff]);
+                let up = &up[..n * ff];
+                self.per_token(n, |t| {
+                    // SAFETY: token `t`'s row of `gate` is touched by this call only.
+                    let g = unsafe { gs.slice_mut(t * ff, ff) };
+                    swiglu(&self.kernels, g, &up[t * ff..(t + 1) * ff]);
+                });
             }
             self.project(
                 acts,
@@ -332,7 +348,7 @@ impl Model {
                 &mut [(&w.w_down, &mut proj[..n * d])],
             )?;
             dump!("ffn_out-{l}", &proj[..n * d], n);
-            torchless_kernels::ops::add_assign(&mut x[..n * d], &proj[..n * d]);
+            self.residual(&mut x[..n * d], &proj[..n * d], d);
             dump!("l_out-{l}", &x[..n * d], n);
         }
 
