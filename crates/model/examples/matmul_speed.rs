@@ -32,16 +32,7 @@ fn main() {
     for rep in 0..4 {
         let t = Instant::now();
         for m in &mats {
-            let x = vec![0.5f32; m.cols() * tokens];
-            acts.encode(
-                &pool,
-                &k,
-                m.ty().traits().vec_dot_type,
-                &x,
-                tokens,
-                m.cols(),
-            )
-            .unwrap();
+            encode_constant(&mut acts, &pool, &k, m, tokens);
             matmul(&pool, &k, m, &acts, &mut out[..m.rows() * tokens]).unwrap();
         }
         let s = t.elapsed().as_secs_f64();
@@ -54,16 +45,7 @@ fn main() {
     }
     // One small matrix, over and over (in cache): the kernels' compute speed.
     for m in [&model.weights().layers[0].w_gate, &model.weights().output] {
-        let x = vec![0.5f32; m.cols() * tokens];
-        acts.encode(
-            &pool,
-            &k,
-            m.ty().traits().vec_dot_type,
-            &x,
-            tokens,
-            m.cols(),
-        )
-        .unwrap();
+        encode_constant(&mut acts, &pool, &k, m, tokens);
         let reps = (200_000_000 / m.bytes().len()).max(1);
         let t = Instant::now();
         for _ in 0..reps {
@@ -76,4 +58,17 @@ fn main() {
             (m.bytes().len() * reps) as f64 / s / 1e9
         );
     }
+}
+
+/// Encodes `tokens` rows of 0.5 for `m`'s activation format.
+fn encode_constant(
+    acts: &mut Activations,
+    pool: &ThreadPool,
+    k: &Kernels,
+    m: &torchless_kernels::Tensor,
+    tokens: usize,
+) {
+    let x = vec![0.5f32; m.cols() * tokens];
+    let ty = m.ty().traits().vec_dot_type;
+    acts.encode(pool, k, ty, &x, tokens, m.cols()).unwrap();
 }
