@@ -2433,29 +2433,35 @@ pub unsafe fn attend_group4_f16(
     let keys = kv.keys.as_ptr();
     let values = kv.values.as_ptr();
     let sp = scores.as_mut_ptr();
-    // Scores: each key converted once, dotted with every query that sees it.
-    for p in 0..n_max {
-        let k = keys.add(start(p) + (p % bs) * hd);
-        let mut acc = [_mm256_setzero_ps(); 4];
+    // Scores, two keys at a time: each key converted once and dotted with all four queries
+    // (8 accumulators, one transposed reduction). Absent queries reuse query 0's row and are
+    // not stored; an odd last key is paired with itself (its second copy lands in the padding,
+    // which is overwritten below).
+    let qrow: [*const f32; 4] = arr!(4, qp as *const f32, |i| qp.add(i.min(nq.max(1) - 1) * hd));
+    let mut p = 0;
+    while p < n_max {
+        let k0 = keys.add(start(p) + (p % bs) * hd);
+        let k1 = if p + 1 < n_max {
+            keys.add(start(p + 1) + ((p + 1) % bs) * hd)
+        } else {
+            k0
+        };
+        let mut acc = [_mm256_setzero_ps(); 8];
         for c in (0..hd).step_by(8) {
-            let kv8 = load_h8(k.add(c));
+            let (a, b) = (load_h8(k0.add(c)), load_h8(k1.add(c)));
             for i in 0..4 {
-                if i < nq {
-                    acc[i] = _mm256_fmadd_ps(kv8, _mm256_loadu_ps(qp.add(i * hd + c)), acc[i]);
-                }
+                let qv = _mm256_loadu_ps(qrow[i].add(c));
+                acc[2 * i] = _mm256_fmadd_ps(a, qv, acc[2 * i]);
+                acc[2 * i + 1] = _mm256_fmadd_ps(b, qv, acc[2 * i + 1]);
             }
         }
-        for i in 0..nq {
-            *sp.add(i * stride + p) = if p < n_kv[i] {
-                hsum(acc[i]) * scale
-            } else {
-                f32::NEG_INFINITY
-            };
-        }
+        let sums = _mm256_mul_ps(hsum_each(&acc), _mm256_set1_ps(scale));
+        store_pairs(sums, nq, |i| sp.add(i * stride + p));
+        p += 2;
     }
     for i in 0..nq {
         let row = std::slice::from_raw_parts_mut(sp.add(i * stride), padded);
-        for v in row[n_max..padded].iter_mut() {
+        for v in row[n_kv[i].min(padded)..].iter_mut() {
             *v = f32::NEG_INFINITY;
         }
         softmax8(row);
@@ -2464,21 +2470,65 @@ pub unsafe fn attend_group4_f16(
             _mm256_storeu_ps(w, round_f16(_mm256_loadu_ps(w)));
         }
     }
-    // Values: each 8-position slice of a dimension converted once, accumulated per query.
+    // Values, two dimensions at a time: each 8-position slice of a dimension converted once,
+    // each slice of probabilities loaded once for both dimensions.
     let groups = padded / 8;
-    for d in 0..hd {
-        let mut acc = [_mm256_setzero_ps(); 4];
+    let prow: [*const f32; 4] = arr!(
+        4,
+        sp as *const f32,
+        |i| sp.add(i.min(nq.max(1) - 1) * stride) as *const f32
+    );
+    for d in (0..hd).step_by(2) {
+        let mut acc = [_mm256_setzero_ps(); 8];
         for g in 0..groups {
             let p = 8 * g;
-            let v = load_h8(values.add(start(p) + d * bs + p % bs));
+            let base = values.add(start(p) + d * bs + p % bs);
+            let (a, b) = (load_h8(base), load_h8(base.add(bs)));
             for i in 0..4 {
-                if i < nq {
-                    acc[i] = _mm256_fmadd_ps(v, _mm256_loadu_ps(sp.add(i * stride + p)), acc[i]);
-                }
+                let w = _mm256_loadu_ps(prow[i].add(p));
+                acc[2 * i] = _mm256_fmadd_ps(a, w, acc[2 * i]);
+                acc[2 * i + 1] = _mm256_fmadd_ps(b, w, acc[2 * i + 1]);
             }
         }
-        for i in 0..nq {
-            *outs[i].add(d) = hsum(acc[i]);
-        }
+        store_pairs(hsum_each(&acc), nq, |i| outs[i].add(d));
+    }
+}
+
+/// `[hsum(a[0]), …, hsum(a[7])]`: eight horizontal sums at once, each in exactly [`hsum`]'s
+/// order (`((x0+x4) + (x2+x6)) + ((x1+x5) + (x3+x7))`).
+#[inline(always)]
+unsafe fn hsum_each(a: &[__m256; 8]) -> __m256 {
+    // Lanes j and j+4 of each vector: s = [s(a_i) | s(a_i+4)].
+    let s = |i: usize| {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a[i], a[i + 4]),
+            _mm256_permute2f128_ps::<0x31>(a[i], a[i + 4]),
+        )
+    };
+    let (s04, s15, s26, s37) = (s(0), s(1), s(2), s(3));
+    // (s0+s2, s1+s3) of two vectors per 128-bit half.
+    let u = |x: __m256, y: __m256| {
+        let (xd, yd) = (_mm256_castps_pd(x), _mm256_castps_pd(y));
+        _mm256_add_ps(
+            _mm256_castpd_ps(_mm256_unpacklo_pd(xd, yd)),
+            _mm256_castpd_ps(_mm256_unpackhi_pd(xd, yd)),
+        )
+    };
+    let (u01, u23) = (u(s04, s15), u(s26, s37));
+    _mm256_add_ps(
+        _mm256_shuffle_ps::<0x88>(u01, u23),
+        _mm256_shuffle_ps::<0xDD>(u01, u23),
+    )
+}
+
+/// Stores lanes `2i, 2i+1` of `v` at `at(i)` for each `i < n` (n ≤ 4).
+#[inline(always)]
+unsafe fn store_pairs(v: __m256, n: usize, at: impl Fn(usize) -> *mut f32) {
+    let halves = [_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)];
+    for i in 0..n.min(4) {
+        let h = halves[i / 2];
+        let pair = if i % 2 == 0 { h } else { _mm_movehl_ps(h, h) };
+        // `movq`: an 8-byte store with no alignment requirement.
+        _mm_storel_epi64(at(i) as *mut __m128i, _mm_castps_si128(pair));
     }
 }
