@@ -358,7 +358,15 @@ pub fn matmul(
     let shared = SharedOut::new(out);
     let bytes = w.bytes();
     let w_row_bytes = w.row_bytes();
-    pool.parallel_for(n, grain(n, pool.n_threads()), |_, rows| {
+    // The float kernels convert a block of activations for each piece of rows: in a batch,
+    // larger pieces (four per thread, whole 3-row tiles) spread that over more rows.
+    let float = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::F32);
+    let grain = if batched && float {
+        n.div_ceil(4 * pool.n_threads()).div_ceil(24) * 24
+    } else {
+        grain(n, pool.n_threads())
+    };
+    pool.parallel_for(n, grain, |_, rows| {
         let tile = Tile {
             w: bytes,
             w_row_bytes,
