@@ -122,17 +122,14 @@ pub fn gelu_tanh(x: f32) -> f32 {
 pub fn swiglu(k: &Kernels, gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if k.has_fma() {
-        // SAFETY: `has_fma` says the CPU supports FMA.
-        unsafe { swiglu_fma(gate, up) };
+        // SAFETY: `has_fma` implies AVX2/FMA/F16C.
+        let done = unsafe { crate::simd::avx2::swiglu8(gate, up) };
+        for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
+            *g = silu(*g) * u;
+        }
         return;
     }
     let _ = k;
-    swiglu_row(gate, up);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn swiglu_fma(gate: &mut [f32], up: &[f32]) {
     swiglu_row(gate, up);
 }
 

@@ -347,6 +347,35 @@ fn softmax_and_exp_match_between_paths() {
     b.clear();
 }
 
+#[test]
+fn swiglu_matches_between_paths() {
+    // Every length from 0 to 40 (whole groups of eight and leftovers), values across exp's
+    // range and past it (|x| > 88 takes the kernel's overflow branch), signed zeros.
+    let xs: Vec<f32> = (-2000..2000)
+        .map(|i| i as f32 * 0.0731)
+        .chain([
+            0.0, -0.0, 100.0, -100.0, 150.0, -150.0, 200.0, -200.0, 1e30, -1e30,
+        ])
+        .collect();
+    let up: Vec<f32> = (0..xs.len()).map(|i| 0.5 + (i % 7) as f32 * 0.3).collect();
+    for len in (0..41).chain([xs.len()]) {
+        let mut want = xs[..len].to_vec();
+        torchless_kernels::ops::swiglu(&Kernels::scalar(), &mut want, &up[..len]);
+        for k in simd_kernels() {
+            let mut got = xs[..len].to_vec();
+            torchless_kernels::ops::swiglu(&k, &mut got, &up[..len]);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{:?}, length {len}, element {i}",
+                    k.isa()
+                );
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -1024,6 +1024,22 @@ pub(crate) unsafe fn expf8(x: __m256) -> __m256 {
     )
 }
 
+/// `gate[i] = silu(gate[i]) * up[i]` for the first `n / 8 * 8` elements (`n` the shorter
+/// length), in the arithmetic of [`crate::lanes::silu_ggml`]; returns how many were done.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn swiglu8(gate: &mut [f32], up: &[f32]) -> usize {
+    let n8 = gate.len().min(up.len()) / 8 * 8;
+    let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
+    let one = _mm256_set1_ps(1.0);
+    for i in (0..n8).step_by(8) {
+        let x = _mm256_loadu_ps(g.add(i));
+        let e = expf8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        let silu = _mm256_div_ps(x, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(g.add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(u.add(i))));
+    }
+    n8
+}
+
 /// `x` rounded to f16 and back.
 #[inline(always)]
 unsafe fn round_f16(x: __m256) -> __m256 {
