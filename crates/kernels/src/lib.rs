@@ -25,7 +25,7 @@ pub mod simd;
 pub mod tensor;
 
 pub use dispatch::{Isa, Kernels};
-pub use matmul::{matmul, matmul_f32, Activations, MatmulError};
+pub use matmul::{matmul, matmul_f32, matmul_many, Activations, MatmulError};
 pub use pool::ThreadPool;
 pub use quant::GgmlType;
 pub use tensor::{Layout, Storage, Tensor, TensorError};

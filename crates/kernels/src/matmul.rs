@@ -313,79 +313,154 @@ pub fn matmul(
     x: &Activations,
     out: &mut [f32],
 ) -> Result<(), MatmulError> {
-    let ty = w.ty();
-    let need = ty.traits().vec_dot_type;
-    if x.ty != need {
-        return Err(MatmulError::Encoding {
-            ty,
-            have: x.ty,
-            need,
-        });
-    }
-    if x.cols != w.cols() {
-        return Err(MatmulError::Shape {
-            act: x.cols,
-            weight: w.cols(),
-        });
-    }
-    let (n, cols, tokens) = (w.rows(), w.cols(), x.rows);
-    if out.len() < n * tokens {
-        return Err(MatmulError::Output {
-            have: out.len(),
-            need: n * tokens,
-        });
-    }
-    let batched = tokens >= 2 && n % 4 == 0 && cols % 8 == 0;
-    let dot = match (batched, kernels.vec_dot_batched(ty)) {
-        (true, Some(f)) => f,
-        _ => kernels.vec_dot(ty).ok_or(MatmulError::Unsupported(ty))?,
-    };
-    // Interleaved weights have only tile kernels: the SIMD one where the tile is whole, the
-    // scalar reference (which reads the layout with checked indexing) otherwise.
-    let (gemm, fallback): (Option<GemmFn>, Option<GemmFn>) = match w.layout() {
-        Layout::Rows => (kernels.gemm(ty), None),
-        Layout::Rows8 => {
-            let fallback = crate::quant::interleave::gemm_scalar_fn(ty);
-            if fallback.is_none() || n % 8 != 0 {
-                return Err(MatmulError::Layout {
-                    ty,
-                    layout: w.layout(),
-                });
-            }
-            (kernels.gemm_rows8(ty), fallback)
+    matmul_many(pool, kernels, x, &mut [(w, out)])
+}
+
+/// Most products [`matmul_many`] runs as one job.
+const MAX_PRODUCTS: usize = 4;
+
+/// [`matmul`] of several weight matrices with the same activations (Q, K and V; gate and up)
+/// as one job for the pool: the pieces of all the matrices are handed out from one counter,
+/// so threads meet once instead of once per matrix.
+pub fn matmul_many(
+    pool: &ThreadPool,
+    kernels: &Kernels,
+    x: &Activations,
+    products: &mut [(&Tensor, &mut [f32])],
+) -> Result<(), MatmulError> {
+    for group in products.chunks_mut(MAX_PRODUCTS) {
+        let mut plans: [Option<Plan<'_>>; MAX_PRODUCTS] = Default::default();
+        let mut pieces = [0usize; MAX_PRODUCTS];
+        for (i, (w, out)) in group.iter_mut().enumerate() {
+            let p = Plan::new(kernels, w, x, out, pool.n_threads())?;
+            pieces[i] = p.n.div_ceil(p.grain);
+            plans[i] = Some(p);
         }
-    };
-    let shared = SharedOut::new(out);
-    let bytes = w.bytes();
-    let w_row_bytes = w.row_bytes();
-    // The float kernels convert a block of activations for each piece of rows: in a batch,
-    // larger pieces (four per thread, whole 3-row tiles) spread that over more rows.
-    let float = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::F32);
-    let grain = if batched && float {
-        n.div_ceil(4 * pool.n_threads()).div_ceil(24) * 24
-    } else {
-        grain(n, pool.n_threads())
-    };
-    pool.parallel_for(n, grain, |_, rows| {
-        let tile = Tile {
-            w: bytes,
-            w_row_bytes,
+        let total: usize = pieces.iter().sum();
+        pool.parallel_for(total, 1, |_, range| {
+            for mut piece in range {
+                for (plan, &count) in plans.iter().zip(&pieces) {
+                    if piece < count {
+                        if let Some(p) = plan {
+                            let start = piece * p.grain;
+                            p.run(x, start..(start + p.grain).min(p.n));
+                        }
+                        break;
+                    }
+                    piece -= count;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// One matrix of a product: shapes checked, kernels chosen, the size of its pieces.
+struct Plan<'a> {
+    bytes: &'a [u8],
+    w_row_bytes: usize,
+    cols: usize,
+    n: usize,
+    grain: usize,
+    batched: bool,
+    dot: VecDotFn,
+    gemm: Option<GemmFn>,
+    fallback: Option<GemmFn>,
+    out: SharedOut,
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        kernels: &Kernels,
+        w: &'a Tensor,
+        x: &Activations,
+        out: &'a mut [f32],
+        threads: usize,
+    ) -> Result<Plan<'a>, MatmulError> {
+        let ty = w.ty();
+        let need = ty.traits().vec_dot_type;
+        if x.ty != need {
+            return Err(MatmulError::Encoding {
+                ty,
+                have: x.ty,
+                need,
+            });
+        }
+        if x.cols != w.cols() {
+            return Err(MatmulError::Shape {
+                act: x.cols,
+                weight: w.cols(),
+            });
+        }
+        let (n, cols, tokens) = (w.rows(), w.cols(), x.rows);
+        if out.len() < n * tokens {
+            return Err(MatmulError::Output {
+                have: out.len(),
+                need: n * tokens,
+            });
+        }
+        let batched = tokens >= 2 && n % 4 == 0 && cols % 8 == 0;
+        let dot = match (batched, kernels.vec_dot_batched(ty)) {
+            (true, Some(f)) => f,
+            _ => kernels.vec_dot(ty).ok_or(MatmulError::Unsupported(ty))?,
+        };
+        // Interleaved weights have only tile kernels: the SIMD one where the tile is whole,
+        // the scalar reference (which reads the layout with checked indexing) otherwise.
+        let (gemm, fallback): (Option<GemmFn>, Option<GemmFn>) = match w.layout() {
+            Layout::Rows => (kernels.gemm(ty), None),
+            Layout::Rows8 => {
+                let fallback = crate::quant::interleave::gemm_scalar_fn(ty);
+                if fallback.is_none() || n % 8 != 0 {
+                    return Err(MatmulError::Layout {
+                        ty,
+                        layout: w.layout(),
+                    });
+                }
+                (kernels.gemm_rows8(ty), fallback)
+            }
+        };
+        // The float kernels convert a block of activations for each piece of rows: in a
+        // batch, larger pieces (four per thread, whole 3-row tiles) spread that over more rows.
+        let float = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::F32);
+        let grain = if batched && float {
+            n.div_ceil(4 * threads).div_ceil(24) * 24
+        } else {
+            grain(n, threads)
+        };
+        Ok(Plan {
+            bytes: w.bytes(),
+            w_row_bytes: w.row_bytes(),
             cols,
+            n,
+            grain: grain.max(1),
+            batched,
+            dot,
+            gemm,
+            fallback,
+            out: SharedOut::new(out),
+        })
+    }
+
+    /// Rows `rows` of this matrix against every activation row.
+    fn run(&self, x: &Activations, rows: Range<usize>) {
+        let tile = Tile {
+            w: self.bytes,
+            w_row_bytes: self.w_row_bytes,
+            cols: self.cols,
             rows,
             x: &x.data,
             x_row_bytes: x.row_bytes,
-            tokens,
-            out: shared,
-            out_stride: n,
-            batched,
+            tokens: x.rows,
+            out: self.out,
+            out_stride: self.n,
+            batched: self.batched,
         };
-        match (gemm, fallback) {
+        match (self.gemm, self.fallback) {
             (Some(g), _) if tile.in_bounds() => g(&tile),
             (_, Some(f)) => f(&tile),
-            _ => gemm_by_dots(dot, &tile),
+            _ => gemm_by_dots(self.dot, &tile),
         }
-    });
-    Ok(())
+    }
 }
 
 /// `out[t * W.rows() + r] = W[r] · x[t]` in f32: weights dequantized block by block, the

@@ -12,7 +12,7 @@
 
 use torchless_kernels::matmul::SharedOut;
 use torchless_kernels::ops::{rms_norm, rope_cache, rope_heads, swiglu};
-use torchless_kernels::{matmul, matmul_f32, Activations, GgmlType, Tensor};
+use torchless_kernels::{matmul, matmul_f32, matmul_many, Activations, GgmlType, Tensor};
 
 use crate::attention::{attend, AttnShape};
 use crate::batch::Batch;
@@ -98,12 +98,21 @@ impl Model {
         n: usize,
         outputs: &mut [(&Tensor, &mut [f32])],
     ) -> Result<(), ModelError> {
+        let fmt = |w: &Tensor| w.ty().traits().vec_dot_type;
+        if let (Precision::Reference, Some((first, _))) = (self.precision, outputs.first()) {
+            let need = fmt(first);
+            if outputs.iter().all(|(w, _)| fmt(w) == need) {
+                acts.encode(&self.pool, &self.kernels, need, input, n, first.cols())?;
+                matmul_many(&self.pool, &self.kernels, acts, outputs)?;
+                return Ok(());
+            }
+        }
         let mut encoded: Option<GgmlType> = None;
         for (w, out) in outputs.iter_mut() {
             match self.precision {
                 Precision::F32 => matmul_f32(&self.pool, w, input, n, out)?,
                 Precision::Reference => {
-                    let need = w.ty().traits().vec_dot_type;
+                    let need = fmt(w);
                     if encoded != Some(need) {
                         acts.encode(&self.pool, &self.kernels, need, input, n, w.cols())?;
                         encoded = Some(need);
@@ -134,9 +143,7 @@ impl Model {
             let need = fmt(first);
             if !dump_enabled() && outputs.iter().all(|(w, _)| fmt(w) == need) {
                 acts.encode_rms_norm(&self.pool, &self.kernels, need, x, norm, eps, n, d)?;
-                for (w, out) in outputs.iter_mut() {
-                    matmul(&self.pool, &self.kernels, w, acts, out)?;
-                }
+                matmul_many(&self.pool, &self.kernels, acts, outputs)?;
                 return Ok(());
             }
         }
