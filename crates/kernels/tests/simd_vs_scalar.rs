@@ -347,6 +347,35 @@ fn softmax_and_exp_match_between_paths() {
     b.clear();
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Several matrices that share activations, run as one job (`matmul_many`, as the forward
+    /// pass runs Q/K/V and gate/up), give each matrix's own product: mixed types and layouts,
+    /// more matrices than one job takes, one token and several.
+    #[test]
+    fn shared_activation_products_are_each_matrix_product(tokens in 1usize..6, rows8 in 1usize..9, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 512 * 5)) {
+        let pool = ThreadPool::new(2);
+        let k = Kernels::from_env().unwrap();
+        let types = [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+        let mut mats: Vec<Tensor> = types.iter().enumerate().map(|(i, &ty)| matrix(ty, 8 * (rows8 + i), 512, &seed)).collect();
+        if let Some(p) = mats[2].interleaved() {
+            mats[2] = p;
+        }
+        let mut acts = Activations::new();
+        acts.encode(&pool, &k, GgmlType::Q8_K, &xs[..tokens * 512], tokens, 512).unwrap();
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; m.rows() * tokens]).collect();
+        {
+            let mut products: Vec<(&Tensor, &mut [f32])> = mats.iter().zip(outs.iter_mut()).map(|(m, o)| (m, o.as_mut_slice())).collect();
+            torchless_kernels::matmul_many(&pool, &k, &acts, &mut products).unwrap();
+        }
+        for (m, got) in mats.iter().zip(&outs) {
+            let want = product(&pool, &k, m, &xs, tokens);
+            prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{}", m.ty());
+        }
+    }
+}
+
 #[test]
 fn swiglu_matches_between_paths() {
     // Every length from 0 to 40 (whole groups of eight and leftovers), values across exp's
