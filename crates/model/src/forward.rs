@@ -253,6 +253,12 @@ impl Model {
             );
         }
         dump!("embd", &x[..n * d], n);
+        out_rows.clear();
+        out_rows.extend((0..n).filter(|&t| batch.logits[t]));
+        let n_out = out_rows.len();
+        *n_outputs = n_out;
+        let last = self.weights.layers.len().saturating_sub(1);
+        let mut pruned = false;
 
         let shape = |layer| AttnShape {
             layer,
@@ -324,25 +330,40 @@ impl Model {
             dump!("kqv_out-{l}", &att[..n * qd], n);
             self.project(acts, &att[..n * qd], n, &mut [(&w.wo, &mut proj[..n * d])])?;
             dump!("attn_out-{l}", &proj[..n * d], n);
-            self.residual(&mut x[..n * d], &proj[..n * d], d);
-            dump!("ffn_inp-{l}", &x[..n * d], n);
+            // After the last layer's attention only the rows whose logits are wanted matter
+            // (as in llama.cpp, which drops the others at this point): keep those, in order.
+            let m = if l == last && n_out < n {
+                for (i, &t) in out_rows.iter().enumerate() {
+                    x.copy_within(t * d..(t + 1) * d, i * d);
+                    proj.copy_within(t * d..(t + 1) * d, i * d);
+                }
+                pruned = true;
+                n_out
+            } else {
+                n
+            };
+            if m == 0 {
+                break;
+            }
+            self.residual(&mut x[..m * d], &proj[..m * d], d);
+            dump!("ffn_inp-{l}", &x[..m * d], m);
 
             self.project_normed(
                 acts,
-                (&x[..n * d], &w.ffn_norm),
-                &mut xn[..n * d],
-                n,
+                (&x[..m * d], &w.ffn_norm),
+                &mut xn[..m * d],
+                m,
                 &mut [
-                    (&w.w_gate, &mut gate[..n * ff]),
-                    (&w.w_up, &mut up[..n * ff]),
+                    (&w.w_gate, &mut gate[..m * ff]),
+                    (&w.w_up, &mut up[..m * ff]),
                 ],
             )?;
-            dump!("ffn_gate-{l}", &gate[..n * ff], n);
-            dump!("ffn_up-{l}", &up[..n * ff], n);
+            dump!("ffn_gate-{l}", &gate[..m * ff], m);
+            dump!("ffn_up-{l}", &up[..m * ff], m);
             {
-                let gs = SharedOut::new(&mut gate[..n * ff]);
-                let up = &up[..n * ff];
-                self.per_token(n, |t| {
+                let gs = SharedOut::new(&mut gate[..m * ff]);
+                let up = &up[..m * ff];
+                self.per_token(m, |t| {
                     // SAFETY: token `t`'s row of `gate` is touched by this call only.
                     let g = unsafe { gs.slice_mut(t * ff, ff) };
                     swiglu(&self.kernels, g, &up[t * ff..(t + 1) * ff]);
@@ -350,19 +371,15 @@ impl Model {
             }
             self.project(
                 acts,
-                &gate[..n * ff],
-                n,
-                &mut [(&w.w_down, &mut proj[..n * d])],
+                &gate[..m * ff],
+                m,
+                &mut [(&w.w_down, &mut proj[..m * d])],
             )?;
-            dump!("ffn_out-{l}", &proj[..n * d], n);
-            self.residual(&mut x[..n * d], &proj[..n * d], d);
-            dump!("l_out-{l}", &x[..n * d], n);
+            dump!("ffn_out-{l}", &proj[..m * d], m);
+            self.residual(&mut x[..m * d], &proj[..m * d], d);
+            dump!("l_out-{l}", &x[..m * d], m);
         }
 
-        out_rows.clear();
-        out_rows.extend((0..n).filter(|&t| batch.logits[t]));
-        let n_out = out_rows.len();
-        *n_outputs = n_out;
         if n_out == 0 {
             return Ok(());
         }
@@ -370,8 +387,10 @@ impl Model {
             out_hidden.resize(n_out * d, 0.0);
         }
         for (i, &t) in out_rows.iter().enumerate() {
+            // The last layer may have left the wanted rows first, in order.
+            let r = if pruned { i } else { t };
             rms_norm(
-                &x[t * d..(t + 1) * d],
+                &x[r * d..(r + 1) * d],
                 &self.weights.output_norm,
                 c.norm_eps,
                 &mut out_hidden[i * d..(i + 1) * d],
