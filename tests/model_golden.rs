@@ -336,3 +336,34 @@ fn interleaved_sequences_in_one_batch_match_separate_runs() {
         }
     }
 }
+
+/// A batch that wants the logits of only some of its rows (the last one of each sequence, as a
+/// server asks, and one in the middle) gets exactly those rows' logits, in order: the last
+/// layer drops the other rows after attention.
+#[test]
+fn logits_of_chosen_rows_match_all_rows() {
+    use torchless_model::{Batch, KvCache, KvConfig, Workspace};
+    let model = smollm2();
+    let c = model.config();
+    let prompt = [1u32, 504, 3458, 282, 4649, 314, 1345, 30, 216, 17];
+    let want = all_logits(model, &prompt);
+    let mut cache = KvCache::new(KvConfig {
+        n_layers: c.n_layers,
+        n_kv_heads: c.n_head_kv,
+        head_dim: c.head_dim,
+        block_size: 4,
+        n_blocks: 4,
+        ty: model.precision().kv_type(),
+    });
+    let mut ws = Workspace::new(c, 16, 16, model.threads());
+    let chosen = [2usize, 5, prompt.len() - 1];
+    let mut batch = Batch::new();
+    for (pos, &tok) in prompt.iter().enumerate() {
+        batch.push(tok, pos, 0, chosen.contains(&pos));
+    }
+    model.forward(&batch, &mut cache, &mut ws).unwrap();
+    for (row, &pos) in chosen.iter().enumerate() {
+        let d = diff(ws.logits_row(row), &want[pos]);
+        assert!(d.max < 1e-3, "position {pos}: max |d| {}", d.max);
+    }
+}
