@@ -383,6 +383,46 @@ proptest! {
     }
 }
 
+/// Float dot products whose weights hold the awkward halves (signed zeros, subnormals, the
+/// largest finite values, infinities) match the scalar kernels on every path, in both orders.
+#[test]
+fn float_dots_with_special_halves_match() {
+    let special: [u16; 12] = [
+        0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x0400, 0x7bff, 0xfbff, 0x3c00, 0xb555, 0x7c00,
+        0xfc00,
+    ];
+    let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+    for ty in [GgmlType::F16, GgmlType::BF16] {
+        for n in [8usize, 40, 64, 70] {
+            for start in 0..special.len() {
+                // Finite halves, and in a third of the cases one infinity in the middle.
+                let mut h: Vec<u16> = (0..n).map(|i| special[(start + i) % 10]).collect();
+                if start % 3 == 0 {
+                    h[n / 2] = special[10 + start % 2];
+                }
+                let w: Vec<u8> = h.iter().flat_map(|h| h.to_le_bytes()).collect();
+                let a: Vec<u8> = (0..n)
+                    .map(|i| 0x3800u16 + (i as u16 % 37) * 11)
+                    .flat_map(|h| h.to_le_bytes())
+                    .collect();
+                let scalar = Kernels::scalar();
+                let want = scalar.vec_dot(ty).unwrap()(n, &w, &a);
+                let want_b = scalar.vec_dot_batched(ty).unwrap()(n, &w, &a);
+                for k in simd_kernels() {
+                    let got = k.vec_dot(ty).unwrap()(n, &w, &a);
+                    let got_b = k.vec_dot_batched(ty).unwrap()(n, &w, &a);
+                    assert!(same(got, want), "{ty} {:?} n {n}: {got} vs {want}", k.isa());
+                    assert!(
+                        same(got_b, want_b),
+                        "{ty} {:?} n {n} batched: {got_b} vs {want_b}",
+                        k.isa()
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn swiglu_matches_between_paths() {
     // Every length from 0 to 40 (whole groups of eight and leftovers), values across exp's

@@ -109,16 +109,22 @@ pub(crate) fn dot_vec<E: Elem>(n: usize, w: &[u8], a: &[u8]) -> f32 {
             }
         }
     }
-    let r = reduce4x8(&acc);
+    vec_tail::<E>(reduce4x8(&acc), w, a, np..n)
+}
+
+/// The end of the `vec_dot` order: elements `rest` added to the reduced sum `r`, in f64 for
+/// the half types (ggml's F16/BF16 kernels) and with fused multiply-adds in f32 for F32.
+#[inline(always)]
+pub(crate) fn vec_tail<E: Elem>(r: f32, w: &[u8], a: &[u8], rest: std::ops::Range<usize>) -> f32 {
     if E::WIDE_TAIL {
         let mut s = r as f64;
-        for e in np..n {
+        for e in rest {
             s += (E::get(w, e) * E::get(a, e)) as f64;
         }
         s as f32
     } else {
         let mut s = r;
-        for e in np..n {
+        for e in rest {
             s = E::get(w, e).mul_add(E::get(a, e), s);
         }
         s

@@ -2189,82 +2189,51 @@ avx2_tiles! {
 // orders: `vec` (four 8-lane accumulators over 32-element steps; single tokens) and `gemm`
 // (one 8-lane accumulator; batches).
 
-trait FloatElem {
-    const BYTES: usize;
-    const WIDE_TAIL: bool;
+use crate::quant::float::{vec_tail, Elem, BF16, F16, F32};
+
+/// A float element type's eight-element load (its scalar properties are those of
+/// [`crate::quant::float::Elem`]).
+trait FloatElem: Elem {
     unsafe fn load8(p: *const u8) -> __m256;
-    unsafe fn get(p: *const u8, i: usize) -> f32;
 }
 
-struct EF32;
-struct EF16;
-struct EBF16;
-
-impl FloatElem for EF32 {
-    const BYTES: usize = 4;
-    const WIDE_TAIL: bool = false;
+impl FloatElem for F32 {
     #[inline(always)]
     unsafe fn load8(p: *const u8) -> __m256 {
         _mm256_loadu_ps(p as *const f32)
     }
-    #[inline(always)]
-    unsafe fn get(p: *const u8, i: usize) -> f32 {
-        (p as *const f32).add(i).read_unaligned()
-    }
 }
 
-impl FloatElem for EF16 {
-    const BYTES: usize = 2;
-    const WIDE_TAIL: bool = true;
+impl FloatElem for F16 {
     #[inline(always)]
     unsafe fn load8(p: *const u8) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
-    #[inline(always)]
-    unsafe fn get(p: *const u8, i: usize) -> f32 {
-        h([*p.add(2 * i), *p.add(2 * i + 1)])
-    }
 }
 
-impl FloatElem for EBF16 {
-    const BYTES: usize = 2;
-    const WIDE_TAIL: bool = true;
+impl FloatElem for BF16 {
     #[inline(always)]
     unsafe fn load8(p: *const u8) -> __m256 {
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
             _mm_loadu_si128(p as *const __m128i),
         )))
     }
-    #[inline(always)]
-    unsafe fn get(p: *const u8, i: usize) -> f32 {
-        f32::from_bits((u16::from_le_bytes([*p.add(2 * i), *p.add(2 * i + 1)]) as u32) << 16)
-    }
 }
 
+/// The `vec_dot` order over the first `n` elements of `w` and `x` (at most what they hold).
 #[inline(always)]
-unsafe fn fdot_vec<E: FloatElem>(n: usize, w: *const u8, x: *const u8) -> f32 {
+unsafe fn fdot_vec<E: FloatElem>(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let n = n.min(w.len() / E::BYTES).min(x.len() / E::BYTES);
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
     let mut acc = [_mm256_setzero_ps(); 4];
     let np = n & !31;
     for i in (0..np).step_by(32) {
         for j in 0..4 {
             let e = (i + 8 * j) * E::BYTES;
-            acc[j] = _mm256_fmadd_ps(E::load8(w.add(e)), E::load8(x.add(e)), acc[j]);
+            acc[j] = _mm256_fmadd_ps(E::load8(wp.add(e)), E::load8(xp.add(e)), acc[j]);
         }
     }
-    let r = reduce4(&acc);
-    if E::WIDE_TAIL {
-        let mut s = r as f64;
-        for i in np..n {
-            s += (E::get(w, i) * E::get(x, i)) as f64;
-        }
-        s as f32
-    } else {
-        let mut s = r;
-        for i in np..n {
-            s = E::get(w, i).mul_add(E::get(x, i), s);
-        }
-        s
-    }
+    vec_tail::<E>(reduce4(&acc), w, x, np..n)
 }
 
 #[inline(always)]
@@ -2289,8 +2258,8 @@ unsafe fn gemm_float<E: FloatElem>(t: &Tile) {
             let wr = w.add(r * rb);
             _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(rb) as *const i8);
             for k in 0..t.tokens {
-                t.out
-                    .write(k * t.out_stride + r, fdot_vec::<E>(n, wr, x.add(k * xb)));
+                let v = fdot_vec::<E>(n, t.w_row(r), t.x_row(k));
+                t.out.write(k * t.out_stride + r, v);
             }
         }
         return;
@@ -2394,8 +2363,7 @@ macro_rules! float_avx2 {
     ($e:ty, $dot:ident, $dotb:ident, $gemm:ident) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            let n = n.min(w.len() / <$e>::BYTES).min(a.len() / <$e>::BYTES);
-            fdot_vec::<$e>(n, w.as_ptr(), a.as_ptr())
+            fdot_vec::<$e>(n, w, a)
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -2411,9 +2379,9 @@ macro_rules! float_avx2 {
     };
 }
 
-float_avx2!(EF32, dot_f32, dot_f32_batched, gemm_f32);
-float_avx2!(EF16, dot_f16, dot_f16_batched, gemm_f16);
-float_avx2!(EBF16, dot_bf16, dot_bf16_batched, gemm_bf16);
+float_avx2!(F32, dot_f32, dot_f32_batched, gemm_f32);
+float_avx2!(F16, dot_f16, dot_f16_batched, gemm_f16);
+float_avx2!(BF16, dot_bf16, dot_bf16_batched, gemm_bf16);
 
 /// Up to four queries attending to the same f16 KV head (one head group of a batch), in the
 /// batched (`Gemm`) order: each key and value vector is converted once for all of them. Per

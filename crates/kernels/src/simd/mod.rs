@@ -55,6 +55,12 @@ checked! {
     neon_q4_k => neon::dot_q4_k_q8_k,
     neon_q5_k => neon::dot_q5_k_q8_k,
     neon_q6_k => neon::dot_q6_k_q8_k,
+    neon_f32 => neon::dot_f32,
+    neon_f16 => neon::dot_f16,
+    neon_bf16 => neon::dot_bf16,
+    neon_f32_b => neon::dot_f32_batched,
+    neon_f16_b => neon::dot_f16_batched,
+    neon_bf16_b => neon::dot_bf16_batched,
 }
 
 /// Wraps an `unsafe` target-feature tile kernel in a safe function pointer.
@@ -192,6 +198,13 @@ pub(crate) fn vec_dot_batched(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
             GgmlType::BF16 => Some(avx2_bf16_b),
             _ => None,
         },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => match ty {
+            GgmlType::F32 => Some(neon_f32_b),
+            GgmlType::F16 => Some(neon_f16_b),
+            GgmlType::BF16 => Some(neon_bf16_b),
+            _ => None,
+        },
         _ => {
             let _ = ty;
             None
@@ -231,6 +244,9 @@ pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
             GgmlType::Q4_K => Some(neon_q4_k),
             GgmlType::Q5_K => Some(neon_q5_k),
             GgmlType::Q6_K => Some(neon_q6_k),
+            GgmlType::F32 => Some(neon_f32),
+            GgmlType::F16 => Some(neon_f16),
+            GgmlType::BF16 => Some(neon_bf16),
             _ => None,
         },
         _ => {

@@ -231,3 +231,131 @@ kdot!(dot_q3_k_q8_k, BlockQ3K, crate::quant::kquants::unpack_q3_k);
 kdot!(dot_q4_k_q8_k, BlockQ4K, crate::quant::kquants::unpack_q4_k);
 kdot!(dot_q5_k_q8_k, BlockQ5K, crate::quant::kquants::unpack_q5_k);
 kdot!(dot_q6_k_q8_k, BlockQ6K, crate::quant::kquants::unpack_q6_k);
+
+// ---------------------------------------------------------------------------------------------
+// Float weights (F32, F16, BF16) against activations of the same type, in the two reference
+// orders of `crate::quant::float`: each 8-lane accumulator of the scalar code is a pair of
+// 4-lane vectors, multiply-adds fused as there, the reductions and tails done by the scalar
+// helpers on the stored lanes. Conversions to f32 are exact.
+
+use crate::lanes::reduce4x8;
+use crate::quant::float::{vec_tail, Elem, BF16, F16, F32};
+
+/// A float element type's eight-element loads.
+trait Lanes8: Elem {
+    /// Elements `0..4` and `4..8` at `p` as f32.
+    unsafe fn load8(p: *const u8) -> (float32x4_t, float32x4_t);
+}
+
+impl Lanes8 for F32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> (float32x4_t, float32x4_t) {
+        let f = p as *const f32;
+        (vld1q_f32(f), vld1q_f32(f.add(4)))
+    }
+}
+
+/// Four halves as f32, exactly (with integer steps: the f16 conversion intrinsics are newer
+/// than the project's minimum Rust). The exponent and mantissa, moved to an f32's places and
+/// scaled by 2^112, give every finite value, subnormals included; infinities and NaNs (all
+/// exponent bits set) get the f32 exponent field set instead; then the sign.
+#[inline(always)]
+unsafe fn halves_to_f32(h: uint16x4_t) -> float32x4_t {
+    let bits = vmovl_u16(h);
+    let sign = vshlq_n_u32::<16>(vandq_u32(bits, vdupq_n_u32(0x8000)));
+    let em = vandq_u32(bits, vdupq_n_u32(0x7fff));
+    let moved = vshlq_n_u32::<13>(em);
+    let finite = vreinterpretq_u32_f32(vmulq_f32(
+        vreinterpretq_f32_u32(moved),
+        vdupq_n_f32(f32::from_bits(0x7780_0000)), // 2^112
+    ));
+    let special = vorrq_u32(moved, vdupq_n_u32(0x7f80_0000));
+    let is_special = vcgeq_u32(em, vdupq_n_u32(0x7c00));
+    vreinterpretq_f32_u32(vorrq_u32(vbslq_u32(is_special, special, finite), sign))
+}
+
+impl Lanes8 for F16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> (float32x4_t, float32x4_t) {
+        let h = vld1q_u16(p as *const u16);
+        (
+            halves_to_f32(vget_low_u16(h)),
+            halves_to_f32(vget_high_u16(h)),
+        )
+    }
+}
+
+impl Lanes8 for BF16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> (float32x4_t, float32x4_t) {
+        let h = vld1q_u16(p as *const u16);
+        let wide = |v: uint16x4_t| vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(v)));
+        (wide(vget_low_u16(h)), wide(vget_high_u16(h)))
+    }
+}
+
+#[inline(always)]
+unsafe fn store8(v: (float32x4_t, float32x4_t)) -> [f32; 8] {
+    let mut a = [0.0f32; 8];
+    vst1q_f32(a.as_mut_ptr(), v.0);
+    vst1q_f32(a.as_mut_ptr().add(4), v.1);
+    a
+}
+
+/// [`crate::quant::float::dot_vec`]: four 8-lane accumulators over 32-element steps.
+#[inline(always)]
+unsafe fn float_dot_vec<E: Lanes8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let n = n.min(w.len() / E::BYTES).min(a.len() / E::BYTES);
+    let zero = vdupq_n_f32(0.0);
+    let mut acc = [(zero, zero); 4];
+    let np = n & !31;
+    let (wp, ap) = (w.as_ptr(), a.as_ptr());
+    for i in (0..np).step_by(32) {
+        for (j, s) in acc.iter_mut().enumerate() {
+            let e = (i + 8 * j) * E::BYTES;
+            let (w0, w1) = E::load8(wp.add(e));
+            let (a0, a1) = E::load8(ap.add(e));
+            *s = (vfmaq_f32(s.0, w0, a0), vfmaq_f32(s.1, w1, a1));
+        }
+    }
+    let r = reduce4x8(&[
+        store8(acc[0]),
+        store8(acc[1]),
+        store8(acc[2]),
+        store8(acc[3]),
+    ]);
+    vec_tail::<E>(r, w, a, np..n)
+}
+
+/// [`crate::quant::float::dot_gemm`]: one 8-lane accumulator over 8-element steps.
+#[inline(always)]
+unsafe fn float_dot_gemm<E: Lanes8>(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let n = n.min(w.len() / E::BYTES).min(a.len() / E::BYTES);
+    let zero = vdupq_n_f32(0.0);
+    let mut acc = (zero, zero);
+    let (wp, ap) = (w.as_ptr(), a.as_ptr());
+    for i in (0..n / 8 * 8).step_by(8) {
+        let (w0, w1) = E::load8(wp.add(i * E::BYTES));
+        let (a0, a1) = E::load8(ap.add(i * E::BYTES));
+        acc = (vfmaq_f32(acc.0, w0, a0), vfmaq_f32(acc.1, w1, a1));
+    }
+    hsum8(&store8(acc))
+}
+
+macro_rules! float_neon {
+    ($e:ty, $dot:ident, $dotb:ident) => {
+        #[target_feature(enable = "neon")]
+        pub unsafe fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            float_dot_vec::<$e>(n, w, a)
+        }
+
+        #[target_feature(enable = "neon")]
+        pub unsafe fn $dotb(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            float_dot_gemm::<$e>(n, w, a)
+        }
+    };
+}
+
+float_neon!(F32, dot_f32, dot_f32_batched);
+float_neon!(F16, dot_f16, dot_f16_batched);
+float_neon!(BF16, dot_bf16, dot_bf16_batched);
