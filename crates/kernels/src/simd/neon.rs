@@ -3,7 +3,8 @@
 //! lanes of four-element integer sums, one fused multiply-add per lane and block, the fixed
 //! horizontal sum — so that every result is bit-identical to the scalar kernels. The eight
 //! lanes are two 4-lane vectors. The K-quants (Q2_K … Q6_K) are unpacked by the scalar code
-//! and their sixteen group sums taken with NEON; their float steps are the scalar ones.
+//! and their sixteen group sums taken with NEON; their float steps are the scalar ones. The
+//! float formats (F32, F16, BF16) have both reference orders (single token and batch).
 //!
 //! Integer sums are exact in any order; only the float steps are pinned down. This module
 //! computes dot products only: dispatch and wrappers live in [`crate::simd`].
