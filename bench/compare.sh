@@ -10,7 +10,8 @@
 # 3. Runs llama-bench and `torchless bench` alternately on every model (pp512, tg128), then
 #    SmolLM2 Q4_1 generation once more with a competing busy process (`yes > /dev/null`).
 # 4. Prints the table (both figures and the ratio) and writes it to bench/RESULTS.md with the
-#    machine's description, the date, and the load average before and after.
+#    machine's description, the date, the load average before and after, and how busy the CPUs
+#    were in the 10 s just before and just after (someone else's work shows there).
 #
 # Not part of CI. Run it on a quiet machine: nothing else should be running.
 set -euo pipefail
@@ -75,7 +76,23 @@ LIST=("SmolLM2 Q4_1|$BASE" "SmolLM2 Q8_0|$MODELS/SmolLM2-135M-Instruct.Q8_0.gguf
 [ "$QUICK" = 1 ] || LIST+=("Qwen2.5-Coder-1.5B Q4_K_M|$MODELS/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
 
 # --- 3. measure ---------------------------------------------------------------------------
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# Share of CPU time (all cores) that something was using over the next N seconds.
+busy_pct() {
+  python3 - "$1" <<'PY'
+import sys, time
+def sample():
+    f = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    return sum(f), f[3] + f[4]
+t0, i0 = sample(); time.sleep(float(sys.argv[1])); t1, i1 = sample()
+print(f"{100.0 * (1 - (i1 - i0) / max(t1 - t0, 1)):.0f}%")
+PY
+}
+# A quiet start: wait (at most five minutes) for the builds above and anything else to settle.
+for _ in $(seq 60); do
+  awk '{ exit !($1 < 0.5) }' /proc/loadavg && break
+  sleep 5
+done
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg), CPU busy over 10 s: $(busy_pct 10)"
 run_pair() { # label model tag
   local label=$1 model=$2 tag=$3
   echo "compare: $label ($tag): llama.cpp" >&2
@@ -97,7 +114,9 @@ if [ "$CONTENTION" = 1 ]; then
   "$TL" bench -m "$BASE" -t "$THREADS" -r "$REPS" -p 0 -n 128 --json > "$OUT/busy.torchless.json" 2>/dev/null
   kill "$YES_PID"; YES_PID=""
 fi
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+# Our own threads dominate the load average now; what matters is whether anything else is
+# still running once we stop.
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg) (raised by the benchmark itself), CPU busy over the 10 s after: $(busy_pct 10)"
 
 # --- 4. report ----------------------------------------------------------------------------
 python3 - "$OUT" "$THREADS" "$REPS" "$LOAD_BEFORE" "$LOAD_AFTER" <<'EOF'
