@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
-use torchless_kernels::attention::{attend_head, softmax_with, HeadScratch, PagedHead, Reduce};
+use torchless_kernels::attention::{
+    attend_group, attend_head, softmax_with, HeadScratch, PagedHead, Reduce,
+};
 use torchless_kernels::ops::{rms_norm, rope_cache, rope_heads, swiglu, RopeStyle};
 use torchless_kernels::{matmul, Activations, GgmlType, Kernels, Storage, Tensor, ThreadPool};
 
@@ -183,6 +185,31 @@ fn bench_attention(c: &mut Criterion) {
             })
         });
     }
+    // A prompt's queries: four at a time (the heads sharing a KV head), causal lengths.
+    let queries: Vec<Vec<f32>> = (0..4).map(|i| pseudo(hd, 23 + i)).collect();
+    let sstride = n_kv.div_ceil(8) * 8;
+    let (mut sc, mut acc, mut qr) = (
+        vec![0.0; 4 * sstride],
+        vec![0.0; 32 * hd],
+        vec![0.0; 4 * hd],
+    );
+    let mut outs_data = vec![vec![0.0f32; hd]; 4];
+    g.bench_function("group4_causal", |b| {
+        b.iter(|| {
+            for step in (0..n_kv).step_by(64) {
+                let qs: Vec<(&[f32], usize)> = queries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, q)| (q.as_slice(), step + 1 + i / 3))
+                    .collect();
+                let mut outs: Vec<&mut [f32]> =
+                    outs_data.iter_mut().map(|o| o.as_mut_slice()).collect();
+                attend_group(
+                    &k, &qs, &kv, 0.125, &mut sc, sstride, &mut qr, &mut acc, &mut outs,
+                );
+            }
+        })
+    });
     g.finish();
 }
 

@@ -75,6 +75,7 @@ impl KvElem for f16 {
         {
             let fits = kv.head_dim.is_multiple_of(8)
                 && kv.block_size.is_multiple_of(8)
+                && kv.block_size.is_power_of_two()
                 && q.len() >= kv.head_dim
                 && out.len() >= kv.head_dim
                 && s.qr.len() >= kv.head_dim
@@ -116,6 +117,7 @@ impl KvElem for f16 {
             let fits = k.has_fma()
                 && hd.is_multiple_of(8)
                 && kv.block_size.is_multiple_of(8)
+                && kv.block_size.is_power_of_two()
                 && stride >= n_max.div_ceil(8) * 8
                 && queries.len() == outs.len()
                 && scores.len() >= queries.len() * stride

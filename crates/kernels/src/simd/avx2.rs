@@ -1106,13 +1106,15 @@ pub unsafe fn attend_head_f16(
     for c in (0..hd).step_by(8) {
         _mm256_storeu_ps(qr.add(c), round_f16(_mm256_loadu_ps(q.as_ptr().add(c))));
     }
-    let start = |p: usize| kv.base + kv.blocks[p / bs] as usize * kv.block_stride;
+    // Block sizes here are powers of two (checked by the caller): shifts, not divisions.
+    let (shift, mask) = (bs.trailing_zeros(), bs - 1);
+    let start = |p: usize| kv.base + kv.blocks[p >> shift] as usize * kv.block_stride;
     let keys = kv.keys.as_ptr();
     let values = kv.values.as_ptr();
     let padded = n_kv.div_ceil(8) * 8;
     let sc = &mut s.scores[..padded];
     for p in 0..n_kv {
-        let k = keys.add(start(p) + (p % bs) * hd);
+        let k = keys.add(start(p) + (p & mask) * hd);
         let dot = match order {
             Reduce::Gemm => {
                 let mut acc = _mm256_setzero_ps();
@@ -1147,28 +1149,41 @@ pub unsafe fn attend_head_f16(
     for i in (0..padded).step_by(8) {
         _mm256_storeu_ps(w.add(i), round_f16(_mm256_loadu_ps(w.add(i))));
     }
+    // Several dimensions at a time, so that independent accumulator chains fill the FMA units
+    // (one dimension alone is a single chain of dependent adds); each dimension's sum is
+    // exactly the one-at-a-time sum.
     let groups = padded / 8;
-    for (d, o) in out[..hd].iter_mut().enumerate() {
-        *o = match order {
-            Reduce::Gemm => {
-                let mut acc = _mm256_setzero_ps();
+    let o = out.as_mut_ptr();
+    match order {
+        Reduce::Gemm => {
+            for d0 in (0..hd).step_by(8) {
+                let mut acc = [_mm256_setzero_ps(); 8];
                 for g in 0..groups {
                     let p = 8 * g;
-                    let v = load_h8(values.add(start(p) + d * bs + p % bs));
-                    acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(w.add(p)), acc);
+                    let wv = _mm256_loadu_ps(w.add(p));
+                    let base = values.add(start(p) + d0 * bs + (p & mask));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(load_h8(base.add(j * bs)), wv, *a);
+                    }
                 }
-                hsum(acc)
+                _mm256_storeu_ps(o.add(d0), hsum_each(&acc));
             }
-            Reduce::Vec => {
-                let mut acc = [_mm256_setzero_ps(); 4];
+        }
+        Reduce::Vec => {
+            for d0 in (0..hd).step_by(2) {
+                let mut acc = [[_mm256_setzero_ps(); 4]; 2];
                 for g in 0..groups {
                     let p = 8 * g;
-                    let v = load_h8(values.add(start(p) + d * bs + p % bs));
-                    acc[g % 4] = _mm256_fmadd_ps(v, _mm256_loadu_ps(w.add(p)), acc[g % 4]);
+                    let wv = _mm256_loadu_ps(w.add(p));
+                    let base = values.add(start(p) + d0 * bs + (p & mask));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        a[g % 4] = _mm256_fmadd_ps(load_h8(base.add(j * bs)), wv, a[g % 4]);
+                    }
                 }
-                reduce4(&acc)
+                *o.add(d0) = reduce4(&acc[0]);
+                *o.add(d0 + 1) = reduce4(&acc[1]);
             }
-        };
+        }
     }
 }
 
@@ -2413,7 +2428,9 @@ pub unsafe fn attend_group4_f16(
             );
         }
     }
-    let start = |p: usize| kv.base + kv.blocks[p / bs] as usize * kv.block_stride;
+    // Block sizes here are powers of two (checked by the caller): shifts, not divisions.
+    let (shift, mask) = (bs.trailing_zeros(), bs - 1);
+    let start = |p: usize| kv.base + kv.blocks[p >> shift] as usize * kv.block_stride;
     let keys = kv.keys.as_ptr();
     let values = kv.values.as_ptr();
     let sp = scores.as_mut_ptr();
@@ -2424,9 +2441,9 @@ pub unsafe fn attend_group4_f16(
     let qrow: [*const f32; 4] = arr!(4, qp as *const f32, |i| qp.add(i.min(nq.max(1) - 1) * hd));
     let mut p = 0;
     while p < n_max {
-        let k0 = keys.add(start(p) + (p % bs) * hd);
+        let k0 = keys.add(start(p) + (p & mask) * hd);
         let k1 = if p + 1 < n_max {
-            keys.add(start(p + 1) + ((p + 1) % bs) * hd)
+            keys.add(start(p + 1) + ((p + 1) & mask) * hd)
         } else {
             k0
         };
@@ -2466,7 +2483,7 @@ pub unsafe fn attend_group4_f16(
         let mut acc = [_mm256_setzero_ps(); 8];
         for g in 0..groups {
             let p = 8 * g;
-            let base = values.add(start(p) + d * bs + p % bs);
+            let base = values.add(start(p) + d * bs + (p & mask));
             let (a, b) = (load_h8(base), load_h8(base.add(bs)));
             for i in 0..4 {
                 let w = _mm256_loadu_ps(prow[i].add(p));
