@@ -2522,14 +2522,23 @@ unsafe fn hsum_each(a: &[__m256; 8]) -> __m256 {
     )
 }
 
-/// Stores lanes `2i, 2i+1` of `v` at `at(i)` for each `i < n` (n ≤ 4).
+/// Stores lanes `2i, 2i+1` of `v` at `at(i)` for each `i < n` (n ≤ 4), as 8-byte integer
+/// stores straight from the register halves (no trip through the stack).
 #[inline(always)]
 unsafe fn store_pairs(v: __m256, n: usize, at: impl Fn(usize) -> *mut f32) {
-    let halves = [_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)];
-    for i in 0..n.min(4) {
-        let h = halves[i / 2];
-        let pair = if i % 2 == 0 { h } else { _mm_movehl_ps(h, h) };
-        // `movq`: an 8-byte store with no alignment requirement.
-        _mm_storel_epi64(at(i) as *mut __m128i, _mm_castps_si128(pair));
+    let lo = _mm_castps_si128(_mm256_castps256_ps128(v));
+    let hi = _mm_castps_si128(_mm256_extractf128_ps::<1>(v));
+    let put = |i: usize, bits: i64| (at(i) as *mut i64).write_unaligned(bits);
+    if n > 0 {
+        put(0, _mm_cvtsi128_si64(lo));
+    }
+    if n > 1 {
+        put(1, _mm_extract_epi64::<1>(lo));
+    }
+    if n > 2 {
+        put(2, _mm_cvtsi128_si64(hi));
+    }
+    if n > 3 {
+        put(3, _mm_extract_epi64::<1>(hi));
     }
 }
