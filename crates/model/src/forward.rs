@@ -89,6 +89,15 @@ impl Model {
         });
     }
 
+    /// The one activation format every output takes, in the reference precision (then the
+    /// input is encoded once and the products run as one job); None otherwise.
+    fn shared_format(&self, outputs: &[(&Tensor, &mut [f32])]) -> Option<GgmlType> {
+        let fmt = |w: &Tensor| w.ty().traits().vec_dot_type;
+        let need = fmt(outputs.first()?.0);
+        let shared = outputs.iter().all(|(w, _)| fmt(w) == need);
+        (self.precision == Precision::Reference && shared).then_some(need)
+    }
+
     /// `out[t] = input[t] · Wᵀ` for each (W, out) pair, all from the same `input` rows; in the
     /// reference precision the input is encoded once per activation format.
     fn project(
@@ -98,21 +107,17 @@ impl Model {
         n: usize,
         outputs: &mut [(&Tensor, &mut [f32])],
     ) -> Result<(), ModelError> {
-        let fmt = |w: &Tensor| w.ty().traits().vec_dot_type;
-        if let (Precision::Reference, Some((first, _))) = (self.precision, outputs.first()) {
-            let need = fmt(first);
-            if outputs.iter().all(|(w, _)| fmt(w) == need) {
-                acts.encode(&self.pool, &self.kernels, need, input, n, first.cols())?;
-                matmul_many(&self.pool, &self.kernels, acts, outputs)?;
-                return Ok(());
-            }
+        if let (Some(need), Some((first, _))) = (self.shared_format(outputs), outputs.first()) {
+            acts.encode(&self.pool, &self.kernels, need, input, n, first.cols())?;
+            matmul_many(&self.pool, &self.kernels, acts, outputs)?;
+            return Ok(());
         }
         let mut encoded: Option<GgmlType> = None;
         for (w, out) in outputs.iter_mut() {
             match self.precision {
                 Precision::F32 => matmul_f32(&self.pool, w, input, n, out)?,
                 Precision::Reference => {
-                    let need = fmt(w);
+                    let need = w.ty().traits().vec_dot_type;
                     if encoded != Some(need) {
                         acts.encode(&self.pool, &self.kernels, need, input, n, w.cols())?;
                         encoded = Some(need);
@@ -138,14 +143,10 @@ impl Model {
     ) -> Result<(), ModelError> {
         let (x, norm) = input;
         let (d, eps) = (self.config.n_embd, self.config.norm_eps);
-        let fmt = |w: &Tensor| w.ty().traits().vec_dot_type;
-        if let (Precision::Reference, Some((first, _))) = (self.precision, outputs.first()) {
-            let need = fmt(first);
-            if !dump_enabled() && outputs.iter().all(|(w, _)| fmt(w) == need) {
-                acts.encode_rms_norm(&self.pool, &self.kernels, need, x, norm, eps, n, d)?;
-                matmul_many(&self.pool, &self.kernels, acts, outputs)?;
-                return Ok(());
-            }
+        if let Some(need) = self.shared_format(outputs).filter(|_| !dump_enabled()) {
+            acts.encode_rms_norm(&self.pool, &self.kernels, need, x, norm, eps, n, d)?;
+            matmul_many(&self.pool, &self.kernels, acts, outputs)?;
+            return Ok(());
         }
         for (row, out) in x.chunks_exact(d).zip(xn.chunks_exact_mut(d)).take(n) {
             rms_norm(row, norm, eps, out);
