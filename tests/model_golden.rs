@@ -33,10 +33,16 @@ fn smollm2_precise() -> &'static Model {
 
 /// Logits at every position of `ids`.
 fn all_logits(model: &Model, ids: &[u32]) -> Vec<Vec<f32>> {
+    all_logits_in_batches(model, ids, SessionOptions::default().n_batch)
+}
+
+/// Logits at every position of `ids`, evaluated in forward passes of at most `n_batch` tokens.
+fn all_logits_in_batches(model: &Model, ids: &[u32], n_batch: usize) -> Vec<Vec<f32>> {
     let mut s = Session::new(
         model,
         SessionOptions {
             n_ctx: 512,
+            n_batch,
             ..SessionOptions::default()
         },
     );
@@ -364,6 +370,24 @@ fn logits_of_chosen_rows_match_all_rows() {
     model.forward(&batch, &mut cache, &mut ws).unwrap();
     for (row, &pos) in chosen.iter().enumerate() {
         let d = diff(ws.logits_row(row), &want[pos]);
+        assert!(d.max < 1e-3, "position {pos}: max |d| {}", d.max);
+    }
+}
+
+/// A prompt batch longer than the feed-forward block's chunk (128 rows) gives every position
+/// the logits that small batches give: each chunk reads and updates its own rows of the
+/// residual stream.
+#[test]
+fn long_batches_match_small_batches() {
+    let model = smollm2();
+    let vocab = model.config().vocab as u32;
+    let prompt: Vec<u32> = (0..300u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let whole = all_logits_in_batches(model, &prompt, 512);
+    let small = all_logits_in_batches(model, &prompt, 50);
+    assert_eq!(whole.len(), prompt.len());
+    assert_eq!(small.len(), prompt.len());
+    for (pos, (a, b)) in whole.iter().zip(&small).enumerate() {
+        let d = diff(a, b);
         assert!(d.max < 1e-3, "position {pos}: max |d| {}", d.max);
     }
 }

@@ -7,7 +7,7 @@
 //!     h = rmsnorm(x) ; q, k, v = h·Wq (+bq), h·Wk (+bk), h·Wv (+bv) ; rope(q, k)
 //!         (the norm is fused into the encoding of the activations where it can be)
 //!     cache[seq][pos] = (k, v) ; x += attend(q, cache) · Wo
-//!     h = rmsnorm(x) ; x += (silu(h·Wgate) * h·Wup) · Wdown
+//!     h = rmsnorm(x) ; x += (silu(h·Wgate) * h·Wup) · Wdown   (FFN_CHUNK rows at a time)
 //! logits = rmsnorm(x[wanted rows]) · Wout
 
 use torchless_kernels::matmul::SharedOut;
@@ -19,7 +19,7 @@ use crate::batch::Batch;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
 use crate::model::{Model, Precision};
-use crate::workspace::Workspace;
+use crate::workspace::{Workspace, FFN_CHUNK};
 
 /// With `TORCHLESS_DUMP` set, the forward pass prints every intermediate tensor's first and
 /// last values and sum (the format of llama.cpp's eval-callback tool), to find where two
@@ -349,35 +349,38 @@ impl Model {
             self.residual(&mut x[..m * d], &proj[..m * d], d);
             dump!("ffn_inp-{l}", &x[..m * d], m);
 
-            self.project_normed(
-                acts,
-                (&x[..m * d], &w.ffn_norm),
-                &mut xn[..m * d],
-                m,
-                &mut [
-                    (&w.w_gate, &mut gate[..m * ff]),
-                    (&w.w_up, &mut up[..m * ff]),
-                ],
-            )?;
-            dump!("ffn_gate-{l}", &gate[..m * ff], m);
-            dump!("ffn_up-{l}", &up[..m * ff], m);
-            {
-                let gs = SharedOut::new(&mut gate[..m * ff]);
-                let up = &up[..m * ff];
-                self.per_token(m, |t| {
-                    // SAFETY: token `t`'s row of `gate` is touched by this call only.
-                    let g = unsafe { gs.slice_mut(t * ff, ff) };
-                    swiglu(&self.kernels, g, &up[t * ff..(t + 1) * ff]);
-                });
+            // The feed-forward block runs over at most `FFN_CHUNK` rows at a time: its
+            // intermediate rows (n_ff wide) are the largest buffers of a forward pass.
+            for c0 in (0..m).step_by(FFN_CHUNK) {
+                let rows = c0..(c0 + FFN_CHUNK).min(m);
+                let k = rows.len();
+                let xs = &mut x[rows.start * d..rows.end * d];
+                self.project_normed(
+                    acts,
+                    (xs, &w.ffn_norm),
+                    &mut xn[..k * d],
+                    k,
+                    &mut [
+                        (&w.w_gate, &mut gate[..k * ff]),
+                        (&w.w_up, &mut up[..k * ff]),
+                    ],
+                )?;
+                dump!("ffn_gate-{l}", &gate[..k * ff], k);
+                dump!("ffn_up-{l}", &up[..k * ff], k);
+                {
+                    let gs = SharedOut::new(&mut gate[..k * ff]);
+                    let up = &up[..k * ff];
+                    self.per_token(k, |t| {
+                        // SAFETY: token `t`'s row of `gate` is touched by this call only.
+                        let g = unsafe { gs.slice_mut(t * ff, ff) };
+                        swiglu(&self.kernels, g, &up[t * ff..(t + 1) * ff]);
+                    });
+                }
+                let out = &mut proj[rows.start * d..rows.end * d];
+                self.project(acts, &gate[..k * ff], k, &mut [(&w.w_down, out)])?;
+                dump!("ffn_out-{l}", &proj[rows.start * d..rows.end * d], k);
+                self.residual(xs, &proj[rows.start * d..rows.end * d], d);
             }
-            self.project(
-                acts,
-                &gate[..m * ff],
-                m,
-                &mut [(&w.w_down, &mut proj[..m * d])],
-            )?;
-            dump!("ffn_out-{l}", &proj[..m * d], m);
-            self.residual(&mut x[..m * d], &proj[..m * d], d);
             dump!("l_out-{l}", &x[..m * d], m);
         }
 

@@ -5,6 +5,12 @@ use torchless_kernels::Activations;
 
 use crate::config::ModelConfig;
 
+/// The most rows the feed-forward block takes at a time. Its intermediate rows (`n_ff` wide,
+/// several times the model width) are the largest activations of a prompt batch; taking them
+/// in chunks keeps a 512-token batch's workspace small, and costs no speed, since the batched
+/// products re-read each weight panel once per block of tokens anyway.
+pub(crate) const FFN_CHUNK: usize = 128;
+
 /// Scratch space of a forward pass of at most `max_batch` tokens over at most `max_ctx`
 /// positions per sequence.
 pub struct Workspace {
@@ -22,7 +28,7 @@ pub struct Workspace {
     pub(crate) att: Vec<f32>,
     /// proj: [max_batch, n_embd], output of wo and of the down projection.
     pub(crate) proj: Vec<f32>,
-    /// gate, up: [max_batch, n_ff].
+    /// gate, up: [min(max_batch, FFN_CHUNK), n_ff].
     pub(crate) gate: Vec<f32>,
     pub(crate) up: Vec<f32>,
     /// rope: [max_batch, rope_dims] interleaved cos/sin per token.
@@ -43,9 +49,11 @@ pub struct Workspace {
 impl Workspace {
     pub fn new(c: &ModelConfig, max_batch: usize, max_ctx: usize, threads: usize) -> Workspace {
         let b = max_batch.max(1);
-        let widest = c.n_embd.max(c.n_ff).max(c.q_dim());
+        let ffn_rows = b.min(FFN_CHUNK);
         let mut acts = Activations::new();
-        acts.reserve(b, widest);
+        // Activations are encoded for the widest input of a product: q_dim or n_embd wide for
+        // the whole batch, n_ff wide for one feed-forward chunk.
+        acts.reserve(1, (b * c.n_embd.max(c.q_dim())).max(ffn_rows * c.n_ff));
         Workspace {
             max_batch: b,
             max_ctx,
@@ -56,8 +64,8 @@ impl Workspace {
             v: vec![0.0; b * c.kv_dim()],
             att: vec![0.0; b * c.q_dim()],
             proj: vec![0.0; b * c.n_embd],
-            gate: vec![0.0; b * c.n_ff],
-            up: vec![0.0; b * c.n_ff],
+            gate: vec![0.0; ffn_rows * c.n_ff],
+            up: vec![0.0; ffn_rows * c.n_ff],
             rope: vec![0.0; b * c.rope.dims],
             scores: vec![
                 0.0;
