@@ -96,7 +96,10 @@ pub fn write_tiny(dir: &std::path::Path, name: &str, t: Tiny) -> PathBuf {
         }));
         let types: Vec<i32> = (0..64).map(|i| if i < 2 { 3 } else { 1 }).collect();
         w.meta("tokenizer.ggml.model", Value::String("llama".into()))
-            .meta("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))
+            .meta(
+                "tokenizer.ggml.tokens",
+                Value::Array(Array::String(tokens.into())),
+            )
             .meta("tokenizer.ggml.token_type", Value::Array(Array::I32(types)))
             .meta(
                 "tokenizer.ggml.scores",

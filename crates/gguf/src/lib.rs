@@ -14,5 +14,5 @@ pub mod write;
 
 pub use file::{GgufFile, LoadMode};
 pub use parse::{parse_header, GgufError, Header, TensorInfo};
-pub use value::{Array, Metadata, MetadataError, Value, ValueType};
+pub use value::{Array, Metadata, MetadataError, StringArray, Value, ValueType};
 pub use write::GgufWriter;

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use torchless_kernels::GgmlType;
 
-use crate::value::{Array, Metadata, Value, ValueType};
+use crate::value::{Array, Metadata, StringArray, Value, ValueType};
 
 /// GGUF's magic number, "GGUF" in file order.
 pub const MAGIC: [u8; 4] = *b"GGUF";
@@ -166,10 +166,15 @@ impl<'a> Cursor<'a> {
     }
 
     fn string(&mut self, field: &dyn Fn() -> String) -> Result<String, GgufError> {
+        self.str(field).map(str::to_string)
+    }
+
+    /// A string, borrowed from the header bytes.
+    fn str(&mut self, field: &dyn Fn() -> String) -> Result<&'a str, GgufError> {
         let len = self.u64(field)?;
         let at = self.pos as u64;
         let bytes = self.take(len, field)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::Utf8 {
+        std::str::from_utf8(bytes).map_err(|_| GgufError::Utf8 {
             field: field(),
             offset: at,
         })
@@ -279,10 +284,10 @@ impl<'a> Cursor<'a> {
             ValueType::I64 => fixed!(I64, i64, 8),
             ValueType::F64 => fixed!(F64, f64, 8),
             ValueType::String => {
-                let mut v = Vec::with_capacity(n);
+                let mut v = StringArray::with_capacity(n, 0);
                 for i in 0..n {
                     let f = || format!("{}[{i}]", field());
-                    v.push(self.string(&f)?);
+                    v.push(self.str(&f)?);
                 }
                 Array::String(v)
             }

@@ -1,7 +1,8 @@
 //! GGUF metadata values and typed access to them.
 //!
-//! Arrays keep their element type (`Vec<u32>`, `Vec<String>` …) instead of a vector of boxed
-//! values, so a 262,144-entry vocabulary costs what its strings cost. Accessors coerce between
+//! Arrays keep their element type (`Vec<u32>`, [`StringArray`] …) instead of a vector of boxed
+//! values, and strings of an array share one buffer, so a 262,144-entry vocabulary costs its
+//! text and one offset a string rather than an allocation each. Accessors coerce between
 //! integer widths when the value fits, since writers disagree on widths (u32 vs i32 vs u64).
 
 use std::collections::HashMap;
@@ -96,6 +97,97 @@ pub enum Value {
     F64(f64),
 }
 
+/// A list of strings kept as one text buffer and the end offset of each string.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StringArray {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl StringArray {
+    pub fn new() -> StringArray {
+        StringArray::default()
+    }
+
+    /// Room for `n` strings of `bytes` bytes in all.
+    pub fn with_capacity(n: usize, bytes: usize) -> StringArray {
+        StringArray {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// String `i`, or None past the end.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text.get(start..end)
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i).unwrap_or(""))
+    }
+
+    /// Bytes of text held (the strings' lengths added up).
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+}
+
+impl std::ops::Index<usize> for StringArray {
+    type Output = str;
+
+    /// String `i`; like slice indexing, panics past the end (use [`StringArray::get`] for
+    /// indices that input chooses).
+    fn index(&self, i: usize) -> &str {
+        match self.get(i) {
+            Some(s) => s,
+            None => panic!("string {i} of a {}-string array", self.len()),
+        }
+    }
+}
+
+impl std::fmt::Debug for StringArray {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for StringArray {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> StringArray {
+        let mut a = StringArray::new();
+        for s in iter {
+            a.push(s.as_ref());
+        }
+        a
+    }
+}
+
+impl From<Vec<String>> for StringArray {
+    fn from(v: Vec<String>) -> StringArray {
+        v.iter().collect()
+    }
+}
+
+impl<S: AsRef<str>> PartialEq<[S]> for StringArray {
+    fn eq(&self, other: &[S]) -> bool {
+        self.len() == other.len() && self.iter().zip(other).all(|(a, b)| a == b.as_ref())
+    }
+}
+
 /// A metadata array, typed by its element type. Arrays may nest.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Array {
@@ -107,7 +199,7 @@ pub enum Array {
     I32(Vec<i32>),
     F32(Vec<f32>),
     Bool(Vec<bool>),
-    String(Vec<String>),
+    String(StringArray),
     Array(Vec<Array>),
     U64(Vec<u64>),
     I64(Vec<i64>),
@@ -375,7 +467,7 @@ impl Metadata {
         v.as_array().ok_or_else(|| Self::wrong(key, "an array", v))
     }
 
-    pub fn strings(&self, key: &str) -> Result<&[String], MetadataError> {
+    pub fn strings(&self, key: &str) -> Result<&StringArray, MetadataError> {
         match self.array(key)? {
             Array::String(s) => Ok(s),
             other => Err(MetadataError::WrongType {
@@ -397,5 +489,28 @@ impl Metadata {
         } else {
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StringArray;
+
+    #[test]
+    fn string_array_gives_back_each_string() {
+        let words = ["", "a", "", "ü€", "longer text", ""];
+        let a: StringArray = words.iter().collect();
+        assert_eq!(a.len(), words.len());
+        assert_eq!(a.text_len(), words.iter().map(|w| w.len()).sum::<usize>());
+        for (i, w) in words.iter().enumerate() {
+            assert_eq!(a.get(i), Some(*w));
+            assert_eq!(&a[i], *w);
+        }
+        assert_eq!(a.get(words.len()), None);
+        assert_eq!(a.iter().collect::<Vec<_>>(), words);
+        assert_eq!(a, words[..]);
+        assert_ne!(a, words[1..]);
+        assert!(StringArray::new().is_empty());
+        assert_eq!(StringArray::new().get(0), None);
     }
 }

@@ -65,14 +65,14 @@ fn sample() -> Vec<u8> {
         .meta("t.f64", Value::F64(1e-300))
         .meta(
             "t.strings",
-            Value::Array(Array::String(vec!["a".into(), "ü".into(), "".into()])),
+            Value::Array(Array::String(["a", "ü", ""].into_iter().collect())),
         )
         .meta("t.u32s", Value::Array(Array::U32(vec![1, 2, 3])))
         .meta(
             "t.nested",
             Value::Array(Array::Array(vec![
                 Array::I16(vec![-1, 1]),
-                Array::String(vec!["x".into()]),
+                Array::String(["x"].into_iter().collect()),
                 Array::Array(vec![Array::Bool(vec![true, false])]),
             ])),
         );
@@ -103,7 +103,7 @@ fn every_value_type_round_trips() {
     assert_eq!(m.u64("t.u64").unwrap(), 1 << 40);
     assert_eq!(m.get("t.i64"), Some(&Value::I64(-(1 << 40))));
     assert_eq!(m.get("t.f64"), Some(&Value::F64(1e-300)));
-    assert_eq!(m.strings("t.strings").unwrap(), &["a", "ü", ""]);
+    assert_eq!(m.strings("t.strings").unwrap(), &["a", "ü", ""][..]);
     assert_eq!(m.array("t.u32s").unwrap(), &Array::U32(vec![1, 2, 3]));
     match m.array("t.nested").unwrap() {
         Array::Array(v) => {

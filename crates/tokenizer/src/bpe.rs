@@ -10,6 +10,8 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use torchless_gguf::StringArray;
+
 use crate::vocab::Vocab;
 use crate::TokenizerError;
 
@@ -58,7 +60,7 @@ pub struct ByteLevelBpe {
 impl ByteLevelBpe {
     pub fn new(
         vocab: &Vocab,
-        merges: &[String],
+        merges: &StringArray,
         pre: &str,
     ) -> Result<ByteLevelBpe, TokenizerError> {
         let split = pre_split(pre).ok_or_else(|| TokenizerError::UnknownPre(pre.to_string()))?;
@@ -66,11 +68,11 @@ impl ByteLevelBpe {
             .tokens
             .iter()
             .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
+            .map(|(i, t)| (t.to_string(), i as u32))
             .collect();
         let mut pairs = Vec::with_capacity(merges.len());
         let mut skipped = 0usize;
-        for m in merges {
+        for m in merges.iter() {
             let pair = m.split_once(' ');
             match pair {
                 Some((a, b))

@@ -159,7 +159,8 @@ impl Tokenizer {
     /// The model's chat template, compiled.
     pub fn chat_template(&self) -> Result<Option<ChatTemplate>, TokenizerError> {
         let text = |id: Option<u32>| {
-            id.map(|i| self.vocab.tokens[i as usize].clone())
+            id.and_then(|i| self.vocab.tokens.get(i as usize))
+                .map(str::to_string)
                 .unwrap_or_default()
         };
         self.chat_template
@@ -244,7 +245,7 @@ impl Tokenizer {
 
     /// The raw vocabulary text of a token (for display), `None` for unknown ids.
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.vocab.tokens.get(id as usize).map(String::as_str)
+        self.vocab.tokens.get(id as usize)
     }
 
     pub fn is_eog(&self, id: u32) -> bool {

@@ -29,10 +29,12 @@ pub fn partition<'a>(
         if !parse_special && matches!(kind, TokenKind::Control | TokenKind::Unknown) {
             continue;
         }
-        let tok = &vocab.tokens[id as usize];
+        let Some(tok) = vocab.tokens.get(id as usize) else {
+            continue;
+        };
         if !frags
             .iter()
-            .any(|f| matches!(f, Fragment::Text(t) if t.contains(tok.as_str())))
+            .any(|f| matches!(f, Fragment::Text(t) if t.contains(tok)))
         {
             continue;
         }
@@ -40,7 +42,7 @@ pub fn partition<'a>(
         for f in frags {
             match f {
                 Fragment::Text(mut t) => {
-                    while let Some(at) = t.find(tok.as_str()) {
+                    while let Some(at) = t.find(tok) {
                         if at > 0 {
                             next.push(Fragment::Text(&t[..at]));
                         }
