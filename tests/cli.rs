@@ -256,3 +256,40 @@ fn tokenize_and_info_describe_the_real_model() {
     assert_eq!(q41["count"], 210);
     assert!(j["kv_cache_bytes_at_context_f16"].as_u64().unwrap() == 8192 * 2 * 30 * 192 * 2);
 }
+
+#[test]
+fn bench_reports_each_test_at_the_asked_depth() {
+    let dir = common::temp_dir("bench");
+    let p = common::write_tiny(&dir, "tiny.gguf", common::Tiny::default());
+    let out = torchless(&[
+        "bench",
+        "-m",
+        p.to_str().unwrap(),
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-d",
+        "16",
+        "-r",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = j["results"].as_array().unwrap();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["test"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pp8 @ d16", "tg4 @ d16"]);
+    for r in results {
+        assert_eq!(r["samples"].as_array().unwrap().len(), 2);
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(j["peak_rss_bytes"].as_u64().unwrap() > 0);
+}

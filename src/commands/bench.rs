@@ -21,6 +21,10 @@ pub struct Args {
     /// Repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
     pub reps: usize,
+    /// Tokens already in the context when each test starts (llama-bench's depth): filled by an
+    /// untimed prompt, so that generation and prompt speed are measured at that context length.
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    pub depth: usize,
     /// Prompt tokens per forward pass.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     pub batch: usize,
@@ -61,31 +65,47 @@ fn tokens(n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-fn pp(model: &Model, n: usize, batch: usize) -> Result<f64, CliError> {
-    let toks = tokens(n, model.config().vocab);
+/// A session with `depth` tokens already evaluated (untimed) and room for `n` more; forward
+/// passes of at most `batch` tokens.
+fn session_at_depth(
+    model: &Model,
+    depth: usize,
+    n: usize,
+    batch: usize,
+) -> Result<Session<'_>, CliError> {
     let mut s = Session::new(
         model,
         SessionOptions {
-            n_ctx: n + 1,
+            n_ctx: depth + n + 1,
             n_batch: batch,
             ..SessionOptions::default()
         },
     );
+    if depth > 0 {
+        // Different ids from the timed tokens, so no test replays the fill.
+        let fill: Vec<u32> = tokens(depth + n, model.config().vocab)
+            .into_iter()
+            .rev()
+            .take(depth)
+            .collect();
+        s.eval(&fill)?;
+    }
+    Ok(s)
+}
+
+fn pp(model: &Model, n: usize, depth: usize, batch: usize) -> Result<f64, CliError> {
+    let toks = tokens(n, model.config().vocab);
+    let mut s = session_at_depth(model, depth, n, batch)?;
     let t = Instant::now();
     s.eval(&toks)?;
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-fn tg(model: &Model, n: usize) -> Result<f64, CliError> {
+fn tg(model: &Model, n: usize, depth: usize, batch: usize) -> Result<f64, CliError> {
     let toks = tokens(n, model.config().vocab);
-    let mut s = Session::new(
-        model,
-        SessionOptions {
-            n_ctx: n + 1,
-            n_batch: 1,
-            ..SessionOptions::default()
-        },
-    );
+    // Without a depth to fill, the workspace is sized for one token, as generation needs.
+    let batch = if depth == 0 { 1 } else { batch };
+    let mut s = session_at_depth(model, depth, n, batch)?;
     let t = Instant::now();
     for tok in &toks {
         s.eval(std::slice::from_ref(tok))?;
@@ -116,13 +136,20 @@ pub fn run(a: Args) -> Result<(), CliError> {
             results.push((label, mean, sd, xs));
             Ok(())
         };
+    let at = if a.depth > 0 {
+        format!(" @ d{}", a.depth)
+    } else {
+        String::new()
+    };
     if a.n_prompt > 0 {
-        run_test(format!("pp{}", a.n_prompt), &|| {
-            pp(&model, a.n_prompt, a.batch)
+        run_test(format!("pp{}{at}", a.n_prompt), &|| {
+            pp(&model, a.n_prompt, a.depth, a.batch)
         })?;
     }
     if a.n_gen > 0 {
-        run_test(format!("tg{}", a.n_gen), &|| tg(&model, a.n_gen))?;
+        run_test(format!("tg{}{at}", a.n_gen), &|| {
+            tg(&model, a.n_gen, a.depth, a.batch)
+        })?;
     }
     // Peak memory of the tests themselves, before the bandwidth probe allocates its buffer.
     let peak = peak_rss();
