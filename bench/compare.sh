@@ -8,7 +8,8 @@
 # 2. Fetches the models (torchless fetch) and makes requantized variants of SmolLM2 (F16, Q8_0,
 #    Q4_0, Q4_K_M) with llama-quantize.
 # 3. Runs llama-bench and `torchless bench` alternately on every model (pp512, tg128), then
-#    SmolLM2 Q4_1 generation once more with a competing busy process (`yes > /dev/null`).
+#    SmolLM2 Q4_1 generation with 2048 tokens already in the context (tg128 @ d2048; not with
+#    --quick), and once more with a competing busy process (`yes > /dev/null`).
 # 4. Prints the table (both figures and the ratio) and writes it to bench/RESULTS.md with the
 #    machine's description, the date, the load average before and after, and how busy the CPUs
 #    were in the 10 s just before and just after (someone else's work shows there).
@@ -106,6 +107,12 @@ for entry in "${LIST[@]}"; do
   run_pair "${entry%%|*}" "${entry#*|}" "m$i"
   i=$((i + 1))
 done
+if [ "$QUICK" = 0 ]; then
+  echo "compare: SmolLM2 Q4_1 at depth 2048: llama.cpp" >&2
+  "$LB" -m "$BASE" -t "$THREADS" -r "$REPS" -p 0 -n 128 -d 2048 -o json > "$OUT/deep.llama.json" 2>/dev/null
+  echo "compare: SmolLM2 Q4_1 at depth 2048: torchless" >&2
+  "$TL" bench -m "$BASE" -t "$THREADS" -r "$REPS" -p 0 -n 128 -d 2048 --json > "$OUT/deep.torchless.json" 2>/dev/null
+fi
 if [ "$CONTENTION" = 1 ]; then
   yes > /dev/null &
   YES_PID=$!
@@ -128,6 +135,8 @@ def llama(path):
     res = {}
     for r in rows:
         test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+        if r.get("n_depth"):
+            test += f" @ d{r['n_depth']}"
         res[test] = (r["avg_ts"], r["stddev_ts"])
     return res
 
@@ -161,6 +170,13 @@ for entry in open(os.path.join(out, "index")).read().split("\n"):
                      f"({j['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token at a measured {j['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
                      f"= {j['generation_bound_tokens_per_s']:.1f} t/s); llama.cpp at {100 * l.get('tg128', (0,))[0] / j['generation_bound_tokens_per_s']:.0f}%; "
                      f"peak RSS {(j.get('peak_rss_bytes') or 0) / 2**20:.0f} MiB; kernels {j['kernels']}")
+deep = os.path.join(out, "deep.torchless.json")
+if os.path.exists(deep):
+    t, _ = ours(deep)
+    l = llama(os.path.join(out, "deep.llama.json"))
+    for test in t:
+        if test in l:
+            lines.append(f"| SmolLM2 Q4_1 | {test} | {l[test][0]:.2f} ± {l[test][1]:.2f} | {t[test][0]:.2f} ± {t[test][1]:.2f} | {t[test][0] / l[test][0]:.2f} |")
 busy = os.path.join(out, "busy.torchless.json")
 if os.path.exists(busy):
     t, _ = ours(busy)

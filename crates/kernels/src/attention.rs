@@ -12,6 +12,8 @@
 //! Layout, per (layer, KV head) and block: keys `[slot][head_dim]`, values transposed
 //! `[head_dim][slot]` (so eight consecutive positions of one dimension are contiguous).
 
+use std::ops::Range;
+
 use half::f16;
 
 use crate::lanes::{expf_ggml, hsum8, reduce4x8, LANES};
@@ -33,6 +35,28 @@ pub trait KvElem: Copy + Send + Sync + 'static {
         _order: Reduce,
         _s: &mut HeadScratch<'_>,
         _out: &mut [f32],
+    ) -> bool {
+        false
+    }
+    /// Runs a SIMD version of [`scores_vec`] (arguments checked); false where there is none.
+    fn scores_simd(
+        _k: &crate::Kernels,
+        _qrs: &[&[f32]],
+        _kv: &PagedHead<Self>,
+        _positions: Range<usize>,
+        _scale: f32,
+        _outs: &mut [&mut [f32]],
+    ) -> bool {
+        false
+    }
+    /// Runs a SIMD version of [`values_vec`] (arguments checked); false where there is none.
+    fn values_simd(
+        _k: &crate::Kernels,
+        _weights: &[&[f32]],
+        _kv: &PagedHead<Self>,
+        _n_kv: usize,
+        _dims: Range<usize>,
+        _outs: &mut [&mut [f32]],
     ) -> bool {
         false
     }
@@ -97,6 +121,44 @@ impl KvElem for f16 {
             }
         }
         let _ = (k, q, kv, n_kv, scale, order, s, out);
+        false
+    }
+
+    fn scores_simd(
+        k: &crate::Kernels,
+        qrs: &[&[f32]],
+        kv: &PagedHead<Self>,
+        positions: Range<usize>,
+        scale: f32,
+        outs: &mut [&mut [f32]],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if k.has_fma() && kv.simd_layout() {
+            // SAFETY: `has_fma` implies the AVX2/FMA/F16C kernels; the caller checked every
+            // bound (see `scores_vec`) and `simd_layout` the block shape.
+            unsafe { crate::simd::avx2::scores_vec_f16(qrs, kv, positions, scale, outs) };
+            return true;
+        }
+        let _ = (k, qrs, kv, positions, scale, outs);
+        false
+    }
+
+    fn values_simd(
+        k: &crate::Kernels,
+        weights: &[&[f32]],
+        kv: &PagedHead<Self>,
+        n_kv: usize,
+        dims: Range<usize>,
+        outs: &mut [&mut [f32]],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if k.has_fma() && kv.simd_layout() {
+            // SAFETY: as in `scores_simd`; `values_vec` checked that the weights cover
+            // `n_kv` rounded up to eight.
+            unsafe { crate::simd::avx2::values_vec_f16(weights, kv, n_kv, dims, outs) };
+            return true;
+        }
+        let _ = (k, weights, kv, n_kv, dims, outs);
         false
     }
 
@@ -193,6 +255,18 @@ pub struct PagedHead<'a, E> {
 }
 
 impl<E> PagedHead<'_, E> {
+    /// Whether the SIMD kernels can address this head: head and block sizes multiples of
+    /// eight, power-of-two blocks, and every listed block inside both arrays.
+    fn simd_layout(&self) -> bool {
+        self.head_dim.is_multiple_of(8)
+            && self.block_size.is_multiple_of(8)
+            && self.block_size.is_power_of_two()
+            && self.blocks.iter().all(|&b| {
+                self.base + (b as usize + 1) * self.block_stride
+                    <= self.keys.len().min(self.values.len())
+            })
+    }
+
     #[inline(always)]
     fn start(&self, p: usize) -> Option<usize> {
         let b = *self.blocks.get(p / self.block_size)? as usize;
@@ -267,6 +341,106 @@ pub fn softmax(x: &mut [f32]) {
     let inv = (1.0 / sum) as f32;
     for e in x.iter_mut() {
         *e *= inv;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single-query attention in phases, for long contexts: the scores of any range of positions,
+// the softmax of each query, the outputs of any range of dimensions, each phase a separate job
+// so that threads share one head's work; several queries of one KV head (grouped-query
+// attention) go together, reading each key and value once. Every query's result is
+// bit-identical to `attend_head` in `Reduce::Vec` order.
+
+/// `qr = q` rounded to the cache's element type (the first step of attention).
+pub fn round_query<E: KvElem>(q: &[f32], qr: &mut [f32]) {
+    for (r, &x) in qr.iter_mut().zip(q) {
+        *r = E::round(x);
+    }
+}
+
+/// `outs[i][j] = scale · qrs[i]·K[positions.start + j]` ([`Reduce::Vec`] order) for queries
+/// `qrs` (rounded by [`round_query`], `head_dim` long) of one KV head. Slices that are too
+/// short leave the call without effect.
+pub fn scores_vec<E: KvElem>(
+    k: &crate::Kernels,
+    qrs: &[&[f32]],
+    kv: &PagedHead<E>,
+    positions: Range<usize>,
+    scale: f32,
+    outs: &mut [&mut [f32]],
+) {
+    let (hd, n) = (kv.head_dim, positions.len());
+    let fits = qrs.len() == outs.len()
+        && qrs.iter().all(|q| q.len() >= hd)
+        && outs.iter().all(|o| o.len() >= n)
+        && positions.end <= kv.blocks.len() * kv.block_size;
+    if !fits || E::scores_simd(k, qrs, kv, positions.clone(), scale, outs) {
+        return;
+    }
+    for (q, out) in qrs.iter().zip(outs.iter_mut()) {
+        for (p, o) in positions.clone().zip(out.iter_mut()) {
+            *o = match kv.start(p) {
+                Some(start) => {
+                    let at = start + (p % kv.block_size) * hd;
+                    match kv.keys.get(at..at + hd) {
+                        Some(key) => dot(&q[..hd], key, Reduce::Vec) * scale,
+                        None => f32::NEG_INFINITY,
+                    }
+                }
+                None => f32::NEG_INFINITY,
+            };
+        }
+    }
+}
+
+/// Turns the first `n_kv` scores of `x` into attention weights: the rest up to a multiple of
+/// eight masked, softmax, each weight rounded to the cache's element type.
+pub fn softmax_weights<E: KvElem>(k: &crate::Kernels, x: &mut [f32], n_kv: usize) {
+    let padded = n_kv.div_ceil(LANES) * LANES;
+    let Some(x) = x.get_mut(..padded) else {
+        return;
+    };
+    x[n_kv..].fill(f32::NEG_INFINITY);
+    softmax_with(k, x);
+    for w in x.iter_mut() {
+        *w = E::round(*w);
+    }
+}
+
+/// `outs[i][j]` = dimension `dims.start + j` of `Σ_p weights[i][p] · V[p]` over the first
+/// `n_kv` positions ([`Reduce::Vec`] order), for weights from [`softmax_weights`] (each at
+/// least `n_kv` rounded up to eight long). Slices that are too short leave the call without
+/// effect.
+pub fn values_vec<E: KvElem>(
+    k: &crate::Kernels,
+    weights: &[&[f32]],
+    kv: &PagedHead<E>,
+    n_kv: usize,
+    dims: Range<usize>,
+    outs: &mut [&mut [f32]],
+) {
+    let (bs, padded) = (kv.block_size, n_kv.div_ceil(LANES) * LANES);
+    let fits = weights.len() == outs.len()
+        && weights.iter().all(|w| w.len() >= padded)
+        && outs.iter().all(|o| o.len() >= dims.len())
+        && dims.end <= kv.head_dim
+        && n_kv <= kv.blocks.len() * bs;
+    if !fits || E::values_simd(k, weights, kv, n_kv, dims.clone(), outs) {
+        return;
+    }
+    const L: usize = 4 * LANES;
+    for (w, out) in weights.iter().zip(outs.iter_mut()) {
+        for (d, o) in dims.clone().zip(out.iter_mut()) {
+            let mut acc = [[0.0f32; LANES]; 4];
+            for (p, &wp) in w[..n_kv].iter().enumerate() {
+                let Some(v) = kv.start(p).and_then(|s| kv.values.get(s + d * bs + p % bs)) else {
+                    break;
+                };
+                let a = &mut acc[(p % L) / LANES][p % LANES];
+                *a = v.to_f32().mul_add(wp, *a);
+            }
+            *o = reduce4x8(&acc);
+        }
     }
 }
 

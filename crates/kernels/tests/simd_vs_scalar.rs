@@ -6,7 +6,8 @@
 use half::f16;
 use proptest::prelude::*;
 use torchless_kernels::attention::{
-    attend_group, attend_head, softmax, HeadScratch, PagedHead, Reduce,
+    attend_group, attend_head, round_query, scores_vec, softmax, softmax_weights, values_vec,
+    HeadScratch, PagedHead, Reduce,
 };
 use torchless_kernels::matmul::{matmul, Activations};
 use torchless_kernels::quant::{self, GgmlType};
@@ -155,6 +156,22 @@ fn check_products(
     Ok(())
 }
 
+/// Keys and values of `n_blocks` cache blocks of `stride` halves (keys in [-2, 2), values in
+/// [-1, 1)), and a block table that lists the blocks in reverse.
+fn paged_f16(
+    n_blocks: usize,
+    stride: usize,
+    unit: &mut impl FnMut() -> f32,
+) -> (Vec<f16>, Vec<f16>, Vec<u32>) {
+    let keys: Vec<f16> = (0..n_blocks * stride)
+        .map(|_| f16::from_f32(unit() * 2.0))
+        .collect();
+    let values: Vec<f16> = (0..n_blocks * stride)
+        .map(|_| f16::from_f32(unit()))
+        .collect();
+    (keys, values, (0..n_blocks as u32).rev().collect())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -265,9 +282,7 @@ proptest! {
         let mut rng = seed | 1;
         let mut unit = move || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 };
         let stride = bs * hd;
-        let keys: Vec<f16> = (0..n_blocks * stride).map(|_| f16::from_f32(unit() * 2.0)).collect();
-        let values: Vec<f16> = (0..n_blocks * stride).map(|_| f16::from_f32(unit())).collect();
-        let blocks: Vec<u32> = (0..n_blocks as u32).rev().collect();
+        let (keys, values, blocks) = paged_f16(n_blocks, stride, &mut unit);
         let q: Vec<f32> = (0..hd).map(|_| unit() * 3.0).collect();
         let kv = PagedHead { keys: &keys, values: &values, blocks: &blocks, base: 0, block_stride: stride, block_size: bs, head_dim: hd };
         for order in [Reduce::Gemm, Reduce::Vec] {
@@ -319,6 +334,56 @@ proptest! {
                 attend_head(&Kernels::scalar(), q, &kv, *n, 0.2, Reduce::Gemm, HeadScratch { scores: &mut sc1, acc: &mut acc1, qr: &mut qr1 }, &mut want);
                 for d in 0..hd {
                     prop_assert_eq!(outs_data[i][d].to_bits(), want[d].to_bits(), "{:?} query {} dim {}", k.isa(), i, d);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Single-query attention in phases (scores over pieces of the positions, softmax, outputs
+    /// over pieces of the dimensions, queries of one KV head together) gives each query
+    /// exactly what `attend_head` gives it alone, on every path.
+    #[test]
+    fn phased_attention_equals_one_query_at_a_time(
+        nq in 1usize..7, n_kv in 1usize..150, hd_8 in 1usize..11, pos_piece in 1usize..40, dim_piece in 1usize..20, seed in any::<u64>(),
+    ) {
+        let (hd, bs) = (hd_8 * 8, 16usize);
+        let n_blocks = n_kv.div_ceil(bs) + 1;
+        let mut rng = seed | 1;
+        let mut unit = move || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 };
+        let stride = bs * hd;
+        let (keys, values, blocks) = paged_f16(n_blocks, stride, &mut unit);
+        let kv = PagedHead { keys: &keys, values: &values, blocks: &blocks, base: 0, block_stride: stride, block_size: bs, head_dim: hd };
+        let qv: Vec<Vec<f32>> = (0..nq).map(|_| (0..hd).map(|_| unit() * 3.0).collect()).collect();
+        let padded = n_kv.div_ceil(8) * 8;
+        for k in std::iter::once(Kernels::scalar()).chain(simd_kernels()) {
+            let qr: Vec<Vec<f32>> = qv.iter().map(|q| { let mut r = vec![0.0; hd]; round_query::<f16>(q, &mut r); r }).collect();
+            let qrs: Vec<&[f32]> = qr.iter().map(|r| r.as_slice()).collect();
+            let mut sc = vec![vec![0.0f32; padded]; nq];
+            for p0 in (0..n_kv).step_by(pos_piece) {
+                let r = p0..(p0 + pos_piece).min(n_kv);
+                let mut outs: Vec<&mut [f32]> = sc.iter_mut().map(|s| &mut s[r.clone()]).collect();
+                scores_vec(&k, &qrs, &kv, r.clone(), 0.2, &mut outs);
+            }
+            for s in sc.iter_mut() {
+                softmax_weights::<f16>(&k, s, n_kv);
+            }
+            let ws: Vec<&[f32]> = sc.iter().map(|s| s.as_slice()).collect();
+            let mut got = vec![vec![0.0f32; hd]; nq];
+            for d0 in (0..hd).step_by(dim_piece) {
+                let r = d0..(d0 + dim_piece).min(hd);
+                let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| &mut o[r.clone()]).collect();
+                values_vec(&k, &ws, &kv, n_kv, r.clone(), &mut outs);
+            }
+            for (i, q) in qv.iter().enumerate() {
+                let (mut sc1, mut acc1, mut qr1) = (vec![0.0; padded], vec![0.0; 32 * hd], vec![0.0; hd]);
+                let mut want = vec![0.0f32; hd];
+                attend_head(&Kernels::scalar(), q, &kv, n_kv, 0.2, Reduce::Vec, HeadScratch { scores: &mut sc1, acc: &mut acc1, qr: &mut qr1 }, &mut want);
+                for d in 0..hd {
+                    prop_assert_eq!(got[i][d].to_bits(), want[d].to_bits(), "{:?} query {} dim {}: {} vs {}", k.isa(), i, d, got[i][d], want[d]);
                 }
             }
         }

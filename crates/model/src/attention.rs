@@ -1,11 +1,16 @@
-//! Causal self-attention of a batch over the paged KV cache: one job per (token, head), each
-//! running the kernel of [`torchless_kernels::attention`] over its sequence's blocks.
+//! Causal self-attention of a batch over the paged KV cache, running the kernels of
+//! [`torchless_kernels::attention`] over each sequence's blocks: a batch in groups of queries
+//! of one KV head; a single token one job per head, or past `PHASED_FROM` positions in
+//! phases that split each head's work among the threads.
 //!
 //! The reduction order follows the reference engine: a single-token batch reduces as its
 //! `vec_dot` kernels do, a larger batch as its tiled GEMM does.
 
+use std::ops::Range;
+
 use torchless_kernels::attention::{
-    attend_group, attend_head, HeadScratch, KvElem, PagedHead, Reduce,
+    attend_group, attend_head, round_query, scores_vec, softmax_weights, values_vec, HeadScratch,
+    KvElem, PagedHead, Reduce,
 };
 use torchless_kernels::matmul::SharedOut;
 use torchless_kernels::{Kernels, ThreadPool};
@@ -25,14 +30,30 @@ pub struct AttnShape {
 /// Queries attended together in a batch (sharing key/value conversions).
 const GROUP: usize = 4;
 
-/// Floats of per-thread scratch that [`attend`] needs for contexts of `max_ctx` positions.
-pub fn scratch_per_thread(max_ctx: usize, head_dim: usize) -> usize {
+/// From this many positions on, a single token's attention runs in phases shared by all
+/// threads (see [`attend_phased`]); below it, one job per head costs fewer hand-offs.
+const PHASED_FROM: usize = 384;
+/// Positions per scores job and dimensions per values job of the phased path.
+const PHASE_POSITIONS: usize = 128;
+const PHASE_DIMS: usize = 16;
+/// Query heads of one KV head that a phase's kernel takes at a time.
+const PHASE_HEADS: usize = 4;
+
+/// Floats of per-thread scratch of the per-head paths, for contexts of `max_ctx` positions.
+fn scratch_per_thread(max_ctx: usize, head_dim: usize) -> usize {
     GROUP * max_ctx.div_ceil(8) * 8 + (32 + GROUP) * head_dim
 }
 
+/// Floats of scratch that [`attend`] needs: per-thread regions for the per-head paths, or
+/// every head's scores and rounded query for the phased one, whichever is larger.
+pub fn scratch_len(max_ctx: usize, head_dim: usize, n_head: usize, threads: usize) -> usize {
+    let per_head = threads.max(1) * scratch_per_thread(max_ctx, head_dim);
+    let phased = n_head * (max_ctx.div_ceil(8) * 8 + head_dim);
+    per_head.max(phased)
+}
+
 /// `out[t][h] = softmax(q[t][h] · K[seq][..=pos] * scale) · V[seq][..=pos]` for every token t
-/// of `batch` and head h. `scratch` holds `pool.n_threads()` regions of
-/// [`scratch_per_thread`] floats.
+/// of `batch` and head h. `scratch` holds at least [`scratch_len`] floats.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     kernels: &Kernels,
@@ -45,38 +66,63 @@ pub fn attend(
     scratch: &mut [f32],
     max_ctx: usize,
 ) {
-    match (cache.keys(), cache.values()) {
-        (KvStore::F16(k), KvStore::F16(v)) => attend_typed(
-            kernels, pool, s, batch, cache, k, v, q, out, scratch, max_ctx,
-        ),
-        (KvStore::F32(k), KvStore::F32(v)) => attend_typed(
-            kernels, pool, s, batch, cache, k, v, q, out, scratch, max_ctx,
-        ),
-        _ => {}
-    }
+    let io = (q, out, scratch, max_ctx);
+    attend_from(kernels, pool, s, batch, cache, io, PHASED_FROM);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attend_typed<E: KvElem>(
+/// [`attend`], a single token going through the phased path from `phased_from` positions on.
+fn attend_from(
     kernels: &Kernels,
     pool: &ThreadPool,
     s: &AttnShape,
     batch: &Batch,
     cache: &KvCache,
-    keys: &[E],
-    values: &[E],
+    io: (&[f32], &mut [f32], &mut [f32], usize),
+    phased_from: usize,
+) {
+    let (q, out, scratch, max_ctx) = io;
+    let call = Call {
+        kernels,
+        pool,
+        s,
+        batch,
+        cache,
+        max_ctx,
+        phased_from,
+    };
+    match (cache.keys(), cache.values()) {
+        (KvStore::F16(k), KvStore::F16(v)) => attend_typed(&call, (k, v), q, out, scratch),
+        (KvStore::F32(k), KvStore::F32(v)) => attend_typed(&call, (k, v), q, out, scratch),
+        _ => {}
+    }
+}
+
+/// What one attention call works on, whatever the cache's element type.
+struct Call<'a> {
+    kernels: &'a Kernels,
+    pool: &'a ThreadPool,
+    s: &'a AttnShape,
+    batch: &'a Batch,
+    cache: &'a KvCache,
+    max_ctx: usize,
+    phased_from: usize,
+}
+
+fn attend_typed<E: KvElem>(
+    call: &Call<'_>,
+    (keys, values): (&[E], &[E]),
     q: &[f32],
     out: &mut [f32],
     scratch: &mut [f32],
-    max_ctx: usize,
 ) {
+    let (kernels, pool, s, batch) = (call.kernels, call.pool, call.s, call.batch);
+    let (cache, max_ctx, phased_from) = (call.cache, call.max_ctx, call.phased_from);
     let hd = s.head_dim;
     let q_dim = s.n_head * hd;
     let group = s.n_head / s.n_head_kv;
     let per_thread = scratch_per_thread(max_ctx, hd);
-    let shared_out = SharedOut::new(out);
-    let shared_scratch = SharedOut::new(scratch);
     if batch.len() >= 2 {
+        let (shared_out, shared_scratch) = (SharedOut::new(out), SharedOut::new(scratch));
         attend_batched(
             kernels,
             pool,
@@ -93,7 +139,25 @@ fn attend_typed<E: KvElem>(
         return;
     }
     // A single token: llama.cpp's `vec_dot` reduction order.
+    if let (1, Some(&pos)) = (batch.len(), batch.pos.first()) {
+        let n_kv = (pos + 1).min(max_ctx);
+        let need = s.n_head * (max_ctx.div_ceil(8) * 8 + hd);
+        if n_kv >= phased_from && scratch.len() >= need && s.n_head_kv > 0 {
+            let kv_of = |g: usize| PagedHead {
+                keys,
+                values,
+                blocks: cache.blocks(batch.seq[0]),
+                base: cache.offset(s.layer, 0, g, 0),
+                block_stride: cache.block_stride(),
+                block_size: cache.config().block_size,
+                head_dim: hd,
+            };
+            attend_phased(kernels, pool, s, kv_of, n_kv, q, out, scratch, max_ctx);
+            return;
+        }
+    }
     let order = Reduce::Vec;
+    let (shared_out, shared_scratch) = (SharedOut::new(out), SharedOut::new(scratch));
     pool.parallel_for(batch.len() * s.n_head, 1, |tid, jobs| {
         // SAFETY: thread `tid` is the only user of its scratch region during this job.
         let mine = unsafe { shared_scratch.slice_mut(tid * per_thread, per_thread) };
@@ -131,6 +195,111 @@ fn attend_typed<E: KvElem>(
             );
         }
     });
+}
+
+/// One token over a long context, in three pool jobs that split every head's work: the
+/// scores of pieces of the positions, each head's softmax, the outputs of pieces of the
+/// dimensions. The heads sharing a KV head go through its keys and values together (read
+/// once, not once per head). Each head's output equals the per-head path's bit for bit.
+/// `scratch` holds every head's scores (`max_ctx` rounded up to 8 each), then its rounded
+/// query.
+#[allow(clippy::too_many_arguments)]
+fn attend_phased<'a, E: KvElem>(
+    kernels: &Kernels,
+    pool: &ThreadPool,
+    s: &AttnShape,
+    kv_of: impl Fn(usize) -> PagedHead<'a, E> + Sync,
+    n_kv: usize,
+    q: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    max_ctx: usize,
+) {
+    let (hd, stride) = (s.head_dim, max_ctx.div_ceil(8) * 8);
+    let group = s.n_head / s.n_head_kv;
+    let (scores, qr) = scratch.split_at_mut(s.n_head * stride);
+    for (h, r) in qr.chunks_exact_mut(hd).take(s.n_head).enumerate() {
+        round_query::<E>(&q[h * hd..(h + 1) * hd], r);
+    }
+    let qr = &*qr;
+    let sc = SharedOut::new(scores);
+    let phase = Phase {
+        pool,
+        group,
+        n_head_kv: s.n_head_kv,
+        kv_of: &kv_of,
+    };
+    phase.run(
+        n_kv,
+        PHASE_POSITIONS,
+        |h| &qr[h * hd..(h + 1) * hd],
+        // SAFETY: the job of (KV head, positions r) alone writes positions r of its heads.
+        |h, r| unsafe { sc.slice_mut(h * stride + r.start, r.len()) },
+        |kv, qrs, r, outs| scores_vec(kernels, qrs, kv, r, s.scale, outs),
+    );
+    pool.parallel_for(s.n_head, 1, |_, heads| {
+        for h in heads {
+            // SAFETY: head h's row is touched by this job only.
+            let row = unsafe { sc.slice_mut(h * stride, stride) };
+            softmax_weights::<E>(kernels, row, n_kv);
+        }
+    });
+    let scores = &*scores;
+    let o = SharedOut::new(out);
+    phase.run(
+        hd,
+        PHASE_DIMS,
+        |h| &scores[h * stride..(h + 1) * stride],
+        // SAFETY: the job of (KV head, dimensions r) alone writes dimensions r of its heads.
+        |h, r| unsafe { o.slice_mut(h * hd + r.start, r.len()) },
+        |kv, ws, r, outs| values_vec(kernels, ws, kv, n_kv, r, outs),
+    );
+}
+
+/// One parallel phase of [`attend_phased`]: jobs of (KV head, piece of a range), each running
+/// a kernel for that KV head's query heads, at most [`PHASE_HEADS`] at a time.
+struct Phase<'p, K> {
+    pool: &'p ThreadPool,
+    group: usize,
+    n_head_kv: usize,
+    kv_of: &'p K,
+}
+
+impl<K> Phase<'_, K> {
+    /// `kernel(kv, inputs, piece, outputs)` for every KV head and every piece of `0..len` at
+    /// most `piece` long, over runs of the KV head's query heads: `input(h)` and
+    /// `output(h, piece)` give head h's slices.
+    fn run<'a, 'i, 'o, E: KvElem>(
+        &self,
+        len: usize,
+        piece: usize,
+        input: impl Fn(usize) -> &'i [f32] + Sync,
+        output: impl Fn(usize, Range<usize>) -> &'o mut [f32] + Sync,
+        kernel: impl Fn(&PagedHead<'a, E>, &[&[f32]], Range<usize>, &mut [&mut [f32]]) + Sync,
+    ) where
+        K: Fn(usize) -> PagedHead<'a, E> + Sync,
+    {
+        let (group, pieces) = (self.group, len.div_ceil(piece));
+        self.pool
+            .parallel_for(self.n_head_kv * pieces, 1, |_, jobs| {
+                for job in jobs {
+                    let (g, c) = (job / pieces, job % pieces);
+                    let r = c * piece..((c + 1) * piece).min(len);
+                    let kv = (self.kv_of)(g);
+                    for h0 in (0..group).step_by(PHASE_HEADS) {
+                        let heads = g * group + h0..g * group + (h0 + PHASE_HEADS).min(group);
+                        let mut ins: [&[f32]; PHASE_HEADS] = [&[]; PHASE_HEADS];
+                        let mut outs: [&mut [f32]; PHASE_HEADS] = Default::default();
+                        for (i, h) in heads.clone().enumerate() {
+                            ins[i] = input(h);
+                            outs[i] = output(h, r.clone());
+                        }
+                        let m = heads.len();
+                        kernel(&kv, &ins[..m], r.clone(), &mut outs[..m]);
+                    }
+                }
+            });
+    }
 }
 
 /// The batched path: per KV head, the queries of consecutive tokens of one sequence and of the
@@ -244,5 +413,79 @@ impl<E: KvElem> GroupCtx<'_, E> {
             acc,
             outs,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::{KvConfig, KvType};
+
+    /// The phased single-token path gives every head exactly the per-head path's output, with
+    /// grouped heads, a block table out of order and two threads.
+    #[test]
+    fn phased_attention_equals_the_per_head_path() {
+        let (n_head, n_head_kv, hd, layers) = (6, 2, 16, 2);
+        let mut cache = KvCache::new(KvConfig {
+            n_layers: layers,
+            n_kv_heads: n_head_kv,
+            head_dim: hd,
+            block_size: 16,
+            n_blocks: 48,
+            ty: KvType::F16,
+        });
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut unit = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        // Two sequences grown in turns, so that their blocks interleave.
+        let n = 300;
+        for pos in 0..n {
+            for seq in [0u32, 1] {
+                cache.reserve(seq, pos + 1).unwrap();
+                for l in 0..layers {
+                    let k: Vec<f32> = (0..n_head_kv * hd).map(|_| unit()).collect();
+                    let v: Vec<f32> = (0..n_head_kv * hd).map(|_| unit()).collect();
+                    cache.write(l, seq, pos, &k, &v);
+                }
+            }
+        }
+        let q: Vec<f32> = (0..n_head * hd).map(|_| unit() * 2.0).collect();
+        let kernels = Kernels::new(torchless_kernels::dispatch::Isa::best()).unwrap();
+        let pool = ThreadPool::new(2);
+        let max_ctx = 320;
+        let mut scratch = vec![0.0; scratch_len(max_ctx, hd, n_head, 2)];
+        for (pos, layer) in [(0usize, 1usize), (7, 0), (255, 1), (299, 1)] {
+            let s = AttnShape {
+                layer,
+                n_head,
+                n_head_kv,
+                head_dim: hd,
+                scale: 0.25,
+            };
+            let mut batch = Batch::new();
+            batch.push(0, pos, 1, true);
+            let run = |phased_from: usize, scratch: &mut [f32]| {
+                let mut out = vec![0.0f32; n_head * hd];
+                let io = (&q[..], &mut out[..], scratch, max_ctx);
+                attend_from(&kernels, &pool, &s, &batch, &cache, io, phased_from);
+                out
+            };
+            let per_head = run(usize::MAX, &mut scratch);
+            let phased = run(0, &mut scratch);
+            for (i, (a, b)) in phased.iter().zip(&per_head).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "pos {pos}, head {}, dim {}",
+                    i / hd,
+                    i % hd
+                );
+            }
+            assert!(per_head.iter().any(|&x| x != 0.0));
+        }
     }
 }

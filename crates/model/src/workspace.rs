@@ -33,7 +33,7 @@ pub struct Workspace {
     pub(crate) up: Vec<f32>,
     /// rope: [max_batch, rope_dims] interleaved cos/sin per token.
     pub(crate) rope: Vec<f32>,
-    /// Attention scratch: [threads, scratch_per_thread(max_ctx, head_dim)].
+    /// Attention scratch (`attention::scratch_len`).
     pub(crate) scores: Vec<f32>,
     /// Activations encoded for quantized dot products.
     pub(crate) acts: Activations,
@@ -69,7 +69,7 @@ impl Workspace {
             rope: vec![0.0; b * c.rope.dims],
             scores: vec![
                 0.0;
-                threads.max(1) * crate::attention::scratch_per_thread(max_ctx, c.head_dim)
+                crate::attention::scratch_len(max_ctx, c.head_dim, c.n_head, threads)
             ],
             acts,
             out_rows: Vec::with_capacity(b),

@@ -1187,6 +1187,150 @@ pub unsafe fn attend_head_f16(
     }
 }
 
+/// [`crate::attention::scores_vec`] for an f16 cache (bounds checked by the caller, block
+/// shape by `PagedHead::simd_layout`): up to four queries per pass over the keys, each key
+/// converted once; every score in exactly [`attend_head_f16`]'s `Reduce::Vec` arithmetic.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scores_vec_f16(
+    qrs: &[&[f32]],
+    kv: &PagedHead<half::f16>,
+    positions: std::ops::Range<usize>,
+    scale: f32,
+    outs: &mut [&mut [f32]],
+) {
+    for (qc, oc) in qrs.chunks(4).zip(outs.chunks_mut(4)) {
+        let (q, o) = pointers4(qc, oc);
+        let r = positions.clone();
+        match qc.len() {
+            1 => scores_n::<1>(first(q), kv, r, scale, first(o)),
+            2 => scores_n::<2>(first(q), kv, r, scale, first(o)),
+            3 => scores_n::<3>(first(q), kv, r, scale, first(o)),
+            _ => scores_n::<4>(q, kv, r, scale, o),
+        }
+    }
+}
+
+/// Up to four inputs' and outputs' pointers (null past the end).
+#[inline(always)]
+fn pointers4(ins: &[&[f32]], outs: &mut [&mut [f32]]) -> ([*const f32; 4], [*mut f32; 4]) {
+    let mut i = [std::ptr::null::<f32>(); 4];
+    let mut o = [std::ptr::null_mut::<f32>(); 4];
+    for (p, x) in i.iter_mut().zip(ins) {
+        *p = x.as_ptr();
+    }
+    for (p, x) in o.iter_mut().zip(outs.iter_mut()) {
+        *p = x.as_mut_ptr();
+    }
+    (i, o)
+}
+
+/// The first `N` of four.
+#[inline(always)]
+fn first<T: Copy, const N: usize>(a: [T; 4]) -> [T; N] {
+    std::array::from_fn(|i| a[i])
+}
+
+#[inline(always)]
+unsafe fn scores_n<const N: usize>(
+    q: [*const f32; N],
+    kv: &PagedHead<half::f16>,
+    positions: std::ops::Range<usize>,
+    scale: f32,
+    o: [*mut f32; N],
+) {
+    let (hd, bs) = (kv.head_dim, kv.block_size);
+    let (shift, mask) = (bs.trailing_zeros(), bs - 1);
+    let keys = kv.keys.as_ptr();
+    let np = hd & !31;
+    let p0 = positions.start;
+    for p in positions {
+        let start = kv.base + kv.blocks[p >> shift] as usize * kv.block_stride;
+        let k = keys.add(start + (p & mask) * hd);
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
+        for i in (0..np).step_by(32) {
+            for j in 0..4 {
+                let e = i + 8 * j;
+                let kx = load_h8(k.add(e));
+                for n in 0..N {
+                    acc[n][j] = _mm256_fmadd_ps(kx, _mm256_loadu_ps(q[n].add(e)), acc[n][j]);
+                }
+            }
+        }
+        for n in 0..N {
+            let mut sum = reduce4(&acc[n]) as f64;
+            for i in np..hd {
+                sum += ((*k.add(i)).to_f32() * *q[n].add(i)) as f64;
+            }
+            *o[n].add(p - p0) = (sum as f32) * scale;
+        }
+    }
+}
+
+/// [`crate::attention::values_vec`] for an f16 cache (bounds checked by the caller): up to
+/// four queries per pass over the values, each value vector converted once; every output in
+/// exactly [`attend_head_f16`]'s `Reduce::Vec` arithmetic.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn values_vec_f16(
+    weights: &[&[f32]],
+    kv: &PagedHead<half::f16>,
+    n_kv: usize,
+    dims: std::ops::Range<usize>,
+    outs: &mut [&mut [f32]],
+) {
+    for (wc, oc) in weights.chunks(4).zip(outs.chunks_mut(4)) {
+        let (w, o) = pointers4(wc, oc);
+        let (d, at) = (dims.clone(), dims.start);
+        match wc.len() {
+            // One query: two dimensions a pass, for eight independent chains.
+            1 => {
+                let pairs = d.start..d.start + d.len() / 2 * 2;
+                values_n::<1, 2>(first(w), kv, n_kv, pairs.clone(), at, first(o));
+                values_n::<1, 1>(first(w), kv, n_kv, pairs.end..d.end, at, first(o));
+            }
+            2 => values_n::<2, 1>(first(w), kv, n_kv, d, at, first(o)),
+            3 => values_n::<3, 1>(first(w), kv, n_kv, d, at, first(o)),
+            _ => values_n::<4, 1>(w, kv, n_kv, d, at, o),
+        }
+    }
+}
+
+/// Dimensions `dims` (a multiple of `D` long) of `N` queries' outputs; output `d` of query
+/// `n` goes to `o[n] + (d - at)`.
+#[inline(always)]
+unsafe fn values_n<const N: usize, const D: usize>(
+    w: [*const f32; N],
+    kv: &PagedHead<half::f16>,
+    n_kv: usize,
+    dims: std::ops::Range<usize>,
+    at: usize,
+    o: [*mut f32; N],
+) {
+    let bs = kv.block_size;
+    let (shift, mask) = (bs.trailing_zeros(), bs - 1);
+    let values = kv.values.as_ptr();
+    let groups = n_kv.div_ceil(8);
+    for d0 in dims.step_by(D) {
+        let mut acc = [[[_mm256_setzero_ps(); 4]; D]; N];
+        for g in 0..groups {
+            let p = 8 * g;
+            let start = kv.base + kv.blocks[p >> shift] as usize * kv.block_stride;
+            let base = values.add(start + d0 * bs + (p & mask));
+            let v: [__m256; D] = arr!(D, _mm256_setzero_ps(), |j| load_h8(base.add(j * bs)));
+            for n in 0..N {
+                let wv = _mm256_loadu_ps(w[n].add(p));
+                for j in 0..D {
+                    acc[n][j][g % 4] = _mm256_fmadd_ps(v[j], wv, acc[n][j][g % 4]);
+                }
+            }
+        }
+        for n in 0..N {
+            for j in 0..D {
+                *o[n].add(d0 + j - at) = reduce4(&acc[n][j]);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Activation quantization, as llama.cpp's x86 code does it (scale max|x| / 127, multiplier
 // 127 / max|x|, rounding half to even): identical to the scalar versions in `quant::legacy`.
