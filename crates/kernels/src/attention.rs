@@ -257,6 +257,7 @@ pub struct PagedHead<'a, E> {
 impl<E> PagedHead<'_, E> {
     /// Whether the SIMD kernels can address this head: head and block sizes multiples of
     /// eight, power-of-two blocks, and every listed block inside both arrays.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn simd_layout(&self) -> bool {
         self.head_dim.is_multiple_of(8)
             && self.block_size.is_multiple_of(8)
