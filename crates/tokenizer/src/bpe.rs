@@ -72,17 +72,20 @@ impl ByteLevelBpe {
             .collect();
         let mut pairs = Vec::with_capacity(merges.len());
         let mut skipped = 0usize;
+        let mut joined = String::new();
         for m in merges.iter() {
-            let pair = m.split_once(' ');
-            match pair {
-                Some((a, b))
-                    if vocab.id(a).is_some()
-                        && vocab.id(b).is_some()
-                        && vocab.id(&format!("{a}{b}")).is_some() =>
-                {
-                    pairs.push((a.to_string(), b.to_string()))
-                }
-                _ => skipped += 1,
+            let Some((a, b)) = m.split_once(' ') else {
+                skipped += 1;
+                continue;
+            };
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            // Hash look-ups in the map just built (a merge list is as long as the vocabulary).
+            if map.contains_key(a) && map.contains_key(b) && map.contains_key(&joined) {
+                pairs.push((a.to_string(), b.to_string()));
+            } else {
+                skipped += 1;
             }
         }
         if skipped > 0 {

@@ -105,9 +105,11 @@ impl Vocab {
             None => Vec::new(),
         };
         let mut by_text: Vec<u32> = (0..n as u32).collect();
-        // Stable: equal texts keep id order, so a look-up finds the first id, as llama.cpp's
-        // token_to_id map keeps the first of duplicates.
-        by_text.sort_by(|&a, &b| tokens[a as usize].cmp(&tokens[b as usize]));
+        // Equal texts in id order, so a look-up finds the first id, as llama.cpp's token_to_id
+        // map keeps the first of duplicates.
+        by_text.sort_unstable_by(|&a, &b| {
+            (tokens.get(a as usize), a).cmp(&(tokens.get(b as usize), b))
+        });
         let id = |key: &str| -> Result<Option<u32>, TokenizerError> {
             match m.opt(key, Metadata::u32)? {
                 Some(v) if (v as usize) < n => Ok(Some(v)),
