@@ -391,3 +391,22 @@ fn long_batches_match_small_batches() {
         assert!(d.max < 1e-3, "position {pos}: max |d| {}", d.max);
     }
 }
+
+/// Rows of a batch get the batched products' arithmetic however the batch is cut into
+/// feed-forward chunks: position 128 of a 129-token batch (where a naive cut leaves a one-row
+/// chunk, which would take the single-token kernels) has exactly the logits it has in a
+/// 130-token batch. Float weights, whose batched and single-token orders differ.
+#[test]
+fn feed_forward_chunks_keep_the_batched_arithmetic() {
+    let dir = common::temp_dir("ffn_chunks");
+    let path = common::write_tiny(&dir, "tiny.gguf", common::Tiny::default());
+    let model = Model::load(&path, &LoadOptions::default()).expect("load");
+    let prompt: Vec<u32> = (0..130u32).map(|i| (i * 37 + 5) % 64).collect();
+    let short = all_logits(&model, &prompt[..129]);
+    let long = all_logits(&model, &prompt);
+    for pos in [0, 127, 128] {
+        for (a, b) in short[pos].iter().zip(&long[pos]) {
+            assert_eq!(a.to_bits(), b.to_bits(), "position {pos}: {a} vs {b}");
+        }
+    }
+}

@@ -97,18 +97,12 @@ impl KvElem for f16 {
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let fits = kv.head_dim.is_multiple_of(8)
-                && kv.block_size.is_multiple_of(8)
-                && kv.block_size.is_power_of_two()
+            let fits = kv.simd_layout()
                 && q.len() >= kv.head_dim
                 && out.len() >= kv.head_dim
                 && s.qr.len() >= kv.head_dim
                 && s.scores.len() >= n_kv.div_ceil(8) * 8
-                && kv.blocks.len() * kv.block_size >= n_kv
-                && kv.blocks.iter().all(|&b| {
-                    kv.base + (b as usize + 1) * kv.block_stride
-                        <= kv.keys.len().min(kv.values.len())
-                });
+                && kv.blocks.len() * kv.block_size >= n_kv;
             if k.has_fma() && fits {
                 let s = HeadScratch {
                     scores: &mut *s.scores,
@@ -177,20 +171,14 @@ impl KvElem for f16 {
             let hd = kv.head_dim;
             let n_max = queries.iter().map(|q| q.1).max().unwrap_or(0);
             let fits = k.has_fma()
-                && hd.is_multiple_of(8)
-                && kv.block_size.is_multiple_of(8)
-                && kv.block_size.is_power_of_two()
+                && kv.simd_layout()
                 && stride >= n_max.div_ceil(8) * 8
                 && queries.len() == outs.len()
                 && scores.len() >= queries.len() * stride
                 && qr.len() >= queries.len() * hd
                 && queries.iter().all(|q| q.0.len() >= hd)
                 && outs.iter().all(|o| o.len() >= hd)
-                && kv.blocks.len() * kv.block_size >= n_max
-                && kv.blocks.iter().all(|&b| {
-                    kv.base + (b as usize + 1) * kv.block_stride
-                        <= kv.keys.len().min(kv.values.len())
-                });
+                && kv.blocks.len() * kv.block_size >= n_max;
             if fits {
                 for (c, chunk) in queries.chunks(4).enumerate() {
                     let nq = chunk.len();
@@ -256,16 +244,26 @@ pub struct PagedHead<'a, E> {
 
 impl<E> PagedHead<'_, E> {
     /// Whether the SIMD kernels can address this head: head and block sizes multiples of
-    /// eight, power-of-two blocks, and every listed block inside both arrays.
+    /// eight, power-of-two blocks that hold their `block_size × head_dim` elements, and every
+    /// listed block inside both arrays (no arithmetic overflow on the way).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn simd_layout(&self) -> bool {
+        let len = self.keys.len().min(self.values.len());
+        let inside = |b: u32| {
+            (b as usize)
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(self.block_stride))
+                .and_then(|e| e.checked_add(self.base))
+                .is_some_and(|end| end <= len)
+        };
         self.head_dim.is_multiple_of(8)
             && self.block_size.is_multiple_of(8)
             && self.block_size.is_power_of_two()
-            && self.blocks.iter().all(|&b| {
-                self.base + (b as usize + 1) * self.block_stride
-                    <= self.keys.len().min(self.values.len())
-            })
+            && self
+                .head_dim
+                .checked_mul(self.block_size)
+                .is_some_and(|n| n <= self.block_stride)
+            && self.blocks.iter().all(|&b| inside(b))
     }
 
     #[inline(always)]
@@ -373,9 +371,14 @@ pub fn scores_vec<E: KvElem>(
     let (hd, n) = (kv.head_dim, positions.len());
     let fits = qrs.len() == outs.len()
         && qrs.iter().all(|q| q.len() >= hd)
-        && outs.iter().all(|o| o.len() >= n)
-        && positions.end <= kv.blocks.len() * kv.block_size;
-    if !fits || E::scores_simd(k, qrs, kv, positions.clone(), scale, outs) {
+        && outs.iter().all(|o| o.len() >= n);
+    if !fits {
+        return;
+    }
+    // The SIMD kernels need every position's block listed; the loop below scores positions
+    // without a block as masked.
+    let covered = positions.end <= kv.blocks.len() * kv.block_size;
+    if covered && E::scores_simd(k, qrs, kv, positions.clone(), scale, outs) {
         return;
     }
     for (q, out) in qrs.iter().zip(outs.iter_mut()) {
@@ -424,9 +427,13 @@ pub fn values_vec<E: KvElem>(
     let fits = weights.len() == outs.len()
         && weights.iter().all(|w| w.len() >= padded)
         && outs.iter().all(|o| o.len() >= dims.len())
-        && dims.end <= kv.head_dim
-        && n_kv <= kv.blocks.len() * bs;
-    if !fits || E::values_simd(k, weights, kv, n_kv, dims.clone(), outs) {
+        && dims.end <= kv.head_dim;
+    if !fits {
+        return;
+    }
+    // As in `scores_vec`: the loop below stops at the first position without a block.
+    let covered = n_kv <= kv.blocks.len() * bs;
+    if covered && E::values_simd(k, weights, kv, n_kv, dims.clone(), outs) {
         return;
     }
     const L: usize = 4 * LANES;

@@ -351,8 +351,16 @@ impl Model {
 
             // The feed-forward block runs over at most `FFN_CHUNK` rows at a time: its
             // intermediate rows (n_ff wide) are the largest buffers of a forward pass.
-            for c0 in (0..m).step_by(FFN_CHUNK) {
-                let rows = c0..(c0 + FFN_CHUNK).min(m);
+            let mut c0 = 0;
+            while c0 < m {
+                // No chunk of one row out of a batch: a lone row would take the single-token
+                // kernels, whose reduction order differs from the batched one.
+                let mut end = (c0 + FFN_CHUNK).min(m);
+                if m - end == 1 {
+                    end -= 1;
+                }
+                let rows = c0..end;
+                c0 = end;
                 let k = rows.len();
                 let xs = &mut x[rows.start * d..rows.end * d];
                 self.project_normed(
