@@ -147,19 +147,6 @@ impl StringArray {
     }
 }
 
-impl std::ops::Index<usize> for StringArray {
-    type Output = str;
-
-    /// String `i`; like slice indexing, panics past the end (use [`StringArray::get`] for
-    /// indices that input chooses).
-    fn index(&self, i: usize) -> &str {
-        match self.get(i) {
-            Some(s) => s,
-            None => panic!("string {i} of a {}-string array", self.len()),
-        }
-    }
-}
-
 impl std::fmt::Debug for StringArray {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.iter()).finish()
@@ -504,7 +491,6 @@ mod tests {
         assert_eq!(a.text_len(), words.iter().map(|w| w.len()).sum::<usize>());
         for (i, w) in words.iter().enumerate() {
             assert_eq!(a.get(i), Some(*w));
-            assert_eq!(&a[i], *w);
         }
         assert_eq!(a.get(words.len()), None);
         assert_eq!(a.iter().collect::<Vec<_>>(), words);

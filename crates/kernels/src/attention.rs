@@ -556,9 +556,7 @@ fn attend_head_impl<E: KvElem>(
     let hd = kv.head_dim;
     let bs = kv.block_size;
     let qr = &mut s.qr[..hd];
-    for (r, &x) in qr.iter_mut().zip(q) {
-        *r = E::round(x);
-    }
+    round_query::<E>(q, qr);
     let padded = n_kv.div_ceil(LANES) * LANES;
     let scores = &mut s.scores[..padded];
     for (p, sc) in scores.iter_mut().enumerate() {

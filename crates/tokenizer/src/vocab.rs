@@ -175,11 +175,14 @@ impl Vocab {
     }
 
     pub fn id(&self, text: &str) -> Option<u32> {
-        let at = self
-            .by_text
-            .partition_point(|&i| self.tokens.get(i as usize).unwrap_or("") < text);
+        let at = self.by_text.partition_point(|&i| self.text(i) < text);
         let &i = self.by_text.get(at)?;
-        (self.tokens.get(i as usize) == Some(text)).then_some(i)
+        (self.text(i) == text).then_some(i)
+    }
+
+    /// The text of token `id` (empty past the end of the vocabulary).
+    pub fn text(&self, id: u32) -> &str {
+        self.tokens.get(id as usize).unwrap_or("")
     }
 
     pub fn kind(&self, id: u32) -> Option<TokenKind> {
@@ -198,15 +201,11 @@ impl Vocab {
                 matches!(
                     self.kinds[i as usize],
                     TokenKind::Control | TokenKind::UserDefined | TokenKind::Unknown
-                ) && !self.tokens[i as usize].is_empty()
+                ) && !self.text(i).is_empty()
             })
             .collect();
         // Stable sort: equal lengths keep id order.
-        ids.sort_by(|a, b| {
-            self.tokens[*b as usize]
-                .len()
-                .cmp(&self.tokens[*a as usize].len())
-        });
+        ids.sort_by_key(|&i| std::cmp::Reverse(self.text(i).len()));
         ids
     }
 }

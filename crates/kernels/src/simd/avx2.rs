@@ -1113,33 +1113,18 @@ pub unsafe fn attend_head_f16(
     let values = kv.values.as_ptr();
     let padded = n_kv.div_ceil(8) * 8;
     let sc = &mut s.scores[..padded];
-    for p in 0..n_kv {
-        let k = keys.add(start(p) + (p & mask) * hd);
-        let dot = match order {
-            Reduce::Gemm => {
+    match order {
+        Reduce::Gemm => {
+            for (p, o) in sc[..n_kv].iter_mut().enumerate() {
+                let k = keys.add(start(p) + (p & mask) * hd);
                 let mut acc = _mm256_setzero_ps();
                 for c in (0..hd).step_by(8) {
                     acc = _mm256_fmadd_ps(load_h8(k.add(c)), _mm256_loadu_ps(qr.add(c)), acc);
                 }
-                hsum(acc)
+                *o = hsum(acc) * scale;
             }
-            Reduce::Vec => {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let np = hd & !31;
-                for i in (0..np).step_by(32) {
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        let e = i + 8 * j;
-                        *a = _mm256_fmadd_ps(load_h8(k.add(e)), _mm256_loadu_ps(qr.add(e)), *a);
-                    }
-                }
-                let mut sum = reduce4(&acc) as f64;
-                for i in np..hd {
-                    sum += ((*k.add(i)).to_f32() * *qr.add(i)) as f64;
-                }
-                sum as f32
-            }
-        };
-        sc[p] = dot * scale;
+        }
+        Reduce::Vec => scores_n::<1>([qr as *const f32], kv, 0..n_kv, scale, [sc.as_mut_ptr()]),
     }
     for v in sc[n_kv..].iter_mut() {
         *v = f32::NEG_INFINITY;
@@ -1169,21 +1154,8 @@ pub unsafe fn attend_head_f16(
                 _mm256_storeu_ps(o.add(d0), hsum_each(&acc));
             }
         }
-        Reduce::Vec => {
-            for d0 in (0..hd).step_by(2) {
-                let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-                for g in 0..groups {
-                    let p = 8 * g;
-                    let wv = _mm256_loadu_ps(w.add(p));
-                    let base = values.add(start(p) + d0 * bs + (p & mask));
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        a[g % 4] = _mm256_fmadd_ps(load_h8(base.add(j * bs)), wv, a[g % 4]);
-                    }
-                }
-                *o.add(d0) = reduce4(&acc[0]);
-                *o.add(d0 + 1) = reduce4(&acc[1]);
-            }
-        }
+        // Head sizes here are multiples of eight: two dimensions a pass cover them.
+        Reduce::Vec => values_n::<1, 2>([w], kv, n_kv, 0..hd, 0, [o]),
     }
 }
 
