@@ -76,9 +76,10 @@ impl Isa {
     pub fn is_implemented(self) -> bool {
         match self {
             Isa::Scalar | Isa::Avx2 => true,
-            // The 32-element formats so far; the rest fall back to the scalar kernels.
             Isa::Neon => cfg!(target_arch = "aarch64"),
-            Isa::Avx512 => false,
+            // Its own dot products for the 32-element and float formats; the AVX2 kernels
+            // for the rest.
+            Isa::Avx512 => cfg!(target_arch = "x86_64"),
         }
     }
 

@@ -197,6 +197,25 @@ proptest! {
         }
     }
 
+    /// The 32-element and float formats at lengths that whole super-blocks never give: odd
+    /// block counts, float lengths with a tail past the last 32-element step (kernels that
+    /// take two blocks or sixteen floats at a time must end exactly as the reference does).
+    #[test]
+    fn dot_products_at_any_length_are_bit_identical(len in 1usize..48, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 48 * 32)) {
+        let scalar = Kernels::scalar();
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
+            let block = ty.block_elems();
+            let n = if block == 1 { len * 7 } else { len * block };
+            let w = weights(ty, n, &seed);
+            let a = activations(ty.traits().vec_dot_type, &xs[..n]);
+            let want = scalar.vec_dot(ty).unwrap()(n, &w, &a);
+            for k in simd_kernels() {
+                let got = k.vec_dot(ty).unwrap()(n, &w, &a);
+                prop_assert_eq!(got.to_bits(), want.to_bits(), "{} n {} on {:?}: {} vs {}", ty, n, k.isa(), got, want);
+            }
+        }
+    }
+
     #[test]
     fn tile_kernels_are_bit_identical(rows in 1usize..40, tokens in 1usize..20, blocks in 1usize..4, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 768 * 19)) {
         let pool = ThreadPool::new(2);

@@ -28,14 +28,14 @@ macro_rules! arr {
 
 /// Half to float with F16C.
 #[inline(always)]
-unsafe fn h(b: [u8; 2]) -> f32 {
+pub(super) unsafe fn h(b: [u8; 2]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(
         _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
     ))
 }
 
 #[inline(always)]
-unsafe fn hsum(x: __m256) -> f32 {
+pub(super) unsafe fn hsum(x: __m256) -> f32 {
     let mut r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
     r = _mm_add_ps(r, _mm_movehl_ps(r, r));
     r = _mm_add_ss(r, _mm_movehdup_ps(r));
@@ -44,7 +44,7 @@ unsafe fn hsum(x: __m256) -> f32 {
 
 /// 32 nibbles as bytes: low nibbles of the 16 bytes first, then the high ones.
 #[inline(always)]
-unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+pub(super) unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
     let t = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
     let both = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
@@ -52,7 +52,7 @@ unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
 
 /// 0xFF in byte j where bit j of `qh` is set.
 #[inline(always)]
-unsafe fn bits_to_bytes(qh: &[u8; 4]) -> __m256i {
+pub(super) unsafe fn bits_to_bytes(qh: &[u8; 4]) -> __m256i {
     let x = u32::from_le_bytes(*qh) as i32;
     let shuf = _mm256_set_epi64x(
         0x0303030303030303,
@@ -67,19 +67,19 @@ unsafe fn bits_to_bytes(qh: &[u8; 4]) -> __m256i {
 
 /// Unsigned × signed bytes, summed in fours, as floats (one lane per four products).
 #[inline(always)]
-unsafe fn dot_us8(ux: __m256i, sy: __m256i) -> __m256 {
+pub(super) unsafe fn dot_us8(ux: __m256i, sy: __m256i) -> __m256 {
     let pairs = _mm256_maddubs_epi16(ux, sy);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), pairs))
 }
 
 /// Signed × signed bytes, summed in fours, as floats.
 #[inline(always)]
-unsafe fn dot_s8(x: __m256i, y: __m256i) -> __m256 {
+pub(super) unsafe fn dot_s8(x: __m256i, y: __m256i) -> __m256 {
     dot_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 }
 
 #[inline(always)]
-unsafe fn load32(qs: &[u8; 32]) -> __m256i {
+pub(super) unsafe fn load32(qs: &[u8; 32]) -> __m256i {
     _mm256_loadu_si256(qs.as_ptr() as *const __m256i)
 }
 
@@ -1053,7 +1053,7 @@ unsafe fn load_h8(p: *const half::f16) -> __m256 {
 
 /// ggml's four-accumulator reduction (`GGML_F32x8_REDUCE`).
 #[inline(always)]
-unsafe fn reduce4(s: &[__m256; 4]) -> f32 {
+pub(super) unsafe fn reduce4(s: &[__m256; 4]) -> f32 {
     let x = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
     let t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     let t1 = _mm_hadd_ps(t0, t0);

@@ -3,6 +3,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 
@@ -41,6 +43,18 @@ checked! {
     avx2_f32_b => avx2::dot_f32_batched,
     avx2_f16_b => avx2::dot_f16_batched,
     avx2_bf16_b => avx2::dot_bf16_batched,
+}
+
+#[cfg(target_arch = "x86_64")]
+checked! {
+    avx512_q4_0 => avx512::dot_q4_0_q8_0,
+    avx512_q4_1 => avx512::dot_q4_1_q8_1,
+    avx512_q5_0 => avx512::dot_q5_0_q8_0,
+    avx512_q5_1 => avx512::dot_q5_1_q8_1,
+    avx512_q8_0 => avx512::dot_q8_0_q8_0,
+    avx512_f32 => avx512::dot_f32,
+    avx512_f16 => avx512::dot_f16,
+    avx512_bf16 => avx512::dot_bf16,
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -215,8 +229,21 @@ pub(crate) fn vec_dot_batched(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
 /// The SIMD dot product for weights of type `ty` on `isa`, if there is one.
 pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
     match isa {
+        // The AVX-512 kernels where there are some, else the AVX2 ones.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => match ty {
+        Isa::Avx512 => match ty {
+            GgmlType::Q4_0 => Some(avx512_q4_0),
+            GgmlType::Q4_1 => Some(avx512_q4_1),
+            GgmlType::Q5_0 => Some(avx512_q5_0),
+            GgmlType::Q5_1 => Some(avx512_q5_1),
+            GgmlType::Q8_0 => Some(avx512_q8_0),
+            GgmlType::F32 => Some(avx512_f32),
+            GgmlType::F16 => Some(avx512_f16),
+            GgmlType::BF16 => Some(avx512_bf16),
+            _ => vec_dot(Isa::Avx2, ty),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match ty {
             GgmlType::Q4_0 => Some(avx2_q4_0),
             GgmlType::Q4_1 => Some(avx2_q4_1),
             GgmlType::Q5_0 => Some(avx2_q5_0),
