@@ -1387,9 +1387,9 @@ pub unsafe fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
 
 /// A super-block unpacked for SIMD: eight 32-byte chunks of unsigned quants (elements
 /// 32c..32c+31), the i16 scale vectors that multiply them, and what the integer sum needs.
-struct KBlock {
-    q: [__m256i; 8],
-    sc: [__m256i; 8],
+pub(super) struct KBlock {
+    pub(super) q: [__m256i; 8],
+    pub(super) sc: [__m256i; 8],
     /// Per 16-element group: scale (for the offset correction) and min.
     sc16: __m256i,
     min16: __m256i,
@@ -1420,8 +1420,15 @@ unsafe fn kdot(k: &KBlock, y: *const u8) -> f32 {
         let p = _mm256_maddubs_epi16(k.q[c], _mm256_loadu_si256(yq.add(32 * c) as *const __m256i));
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(k.sc[c], p));
     }
+    kdot_finish(k, y, hsum_i32(acc))
+}
+
+/// The end of [`kdot`] from the exact sum of quants × scales `raw`: the offset correction, the
+/// minimum terms, the scales.
+#[inline(always)]
+pub(super) unsafe fn kdot_finish(k: &KBlock, y: *const u8, raw: i32) -> f32 {
     let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
-    let mut isum = hsum_i32(acc);
+    let mut isum = raw;
     if k.offset != 0 {
         isum -= k.offset * hsum_i32(_mm256_madd_epi16(k.sc16, bsums));
     }
@@ -1503,7 +1510,7 @@ unsafe fn i16x16(v: [i16; 16]) -> __m256i {
 /// The eight 6-bit scales and eight mins of a Q4_K/Q5_K block as bytes
 /// `[sc0..sc7, m0..m7]` (llama.cpp's word trick; same values as `k4_scales_mins`).
 #[inline(always)]
-unsafe fn k4_scales_vec(s: &[u8; 12]) -> __m128i {
+pub(super) unsafe fn k4_scales_vec(s: &[u8; 12]) -> __m128i {
     const M1: u32 = 0x3f3f_3f3f;
     const M2: u32 = 0x0f0f_0f0f;
     const M3: u32 = 0x0303_0303;
@@ -1518,7 +1525,7 @@ unsafe fn k4_scales_vec(s: &[u8; 12]) -> __m128i {
 
 /// Byte `i` of `v` as sixteen unsigned i16.
 #[inline(always)]
-unsafe fn bcast_u8_i16(v: __m128i, i: i8) -> __m256i {
+pub(super) unsafe fn bcast_u8_i16(v: __m128i, i: i8) -> __m256i {
     _mm256_cvtepu8_epi16(_mm_shuffle_epi8(v, _mm_set1_epi8(i)))
 }
 
@@ -1556,7 +1563,7 @@ unsafe fn unpack_q4_k(b: &BlockQ4K) -> KBlock {
 }
 
 #[inline(always)]
-unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
+pub(super) unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
     let scm = k4_scales_vec(&b.scales);
     let m4 = _mm256_set1_epi8(0x0F);
     let qh = _mm256_loadu_si256(b.qh.as_ptr() as *const __m256i);
@@ -1617,7 +1624,7 @@ unsafe fn unpack_q6_k(b: &BlockQ6K) -> KBlock {
 }
 
 #[inline(always)]
-unsafe fn unpack_q3_k(b: &BlockQ3K) -> KBlock {
+pub(super) unsafe fn unpack_q3_k(b: &BlockQ3K) -> KBlock {
     let sc = q3k_scales(&b.scales);
     let m3 = _mm256_set1_epi8(3);
     let hm = _mm256_loadu_si256(b.hmask.as_ptr() as *const __m256i);
@@ -1650,7 +1657,7 @@ unsafe fn unpack_q3_k(b: &BlockQ3K) -> KBlock {
 }
 
 #[inline(always)]
-unsafe fn unpack_q2_k(b: &BlockQ2K) -> KBlock {
+pub(super) unsafe fn unpack_q2_k(b: &BlockQ2K) -> KBlock {
     let m3 = _mm256_set1_epi8(3);
     let mut q = [_mm256_setzero_si256(); 8];
     for n in 0..2 {
@@ -1698,12 +1705,18 @@ unsafe fn sb_q4_k(x: *const u8, y: *const u8) -> f32 {
             _mm256_madd_epi16(bcast_u8_i16(scm, 2 * j as i8 + 1), ph),
         );
     }
+    q4_k_finish(b, scm, y, hsum_i32(acc))
+}
+
+/// The end of [`sb_q4_k`] from the exact sum of quants × scales `isum` (`scm`: the block's
+/// [`k4_scales_vec`]): the minimum terms and the scales.
+#[inline(always)]
+pub(super) unsafe fn q4_k_finish(b: &BlockQ4K, scm: __m128i, y: *const u8, isum: i32) -> f32 {
     let mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
         scm,
         _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15),
     ));
     let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
-    let isum = hsum_i32(acc);
     let msum = hsum_i32(_mm256_madd_epi16(mins, bsums));
     let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
     (h(b.d) * dy) * isum as f32 - (h(b.dmin) * dy) * msum as f32
@@ -1723,15 +1736,28 @@ unsafe fn sb_q6_k(x: *const u8, y: *const u8) -> f32 {
         let q = q6_k_quants(l1, l2, hb);
         for (i, qi) in q.iter().enumerate() {
             let c = 4 * n + i;
-            let (a, bb) = (2 * c as i8, 2 * c as i8 + 1);
-            let mask = _mm_setr_epi8(a, a, a, a, a, a, a, a, bb, bb, bb, bb, bb, bb, bb, bb);
-            let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sv, mask));
             let p = _mm256_maddubs_epi16(*qi, _mm256_loadu_si256(yq.add(32 * c) as *const __m256i));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(sc, p));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(q6_k_chunk_scales(sv, c), p));
         }
     }
+    q6_k_finish(b, sv, y, hsum_i32(acc))
+}
+
+/// The scales of 32-element chunk `c` of a Q6_K block (`sv`: its sixteen scale bytes) as
+/// sixteen i16: two 16-element groups' scales, eight times each.
+#[inline(always)]
+pub(super) unsafe fn q6_k_chunk_scales(sv: __m128i, c: usize) -> __m256i {
+    let (a, bb) = (2 * c as i8, 2 * c as i8 + 1);
+    let mask = _mm_setr_epi8(a, a, a, a, a, a, a, a, bb, bb, bb, bb, bb, bb, bb, bb);
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sv, mask))
+}
+
+/// The end of [`sb_q6_k`] from the exact sum of quants (stored +32) × scales `raw`: the offset
+/// correction and the scale.
+#[inline(always)]
+pub(super) unsafe fn q6_k_finish(b: &BlockQ6K, sv: __m128i, y: *const u8, raw: i32) -> f32 {
     let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
-    let isum = hsum_i32(acc) - 32 * hsum_i32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sv), bsums));
+    let isum = raw - 32 * hsum_i32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sv), bsums));
     let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
     let d = h(b.d) * dy;
     d * isum as f32 - (0.0 * dy) * 0.0
@@ -2040,7 +2066,7 @@ unsafe fn q6_k_scales(word: __m256i, pat: usize) -> __m256i {
 /// interleaved Q6_K rows, from their low-bit words `la` (`ql` word `16n + kk`), `lb` (word
 /// `16n + 8 + kk`) and high-bit word `hb` (`qh` word `8n + kk`).
 #[inline(always)]
-unsafe fn q6_k_quants(la: __m256i, lb: __m256i, hb: __m256i) -> [__m256i; 4] {
+pub(super) unsafe fn q6_k_quants(la: __m256i, lb: __m256i, hb: __m256i) -> [__m256i; 4] {
     let m4 = _mm256_set1_epi8(0x0F);
     [
         _mm256_or_si256(
