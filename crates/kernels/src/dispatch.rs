@@ -14,7 +14,8 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
-    /// x86-64 with AVX-512 F/BW/VL (VNNI used where present).
+    /// x86-64 with AVX-512 F/BW/VL: its own single-token dot products, the AVX2 kernels for the
+    /// rest (VNNI not used: see `simd/avx512.rs`).
     Avx512,
     /// AArch64 with NEON (dot-product instructions used where present).
     Neon,
