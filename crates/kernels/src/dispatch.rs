@@ -78,8 +78,7 @@ impl Isa {
         match self {
             Isa::Scalar | Isa::Avx2 => true,
             Isa::Neon => cfg!(target_arch = "aarch64"),
-            // Its own dot products for the 32-element and float formats; the AVX2 kernels
-            // for the rest.
+            // Its own single-token dot products; the AVX2 kernels for the rest.
             Isa::Avx512 => cfg!(target_arch = "x86_64"),
         }
     }

@@ -44,7 +44,7 @@ pub(super) unsafe fn hsum(x: __m256) -> f32 {
 
 /// 32 nibbles as bytes: low nibbles of the 16 bytes first, then the high ones.
 #[inline(always)]
-pub(super) unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
     let t = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
     let both = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
@@ -52,7 +52,7 @@ pub(super) unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
 
 /// 0xFF in byte j where bit j of `qh` is set.
 #[inline(always)]
-pub(super) unsafe fn bits_to_bytes(qh: &[u8; 4]) -> __m256i {
+unsafe fn bits_to_bytes(qh: &[u8; 4]) -> __m256i {
     let x = u32::from_le_bytes(*qh) as i32;
     let shuf = _mm256_set_epi64x(
         0x0303030303030303,
@@ -67,14 +67,14 @@ pub(super) unsafe fn bits_to_bytes(qh: &[u8; 4]) -> __m256i {
 
 /// Unsigned × signed bytes, summed in fours, as floats (one lane per four products).
 #[inline(always)]
-pub(super) unsafe fn dot_us8(ux: __m256i, sy: __m256i) -> __m256 {
+unsafe fn dot_us8(ux: __m256i, sy: __m256i) -> __m256 {
     let pairs = _mm256_maddubs_epi16(ux, sy);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), pairs))
 }
 
 /// Signed × signed bytes, summed in fours, as floats.
 #[inline(always)]
-pub(super) unsafe fn dot_s8(x: __m256i, y: __m256i) -> __m256 {
+unsafe fn dot_s8(x: __m256i, y: __m256i) -> __m256 {
     dot_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 }
 

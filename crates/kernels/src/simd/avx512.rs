@@ -47,7 +47,7 @@ unsafe fn high(p: __m512) -> __m256 {
     _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(p)))
 }
 
-/// The nibbles of two blocks as bytes: for each block, as [`super::avx2::nibbles`] (low
+/// The nibbles of two blocks as bytes: for each block, as the AVX2 kernels' `nibbles` (low
 /// nibbles of its 16 bytes, then the high ones), the first block in the low half.
 #[inline(always)]
 unsafe fn nibbles2(a: &[u8; 16], b: &[u8; 16]) -> __m512i {
@@ -70,69 +70,85 @@ fn high_bits2(a: &[u8; 4], b: &[u8; 4]) -> __mmask64 {
     u32::from_le_bytes(*a) as u64 | (u32::from_le_bytes(*b) as u64) << 32
 }
 
-/// An 8-bit activation block (Q8_0 or Q8_1): its 32 quants.
+/// An 8-bit activation block: Q8_0 for the symmetric weight formats (signed quants), Q8_1 for
+/// those with a minimum (unsigned quants; `m · s` summed apart from the products).
 trait ActBlock: bytemuck::Pod {
+    const WITH_MIN: bool;
     fn qs(&self) -> &[u8; 32];
+    fn d(&self) -> [u8; 2];
+    /// The sum term `s` (Q8_1 only).
+    fn s(&self) -> [u8; 2] {
+        [0; 2]
+    }
 }
 
 impl ActBlock for BlockQ8_0 {
+    const WITH_MIN: bool = false;
     fn qs(&self) -> &[u8; 32] {
         &self.qs
+    }
+    fn d(&self) -> [u8; 2] {
+        self.d
     }
 }
 
 impl ActBlock for BlockQ8_1 {
+    const WITH_MIN: bool = true;
     fn qs(&self) -> &[u8; 32] {
         &self.qs
+    }
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
+    fn s(&self) -> [u8; 2] {
+        self.s
     }
 }
 
 /// A 32-element weight format, two blocks at a time.
 trait Pair: bytemuck::Pod {
-    /// The activation block type it is multiplied with.
+    /// The activation block type it is multiplied with (which says whether it is signed and
+    /// has a minimum).
     type Act: ActBlock;
-    /// Whether the format has a minimum term (`m · s`, summed apart from the products).
-    const WITH_MIN: bool;
-    /// Whether its quants are signed bytes (else unsigned).
-    const SIGNED: bool;
+    fn d(&self) -> [u8; 2];
+    /// The minimum `m` (formats paired with Q8_1 only).
+    fn m(&self) -> [u8; 2] {
+        [0; 2]
+    }
     /// The quants of two blocks as bytes, `a`'s in the low half.
     unsafe fn quants2(a: &Self, b: &Self) -> __m512i;
-    /// The scale product `d_x · d_y` and the minimum term `m_x · s_y` (0 without one).
-    unsafe fn scales(&self, y: &Self::Act) -> (f32, f32);
 }
 
 impl Pair for BlockQ4_0 {
     type Act = BlockQ8_0;
-    const WITH_MIN: bool = false;
-    const SIGNED: bool = true;
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
     #[inline(always)]
     unsafe fn quants2(a: &Self, b: &Self) -> __m512i {
         _mm512_sub_epi8(nibbles2(&a.qs, &b.qs), _mm512_set1_epi8(8))
-    }
-    #[inline(always)]
-    unsafe fn scales(&self, y: &BlockQ8_0) -> (f32, f32) {
-        (h(self.d) * h(y.d), 0.0)
     }
 }
 
 impl Pair for BlockQ4_1 {
     type Act = BlockQ8_1;
-    const WITH_MIN: bool = true;
-    const SIGNED: bool = false;
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
+    fn m(&self) -> [u8; 2] {
+        self.m
+    }
     #[inline(always)]
     unsafe fn quants2(a: &Self, b: &Self) -> __m512i {
         nibbles2(&a.qs, &b.qs)
-    }
-    #[inline(always)]
-    unsafe fn scales(&self, y: &BlockQ8_1) -> (f32, f32) {
-        (h(self.d) * h(y.d), h(self.m) * h(y.s))
     }
 }
 
 impl Pair for BlockQ5_0 {
     type Act = BlockQ8_0;
-    const WITH_MIN: bool = false;
-    const SIGNED: bool = true;
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
     #[inline(always)]
     unsafe fn quants2(a: &Self, b: &Self) -> __m512i {
         // 0xF0 (the value minus 16) where the fifth bit is clear.
@@ -140,47 +156,41 @@ impl Pair for BlockQ5_0 {
         let hi = _mm512_maskz_mov_epi8(!k, _mm512_set1_epi8(0xF0u8 as i8));
         _mm512_or_si512(nibbles2(&a.qs, &b.qs), hi)
     }
-    #[inline(always)]
-    unsafe fn scales(&self, y: &BlockQ8_0) -> (f32, f32) {
-        (h(self.d) * h(y.d), 0.0)
-    }
 }
 
 impl Pair for BlockQ5_1 {
     type Act = BlockQ8_1;
-    const WITH_MIN: bool = true;
-    const SIGNED: bool = false;
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
+    fn m(&self) -> [u8; 2] {
+        self.m
+    }
     #[inline(always)]
     unsafe fn quants2(a: &Self, b: &Self) -> __m512i {
         let k = high_bits2(&a.qh, &b.qh);
         let hi = _mm512_maskz_mov_epi8(k, _mm512_set1_epi8(0x10));
         _mm512_or_si512(nibbles2(&a.qs, &b.qs), hi)
     }
-    #[inline(always)]
-    unsafe fn scales(&self, y: &BlockQ8_1) -> (f32, f32) {
-        (h(self.d) * h(y.d), h(self.m) * h(y.s))
-    }
 }
 
 impl Pair for BlockQ8_0 {
     type Act = BlockQ8_0;
-    const WITH_MIN: bool = false;
-    const SIGNED: bool = true;
+    fn d(&self) -> [u8; 2] {
+        self.d
+    }
     #[inline(always)]
     unsafe fn quants2(a: &Self, b: &Self) -> __m512i {
         join(load32(&a.qs), load32(&b.qs))
     }
-    #[inline(always)]
-    unsafe fn scales(&self, y: &BlockQ8_0) -> (f32, f32) {
-        (h(self.d) * h(y.d), 0.0)
-    }
 }
 
 /// Weight × activation bytes summed in fours, as floats (one lane per four products): the
-/// lanes of [`super::avx2::dot_s8`] / [`super::avx2::dot_us8`] for each half.
+/// lanes of the AVX2 kernels' `dot_s8` / `dot_us8` for each half.
 #[inline(always)]
 unsafe fn products<B: Pair>(x: __m512i, y: __m512i) -> __m512 {
-    let (ux, sy) = if B::SIGNED {
+    // Formats without a minimum have signed quants.
+    let (ux, sy) = if !B::Act::WITH_MIN {
         // |x| × (y with x's sign): the products of AVX2's sign trick (a zero x zeroes the
         // product either way).
         let negative = _mm512_movepi8_mask(x);
@@ -213,17 +223,16 @@ unsafe fn dot_pairs<B: Pair>(n: usize, w: &[u8], a: &[u8]) -> f32 {
             (x0, y0)
         };
         let p = products::<B>(B::quants2(x0, x1), join(load32(y0.qs()), load32(y1.qs())));
-        let (d0, m0) = x0.scales(y0);
-        summs += m0;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d0), low(p), acc);
-        if pair {
-            let (d1, m1) = x1.scales(y1);
-            summs += m1;
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d1), high(p), acc);
+        let halves = [(x0, y0, low(p)), (x1, y1, high(p))];
+        for &(x, y, q) in &halves[..if pair { 2 } else { 1 }] {
+            if B::Act::WITH_MIN {
+                summs += h(x.m()) * h(y.s());
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h(x.d()) * h(y.d())), q, acc);
         }
         i += 2;
     }
-    if B::WITH_MIN {
+    if B::Act::WITH_MIN {
         hsum(acc) + summs
     } else {
         hsum(acc)

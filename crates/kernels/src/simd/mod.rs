@@ -234,7 +234,6 @@ pub(crate) fn vec_dot_batched(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
 /// The SIMD dot product for weights of type `ty` on `isa`, if there is one.
 pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
     match isa {
-        // The AVX-512 kernels where there are some, else the AVX2 ones.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => match ty {
             GgmlType::Q4_0 => Some(avx512_q4_0),
@@ -250,7 +249,7 @@ pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
             GgmlType::F32 => Some(avx512_f32),
             GgmlType::F16 => Some(avx512_f16),
             GgmlType::BF16 => Some(avx512_bf16),
-            _ => vec_dot(Isa::Avx2, ty),
+            _ => None,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match ty {
