@@ -17,6 +17,7 @@ use std::ops::Range;
 use half::f16;
 
 use crate::lanes::{expf_ggml, hsum8, reduce4x8, LANES};
+pub use crate::paged::{HeadScratch, PagedHead, Reduce};
 
 /// An element type of the KV cache.
 pub trait KvElem: Copy + Send + Sync + 'static {
@@ -95,27 +96,8 @@ impl KvElem for f16 {
         s: &mut HeadScratch<'_>,
         out: &mut [f32],
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let fits = kv.simd_layout()
-                && q.len() >= kv.head_dim
-                && out.len() >= kv.head_dim
-                && s.qr.len() >= kv.head_dim
-                && s.scores.len() >= n_kv.div_ceil(8) * 8
-                && kv.blocks.len() * kv.block_size >= n_kv;
-            if k.has_fma() && fits {
-                let s = HeadScratch {
-                    scores: &mut *s.scores,
-                    acc: &mut *s.acc,
-                    qr: &mut *s.qr,
-                };
-                // SAFETY: `has_fma` implies the AVX2/FMA/F16C kernels; bounds checked above.
-                unsafe { crate::simd::avx2::attend_head_f16(q, kv, n_kv, scale, order, s, out) };
-                return true;
-            }
-        }
-        let _ = (k, q, kv, n_kv, scale, order, s, out);
-        false
+        k.f16_attention()
+            .is_some_and(|a| (a.attend_head)(q, kv, n_kv, scale, order, s, out))
     }
 
     fn scores_simd(
@@ -126,15 +108,8 @@ impl KvElem for f16 {
         scale: f32,
         outs: &mut [&mut [f32]],
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if k.has_fma() && kv.simd_layout() {
-            // SAFETY: `has_fma` implies the AVX2/FMA/F16C kernels; the caller checked every
-            // bound (see `scores_vec`) and `simd_layout` the block shape.
-            unsafe { crate::simd::avx2::scores_vec_f16(qrs, kv, positions, scale, outs) };
-            return true;
-        }
-        let _ = (k, qrs, kv, positions, scale, outs);
-        false
+        k.f16_attention()
+            .is_some_and(|a| (a.scores_vec)(qrs, kv, positions, scale, outs))
     }
 
     fn values_simd(
@@ -145,15 +120,8 @@ impl KvElem for f16 {
         dims: Range<usize>,
         outs: &mut [&mut [f32]],
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if k.has_fma() && kv.simd_layout() {
-            // SAFETY: as in `scores_simd`; `values_vec` checked that the weights cover
-            // `n_kv` rounded up to eight.
-            unsafe { crate::simd::avx2::values_vec_f16(weights, kv, n_kv, dims, outs) };
-            return true;
-        }
-        let _ = (k, weights, kv, n_kv, dims, outs);
-        false
+        k.f16_attention()
+            .is_some_and(|a| (a.values_vec)(weights, kv, n_kv, dims, outs))
     }
 
     fn attend_group_simd(
@@ -166,46 +134,8 @@ impl KvElem for f16 {
         qr: &mut [f32],
         outs: &mut [&mut [f32]],
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let hd = kv.head_dim;
-            let n_max = queries.iter().map(|q| q.1).max().unwrap_or(0);
-            let fits = k.has_fma()
-                && kv.simd_layout()
-                && stride >= n_max.div_ceil(8) * 8
-                && queries.len() == outs.len()
-                && scores.len() >= queries.len() * stride
-                && qr.len() >= queries.len() * hd
-                && queries.iter().all(|q| q.0.len() >= hd)
-                && outs.iter().all(|o| o.len() >= hd)
-                && kv.blocks.len() * kv.block_size >= n_max;
-            if fits {
-                for (c, chunk) in queries.chunks(4).enumerate() {
-                    let nq = chunk.len();
-                    let empty: &[f32] = &[];
-                    let mut qs = [empty; 4];
-                    let mut n_kv = [0usize; 4];
-                    let mut o = [std::ptr::null_mut::<f32>(); 4];
-                    for (i, (q, n)) in chunk.iter().enumerate() {
-                        qs[i] = q;
-                        n_kv[i] = *n;
-                        o[i] = outs[4 * c + i].as_mut_ptr();
-                    }
-                    let sc = &mut scores[4 * c * stride..(4 * c + nq) * stride];
-                    let q = &mut qr[4 * c * hd..(4 * c + nq) * hd];
-                    // SAFETY: `has_fma` implies the AVX2 kernels; every bound was checked above,
-                    // and the output pointers come from distinct `&mut` slices.
-                    unsafe {
-                        crate::simd::avx2::attend_group4_f16(
-                            qs, n_kv, nq, kv, scale, sc, stride, q, o,
-                        )
-                    };
-                }
-                return true;
-            }
-        }
-        let _ = (k, queries, kv, scale, scores, stride, qr, outs);
-        false
+        k.f16_attention()
+            .is_some_and(|a| (a.attend_group)(queries, kv, scale, scores, stride, qr, outs))
     }
 }
 
@@ -217,59 +147,6 @@ impl KvElem for f32 {
     #[inline(always)]
     fn round(x: f32) -> f32 {
         x
-    }
-}
-
-/// Which of the reference engine's reduction orders to reproduce.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reduce {
-    /// A batch of queries (llama.cpp's tiled GEMM): one 8-lane accumulator.
-    Gemm,
-    /// A single query (llama.cpp's `vec_dot`): four 8-lane accumulators over 32-element steps.
-    Vec,
-}
-
-/// Where one KV head's blocks are: block `b` starts at `base + b * block_stride` in both the
-/// key and the value arrays.
-#[derive(Clone, Copy, Debug)]
-pub struct PagedHead<'a, E> {
-    pub keys: &'a [E],
-    pub values: &'a [E],
-    pub blocks: &'a [u32],
-    pub base: usize,
-    pub block_stride: usize,
-    pub block_size: usize,
-    pub head_dim: usize,
-}
-
-impl<E> PagedHead<'_, E> {
-    /// Whether the SIMD kernels can address this head: head and block sizes multiples of
-    /// eight, power-of-two blocks that hold their `block_size × head_dim` elements, and every
-    /// listed block inside both arrays (no arithmetic overflow on the way).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    fn simd_layout(&self) -> bool {
-        let len = self.keys.len().min(self.values.len());
-        let inside = |b: u32| {
-            (b as usize)
-                .checked_add(1)
-                .and_then(|n| n.checked_mul(self.block_stride))
-                .and_then(|e| e.checked_add(self.base))
-                .is_some_and(|end| end <= len)
-        };
-        self.head_dim.is_multiple_of(8)
-            && self.block_size.is_multiple_of(8)
-            && self.block_size.is_power_of_two()
-            && self
-                .head_dim
-                .checked_mul(self.block_size)
-                .is_some_and(|n| n <= self.block_stride)
-            && self.blocks.iter().all(|&b| inside(b))
-    }
-
-    #[inline(always)]
-    fn start(&self, p: usize) -> Option<usize> {
-        let b = *self.blocks.get(p / self.block_size)? as usize;
-        Some(self.base + b * self.block_stride)
     }
 }
 
@@ -485,22 +362,10 @@ pub fn attend_group<E: KvElem>(
 
 /// [`softmax`] on the fastest path `k` offers (bit-identical results).
 pub fn softmax_with(k: &crate::Kernels, x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if k.has_fma() && x.len().is_multiple_of(8) {
-        // SAFETY: `has_fma` implies AVX2/FMA/F16C.
-        unsafe { crate::simd::avx2::softmax8(x) };
-        return;
+    match k.softmax8() {
+        Some(simd) if x.len().is_multiple_of(LANES) => simd(x),
+        _ => softmax(x),
     }
-    let _ = k;
-    softmax(x);
-}
-
-/// Per-head scratch: `scores` holds at least `n_kv` rounded up to 8, `acc` at least
-/// `32 * head_dim`, `qr` at least `head_dim`.
-pub struct HeadScratch<'a> {
-    pub scores: &'a mut [f32],
-    pub acc: &'a mut [f32],
-    pub qr: &'a mut [f32],
 }
 
 /// `out = softmax(scale · q·Kᵀ) · V` over the first `n_kv` positions of one KV head.

@@ -2,11 +2,13 @@
 //!
 //! - [`quant`]: the one table of element types (GGML numbering), block layouts, dequantization,
 //!   activation quantization and the scalar dot products that serve as the test oracle;
+//! - [`isa`]: instruction-set tags and CPU checks;
 //! - [`dispatch`]: run-time choice of SIMD implementations;
 //! - [`matmul`]: weight-matrix × activation-batch products on the thread pool;
 //! - [`ops`]: norms, rotary embeddings, activations, softmax;
 //! - [`pool`]: the persistent worker pool;
-//! - [`tensor`]: typed views of weight bytes (memory-mapped or on the heap).
+//! - [`tensor`]: typed views of weight bytes (memory-mapped or on the heap);
+//! - [`tile`]: the work items kernels receive (matrix tiles, shared output buffers).
 //!
 //! This crate knows nothing of model files, architectures, tokenizers or the CLI.
 
@@ -16,15 +18,19 @@
 pub mod attention;
 pub mod bandwidth;
 pub mod dispatch;
+pub mod isa;
 pub mod lanes;
 pub mod matmul;
 pub mod ops;
+pub mod paged;
 pub mod pool;
 pub mod quant;
 pub mod simd;
 pub mod tensor;
+pub mod tile;
 
-pub use dispatch::{Isa, Kernels};
+pub use dispatch::Kernels;
+pub use isa::Isa;
 pub use matmul::{matmul, matmul_f32, matmul_many, Activations, MatmulError};
 pub use pool::ThreadPool;
 pub use quant::GgmlType;

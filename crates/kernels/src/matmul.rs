@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use crate::quant::{GgmlType, VecDotFn};
 use crate::tensor::{Layout, Tensor};
+use crate::tile::{GemmFn, SharedOut, Tile, TileShape};
 
 /// Why a product could not be computed (these are caller bugs or unsupported types).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -185,122 +186,18 @@ impl Activations {
     }
 }
 
-/// A raw view of an output buffer that threads write disjoint elements of.
-pub struct SharedOut<T = f32> {
-    ptr: *mut T,
-    len: usize,
-}
-
-impl<T> Clone for SharedOut<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for SharedOut<T> {}
-
-// SAFETY: `SharedOut` is only used to let pool threads write disjoint indices of one buffer
-// that outlives the pool job; `T: Send` values may be written from another thread.
-unsafe impl<T: Send> Send for SharedOut<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Sync for SharedOut<T> {}
-
-impl<T> SharedOut<T> {
-    pub fn new(out: &mut [T]) -> SharedOut<T> {
-        SharedOut {
-            ptr: out.as_mut_ptr(),
-            len: out.len(),
-        }
-    }
-
-    /// Writes `v` at `i`.
-    ///
-    /// # Safety
-    /// No other thread may access index `i` during the job, and the buffer must outlive it.
-    #[inline(always)]
-    pub unsafe fn write(&self, i: usize, v: T) {
-        if i < self.len {
-            // SAFETY: in bounds; the caller guarantees exclusive access to index `i`.
-            unsafe { *self.ptr.add(i) = v };
-        }
-    }
-
-    /// The sub-slice `start..start + len`, clamped to the buffer.
-    ///
-    /// # Safety
-    /// No other thread may access these elements while the slice lives, and the buffer must
-    /// outlive it.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut(&self, start: usize, len: usize) -> &mut [T] {
-        let start = start.min(self.len);
-        let len = len.min(self.len - start);
-        // SAFETY: in bounds by the clamping above; exclusivity is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
-    }
-}
-
 /// Rows per chunk: about eight chunks per thread, a multiple of 8 (the row group of the
 /// fast kernels), at most 64 rows.
 fn grain(rows: usize, threads: usize) -> usize {
     (rows.div_ceil(threads * 8).div_ceil(8) * 8).clamp(8, 64)
 }
 
-/// One piece of a matrix product for a kernel: rows `rows` of the weights against every
-/// activation row, written to `out[t * out_stride + r]`.
-pub struct Tile<'a> {
-    /// All weight bytes (`w_row_bytes` per row).
-    pub w: &'a [u8],
-    pub w_row_bytes: usize,
-    /// Elements per row.
-    pub cols: usize,
-    pub rows: Range<usize>,
-    /// Activation bytes, `x_row_bytes` per token.
-    pub x: &'a [u8],
-    pub x_row_bytes: usize,
-    pub tokens: usize,
-    pub out: SharedOut,
-    pub out_stride: usize,
-    /// Whether the reference engine would take its batched (tiled GEMM) path for this product:
-    /// several tokens, rows a multiple of 4, length a multiple of 8. Only the float formats
-    /// reduce differently there.
-    pub batched: bool,
-}
-
-impl Tile<'_> {
-    pub fn w_row(&self, r: usize) -> &[u8] {
-        self.w
-            .get(r * self.w_row_bytes..(r + 1) * self.w_row_bytes)
-            .unwrap_or(&[])
-    }
-
-    pub fn x_row(&self, t: usize) -> &[u8] {
-        self.x
-            .get(t * self.x_row_bytes..(t + 1) * self.x_row_bytes)
-            .unwrap_or(&[])
-    }
-
-    /// Whether the slices hold everything the tile names (kernels that use raw pointers
-    /// rely on it).
-    pub fn in_bounds(&self) -> bool {
-        self.rows.end * self.w_row_bytes <= self.w.len()
-            && self.tokens * self.x_row_bytes <= self.x.len()
-            && (self.tokens.max(1) - 1) * self.out_stride + self.rows.end <= self.out.len
-    }
-}
-
-/// A kernel computing a whole [`Tile`].
-pub type GemmFn = fn(&Tile);
-
 /// The reference tile loop: one dot product per (row, token).
 pub fn gemm_by_dots(dot: VecDotFn, t: &Tile) {
-    for r in t.rows.clone() {
+    for r in t.rows() {
         let w = t.w_row(r);
-        for k in 0..t.tokens {
-            // SAFETY: the tile's rows are this call's alone.
-            unsafe {
-                t.out
-                    .write(k * t.out_stride + r, dot(t.cols, w, t.x_row(k)))
-            };
+        for k in 0..t.tokens() {
+            t.store(k, r, dot(t.cols(), w, t.x_row(k)));
         }
     }
 }
@@ -366,7 +263,7 @@ struct Plan<'a> {
     dot: VecDotFn,
     gemm: Option<GemmFn>,
     fallback: Option<GemmFn>,
-    out: SharedOut,
+    out: SharedOut<'a>,
 }
 
 impl<'a> Plan<'a> {
@@ -443,20 +340,22 @@ impl<'a> Plan<'a> {
 
     /// Rows `rows` of this matrix against every activation row.
     fn run(&self, x: &Activations, rows: Range<usize>) {
-        let tile = Tile {
-            w: self.bytes,
+        let shape = TileShape {
             w_row_bytes: self.w_row_bytes,
             cols: self.cols,
             rows,
-            x: &x.data,
             x_row_bytes: x.row_bytes,
             tokens: x.rows,
-            out: self.out,
             out_stride: self.n,
             batched: self.batched,
         };
+        // SAFETY: `matmul_many` hands every piece of rows to exactly one thread, so this
+        // tile's outputs are written by this call alone.
+        let tile = unsafe { Tile::new(self.bytes, &x.data, &self.out, shape) };
+        // `Plan::new` checked the weight, activation and output sizes, so every piece fits.
+        let tile = tile.expect("a matrix piece inside the checked buffers");
         match (self.gemm, self.fallback) {
-            (Some(g), _) if tile.in_bounds() => g(&tile),
+            (Some(g), _) => g(&tile),
             (_, Some(f)) => f(&tile),
             _ => gemm_by_dots(self.dot, &tile),
         }

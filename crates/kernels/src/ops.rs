@@ -120,16 +120,13 @@ pub fn gelu_tanh(x: f32) -> f32 {
 /// `gate[i] = silu(gate[i]) * up[i]` over one row, as ggml computes it: groups of eight with
 /// its vectorized exp, the leftover with the C library's.
 pub fn swiglu(k: &Kernels, gate: &mut [f32], up: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if k.has_fma() {
-        // SAFETY: `has_fma` implies AVX2/FMA/F16C.
-        let done = unsafe { crate::simd::avx2::swiglu8(gate, up) };
+    if let Some(simd) = k.swiglu8() {
+        let done = simd(gate, up);
         for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
             *g = silu(*g) * u;
         }
         return;
     }
-    let _ = k;
     swiglu_row(gate, up);
 }
 

@@ -12,7 +12,7 @@ use torchless_kernels::attention::{
     attend_group, attend_head, round_query, scores_vec, softmax_weights, values_vec, HeadScratch,
     KvElem, PagedHead, Reduce,
 };
-use torchless_kernels::matmul::SharedOut;
+use torchless_kernels::tile::SharedOut;
 use torchless_kernels::{Kernels, ThreadPool};
 
 use crate::batch::Batch;

@@ -10,8 +10,8 @@
 //!     h = rmsnorm(x) ; x += (silu(h·Wgate) * h·Wup) · Wdown   (FFN_CHUNK rows at a time)
 //! logits = rmsnorm(x[wanted rows]) · Wout
 
-use torchless_kernels::matmul::SharedOut;
 use torchless_kernels::ops::{rms_norm, rope_cache, rope_heads, swiglu};
+use torchless_kernels::tile::SharedOut;
 use torchless_kernels::{matmul, matmul_f32, matmul_many, Activations, GgmlType, Tensor};
 
 use crate::attention::{attend, AttnShape};

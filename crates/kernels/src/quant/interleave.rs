@@ -236,53 +236,55 @@ pub fn with_plain_row<R>(
 /// The scalar reference tile kernel for interleaved weights: each row is put back in the plain
 /// layout and goes through the type's reference dot product, so the results are exactly those
 /// of the plain tensor.
-pub(crate) fn gemm_scalar(ty: GgmlType, t: &crate::matmul::Tile) {
-    let Some(dot) = ty.traits().vec_dot else {
-        return;
-    };
-    for r in t.rows.clone() {
-        with_plain_row(ty, t.w, t.w_row_bytes, r, |row| {
-            for k in 0..t.tokens {
-                // SAFETY: the tile's rows are this call's alone.
-                unsafe {
-                    t.out
-                        .write(k * t.out_stride + r, dot(t.cols, row, t.x_row(k)))
-                };
+pub(crate) fn gemm_scalar(ty: GgmlType, t: &crate::tile::Tile) {
+    let dot = ty.traits().vec_dot;
+    for r in t.rows() {
+        let done = with_plain_row(ty, t.w(), t.w_row_bytes(), r, |row| {
+            for k in 0..t.tokens() {
+                if let Some(dot) = dot {
+                    t.store(k, r, dot(t.cols(), row, t.x_row(k)));
+                }
             }
         });
+        // Only the types of `gemm_scalar_fn` (all with dot products) come here, on tensors
+        // that `interleave` laid out in whole groups of eight rows.
+        assert!(
+            done.is_some() && dot.is_some(),
+            "{ty} row {r} is not an interleaved row of this tile"
+        );
     }
 }
 
-fn gemm_scalar_q4_0(t: &crate::matmul::Tile) {
+fn gemm_scalar_q4_0(t: &crate::tile::Tile) {
     gemm_scalar(GgmlType::Q4_0, t)
 }
 
-fn gemm_scalar_q4_1(t: &crate::matmul::Tile) {
+fn gemm_scalar_q4_1(t: &crate::tile::Tile) {
     gemm_scalar(GgmlType::Q4_1, t)
 }
 
-fn gemm_scalar_q5_0(t: &crate::matmul::Tile) {
+fn gemm_scalar_q5_0(t: &crate::tile::Tile) {
     gemm_scalar(GgmlType::Q5_0, t)
 }
 
-fn gemm_scalar_q5_1(t: &crate::matmul::Tile) {
+fn gemm_scalar_q5_1(t: &crate::tile::Tile) {
     gemm_scalar(GgmlType::Q5_1, t)
 }
 
-fn gemm_scalar_q8_0(t: &crate::matmul::Tile) {
+fn gemm_scalar_q8_0(t: &crate::tile::Tile) {
     gemm_scalar(GgmlType::Q8_0, t)
 }
 
-fn gemm_scalar_q4_k(t: &crate::matmul::Tile) {
+fn gemm_scalar_q4_k(t: &crate::tile::Tile) {
     gemm_scalar(GgmlType::Q4_K, t)
 }
 
-fn gemm_scalar_q6_k(t: &crate::matmul::Tile) {
+fn gemm_scalar_q6_k(t: &crate::tile::Tile) {
     gemm_scalar(GgmlType::Q6_K, t)
 }
 
 /// The scalar tile kernel for interleaved weights of type `ty`.
-pub(crate) fn gemm_scalar_fn(ty: GgmlType) -> Option<crate::matmul::GemmFn> {
+pub(crate) fn gemm_scalar_fn(ty: GgmlType) -> Option<crate::tile::GemmFn> {
     match ty {
         GgmlType::Q4_0 => Some(gemm_scalar_q4_0),
         GgmlType::Q4_1 => Some(gemm_scalar_q4_1),

@@ -5,10 +5,11 @@
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+pub mod f16_attention;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 
-use crate::dispatch::Isa;
+use crate::isa::Isa;
 use crate::quant::{GgmlType, VecDotFn};
 
 /// Wraps an `unsafe` target-feature kernel in a safe function pointer.
@@ -87,9 +88,9 @@ checked! {
 macro_rules! checked_tile {
     ($($name:ident => $path:path),* $(,)?) => {
         $(
-            fn $name(t: &crate::matmul::Tile) {
+            fn $name(t: &crate::tile::Tile) {
                 // SAFETY: handed out by `gemm` only for an `Isa` whose CPU support
-                // `Kernels::new` verified, and called only on tiles that are `in_bounds`.
+                // `Kernels::new` verified; every `Tile` names only bytes inside its slices.
                 unsafe { $path(t) }
             }
         )*
@@ -121,7 +122,7 @@ checked_tile! {
 }
 
 /// The tile kernel for interleaved (eight-row) weights of type `ty` on `isa`, if there is one.
-pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn> {
+pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType) -> Option<crate::tile::GemmFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => match ty {
@@ -142,7 +143,7 @@ pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn
 }
 
 /// The whole-tile kernel for weights of type `ty` on `isa`, if there is one.
-pub(crate) fn gemm(isa: Isa, ty: GgmlType) -> Option<crate::matmul::GemmFn> {
+pub(crate) fn gemm(isa: Isa, ty: GgmlType) -> Option<crate::tile::GemmFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => match ty {
@@ -289,5 +290,49 @@ pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
             let _ = ty;
             None
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_swiglu8(gate: &mut [f32], up: &[f32]) -> usize {
+    // SAFETY: handed out by `swiglu8` only for a verified `Isa`; the kernel bounds itself by
+    // the slices' lengths.
+    unsafe { avx2::swiglu8(gate, up) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_softmax8(x: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { avx2::softmax8(x) }
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]` over the first multiple of eight elements, returning how
+/// many were done.
+pub type SwigluFn = fn(gate: &mut [f32], up: &[f32]) -> usize;
+
+/// The [`SwigluFn`] of `isa`, if it has one.
+pub(crate) fn swiglu8(isa: Isa) -> Option<SwigluFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => Some(avx2_swiglu8),
+        _ => None,
+    }
+}
+
+/// Softmax of a slice whose length is a multiple of eight on `isa`.
+pub(crate) fn softmax8(isa: Isa) -> Option<fn(&mut [f32])> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => Some(avx2_softmax8),
+        _ => None,
+    }
+}
+
+/// The f16-cache attention kernels on `isa`.
+pub(crate) fn f16_attention(isa: Isa) -> Option<&'static f16_attention::F16Attention> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => Some(&f16_attention::AVX2),
+        _ => None,
     }
 }
