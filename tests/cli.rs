@@ -82,12 +82,12 @@ fn an_unsupported_tensor_type_is_a_clear_error() {
         &dir,
         "iq.gguf",
         common::Tiny {
-            wq_type: GgmlType::IQ4_NL,
+            wq_type: GgmlType::IQ2_XXS,
             ..Default::default()
         },
     );
     let out = torchless(&["generate", "-m", p.to_str().unwrap(), "--prompt-ids", "1,2"]);
-    assert_clean_error(&out, &["blk.0.attn_q.weight", "IQ4_NL"]);
+    assert_clean_error(&out, &["blk.0.attn_q.weight", "IQ2_XXS"]);
 }
 
 #[test]

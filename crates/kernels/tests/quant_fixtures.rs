@@ -24,7 +24,7 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-const ALL: [GgmlType; 14] = [
+const ALL: [GgmlType; 17] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -39,6 +39,9 @@ const ALL: [GgmlType; 14] = [
     GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::Q8_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 #[test]

@@ -13,7 +13,7 @@ use torchless_kernels::matmul::{matmul, Activations};
 use torchless_kernels::quant::{self, GgmlType};
 use torchless_kernels::{Isa, Kernels, Layout, Storage, Tensor, ThreadPool};
 
-const WEIGHT_TYPES: [GgmlType; 13] = [
+const WEIGHT_TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -27,6 +27,9 @@ const WEIGHT_TYPES: [GgmlType; 13] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 /// The SIMD kernel sets this CPU can run.
@@ -42,6 +45,7 @@ fn simd_kernels() -> Vec<Kernels> {
 fn half_fields(ty: GgmlType) -> &'static [usize] {
     match ty {
         GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS => &[0],
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
         GgmlType::Q2_K => &[80, 82],
         GgmlType::Q3_K => &[108],
@@ -74,6 +78,10 @@ fn weights(ty: GgmlType, n: usize, seed: &[u8]) -> Vec<u8> {
             let bytes = ty.row_bytes(n).unwrap();
             let mut b: Vec<u8> = (0..bytes).map(|_| (unit() * 127.0) as i8 as u8).collect();
             for blk in b.chunks_exact_mut(ty.block_bytes()) {
+                if ty == GgmlType::MXFP4 {
+                    // An E8M0 exponent near 1.0 (2^-8 .. 2^7).
+                    blk[0] = 120 + (next() % 16) as u8;
+                }
                 for &o in half_fields(ty) {
                     let v = f16::from_f32(unit() * 0.05).to_bits().to_le_bytes();
                     blk[o..o + 2].copy_from_slice(&v);
@@ -203,7 +211,7 @@ proptest! {
     #[test]
     fn dot_products_at_any_length_are_bit_identical(len in 1usize..48, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 48 * 32)) {
         let scalar = Kernels::scalar();
-        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::MXFP4] {
             let block = ty.block_elems();
             let n = if block == 1 { len * 7 } else { len * block };
             let w = weights(ty, n, &seed);

@@ -5,8 +5,10 @@ For each type T this writes
   T.q    raw block bytes (4 rows of 512 elements),
   T.f32  what gguf.quants.dequantize makes of them (little-endian f32),
   T.src  for types gguf can quantize: the f32 values that were quantized.
-gguf cannot quantize the K-quants, so their blocks are random bytes with sane half-precision
-scales; it has no Q8_K at all, whose fixture follows llama.cpp's quantize_row_q8_K_ref in numpy.
+gguf cannot quantize the K-quants, IQ4_NL or IQ4_XS, so their blocks are random bytes with sane
+half-precision scales; it has no Q8_K at all, whose fixture follows llama.cpp's
+quantize_row_q8_K_ref in numpy. MXFP4 blocks come from gguf's own quantizer, plus one block of
+each extreme exponent (0, 1: subnormal halves; 2; 200).
 
 Usage: pip install gguf==0.19.0 numpy && python3 tests/data/quant/make_fixtures.py
 """
@@ -83,4 +85,19 @@ for blk in np.stack(blocks):
     d = np.frombuffer(blk[0:4].tobytes(), dtype="<f4")[0]
     deq.append(np.float32(d) * blk[4:260].view(np.int8).astype(np.float32))
 save("Q8_K", raw, np.stack(deq).reshape(ROWS, COLS), x)
+
+# Table formats (written last, so the fixtures above keep their random draws).
+for t, offs in {T.IQ4_NL: [0], T.IQ4_XS: [0]}.items():
+    nb_elems, bs = GGML_QUANT_SIZES[t]
+    nb = ROWS * COLS // nb_elems
+    blocks = rng.integers(0, 256, size=(nb, bs), dtype=np.uint8)
+    for o in offs:
+        blocks[:, o:o + 2] = half_bytes(rng.uniform(0.001, 0.05, nb))
+    raw = blocks.reshape(ROWS, -1)
+    save(t.name, raw, dequantize(raw, t).reshape(ROWS, COLS))
+
+q = quantize(x, T.MXFP4).view(np.uint8).reshape(-1, 17).copy()
+q[1:5, 0] = [0, 1, 2, 200]  # exponent byte: subnormal halves, smallest normal, a large one
+raw = q.reshape(ROWS, -1)
+save(T.MXFP4.name, raw, dequantize(raw, T.MXFP4).reshape(ROWS, COLS), x)
 print("wrote fixtures to", HERE)

@@ -84,6 +84,22 @@ block!(
     BlockQ8K, 292, { d: [u8; 4], qs: [u8; 256], bsums: [u8; 32] }
 );
 
+block!(
+    /// x = d * KVALUES_IQ4NL[q], q in 0..16; low nibbles hold elements 0..16, high 16..32.
+    BlockIQ4NL, 18, { d: [u8; 2], qs: [u8; 16] }
+);
+block!(
+    /// A 256-element super-block of eight 32-element sub-blocks: x = d * (ls - 32) *
+    /// KVALUES_IQ4NL[q], with the 6-bit sub-block scale `ls` split into a low nibble in
+    /// `scales_l` and two high bits in `scales_h` (sub-block `i` at bits `2i..2i+2`).
+    BlockIQ4XS, 136, { d: [u8; 2], scales_h: [u8; 2], scales_l: [u8; 4], qs: [u8; 128] }
+);
+block!(
+    /// OCP microscaling FP4: x = 2^(e - 128) * KVALUES_MXFP4[q] (E2M1 values, doubled),
+    /// with `e` an E8M0 exponent; nibbles ordered as in Q4_0.
+    BlockMXFP4, 17, { e: u8, qs: [u8; 16] }
+);
+
 impl BlockQ8K {
     #[inline(always)]
     pub fn scale(&self) -> f32 {

@@ -2,6 +2,7 @@
 //! reference kernels (dequantize, activation quantization, dot products).
 
 pub mod blocks;
+pub mod codebook;
 pub mod float;
 pub mod interleave;
 pub mod kquants;

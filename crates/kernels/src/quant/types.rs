@@ -8,7 +8,7 @@
 //!
 //! This module must not know about models or files: it describes bytes, nothing more.
 
-use super::{float, kquants, legacy};
+use super::{codebook, float, kquants, legacy};
 
 /// Element types, numbered as in GGML (the numbers are what GGUF files store).
 #[allow(non_camel_case_types)]
@@ -283,10 +283,28 @@ pub static TRAITS: &[TypeTraits] = &[
     shape_only(T::IQ2_XS, "IQ2_XS", 256, 74),
     shape_only(T::IQ3_XXS, "IQ3_XXS", 256, 98),
     shape_only(T::IQ1_S, "IQ1_S", 256, 50),
-    shape_only(T::IQ4_NL, "IQ4_NL", 32, 18),
+    row(
+        T::IQ4_NL,
+        "IQ4_NL",
+        32,
+        18,
+        Some(codebook::dequant_iq4_nl),
+        None,
+        T::Q8_0,
+        Some(codebook::dot_iq4_nl_q8_0),
+    ),
     shape_only(T::IQ3_S, "IQ3_S", 256, 110),
     shape_only(T::IQ2_S, "IQ2_S", 256, 82),
-    shape_only(T::IQ4_XS, "IQ4_XS", 256, 136),
+    row(
+        T::IQ4_XS,
+        "IQ4_XS",
+        256,
+        136,
+        Some(codebook::dequant_iq4_xs),
+        None,
+        T::Q8_K,
+        Some(codebook::dot_iq4_xs_q8_k),
+    ),
     shape_only(T::I8, "I8", 1, 1),
     shape_only(T::I16, "I16", 1, 2),
     shape_only(T::I32, "I32", 1, 4),
@@ -295,7 +313,16 @@ pub static TRAITS: &[TypeTraits] = &[
     shape_only(T::IQ1_M, "IQ1_M", 256, 56),
     shape_only(T::TQ1_0, "TQ1_0", 256, 54),
     shape_only(T::TQ2_0, "TQ2_0", 256, 66),
-    shape_only(T::MXFP4, "MXFP4", 32, 17),
+    row(
+        T::MXFP4,
+        "MXFP4",
+        32,
+        17,
+        Some(codebook::dequant_mxfp4),
+        None,
+        T::Q8_0,
+        Some(codebook::dot_mxfp4_q8_0),
+    ),
     shape_only(T::NVFP4, "NVFP4", 64, 36),
     shape_only(T::Q1_0, "Q1_0", 128, 18),
 ];
@@ -391,6 +418,9 @@ mod tests {
         assert_eq!(T::Q5_K.block_bytes(), size_of::<BlockQ5K>());
         assert_eq!(T::Q6_K.block_bytes(), size_of::<BlockQ6K>());
         assert_eq!(T::Q8_K.block_bytes(), size_of::<BlockQ8K>());
+        assert_eq!(T::IQ4_NL.block_bytes(), size_of::<BlockIQ4NL>());
+        assert_eq!(T::IQ4_XS.block_bytes(), size_of::<BlockIQ4XS>());
+        assert_eq!(T::MXFP4.block_bytes(), size_of::<BlockMXFP4>());
     }
 
     #[test]

@@ -96,6 +96,7 @@ macro_rules! avx2_tiles {
 }
 
 mod attention;
+mod codebook;
 mod float;
 mod kquants;
 mod kquants_rows8;
@@ -105,6 +106,7 @@ mod q32_tiles;
 mod quantize;
 
 pub(crate) use attention::*;
+pub(crate) use codebook::*;
 pub(crate) use float::*;
 pub(crate) use kquants::*;
 pub(crate) use kquants_rows8::*;
