@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use torchless_gguf::LoadMode;
-use torchless_model::{LoadOptions, Model, ModelError, Precision};
+use torchless_model::{Dump, LoadOptions, Model, ModelError, Precision};
 
 /// The error of a command: what went wrong, in one sentence.
 #[derive(Debug, thiserror::Error)]
@@ -97,11 +97,35 @@ impl ModelOpts {
                 Precision::Reference
             },
             no_repack: self.no_repack,
+            isa: isa_from_env()?,
+            dump: dump_from_env(),
         };
         Model::load(&path, &opts).map_err(|source| CliError::Load {
             path: path.display().to_string(),
             source,
         })
+    }
+}
+
+/// The kernel set `TORCHLESS_ISA` names (scalar, avx2, avx512, neon), if it is set.
+fn isa_from_env() -> Result<Option<torchless_kernels::Isa>, CliError> {
+    match std::env::var("TORCHLESS_ISA") {
+        Ok(v) if !v.trim().is_empty() => torchless_kernels::Isa::parse(&v)
+            .map(Some)
+            .map_err(|e| CliError::Usage(format!("TORCHLESS_ISA: {e}"))),
+        _ => Ok(None),
+    }
+}
+
+/// `TORCHLESS_DUMP` (print every intermediate tensor) and `TORCHLESS_DUMP_DIR` (also save them).
+fn dump_from_env() -> Dump {
+    match (
+        std::env::var_os("TORCHLESS_DUMP"),
+        std::env::var_os("TORCHLESS_DUMP_DIR"),
+    ) {
+        (None, _) => Dump::Off,
+        (Some(_), Some(dir)) => Dump::PrintAndSave(dir.into()),
+        (Some(_), None) => Dump::Print,
     }
 }
 

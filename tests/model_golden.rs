@@ -410,3 +410,32 @@ fn feed_forward_chunks_keep_the_batched_arithmetic() {
         }
     }
 }
+
+/// A workspace made for fewer threads than the model's pool is an error, not a worker's panic.
+#[test]
+fn a_workspace_for_fewer_threads_is_an_error() {
+    use torchless_model::{Batch, KvCache, KvConfig, Workspace};
+    let dir = common::temp_dir("ws_threads");
+    let path = common::write_tiny(&dir, "tiny.gguf", common::Tiny::default());
+    let opts = LoadOptions {
+        threads: 2,
+        ..LoadOptions::default()
+    };
+    let model = Model::load(&path, &opts).expect("load");
+    let c = model.config();
+    let mut cache = KvCache::new(KvConfig {
+        n_layers: c.n_layers,
+        n_kv_heads: c.n_head_kv,
+        head_dim: c.head_dim,
+        block_size: 16,
+        n_blocks: 2,
+        ty: model.precision().kv_type(),
+    });
+    let mut batch = Batch::new();
+    batch.push(1, 0, 0, true);
+    let mut ws = Workspace::new(c, 4, 16, 1);
+    let err = model.forward(&batch, &mut cache, &mut ws).unwrap_err();
+    assert!(err.to_string().contains("made for 1 threads"), "{err}");
+    let mut ws = Workspace::new(c, 4, 16, model.threads());
+    model.forward(&batch, &mut cache, &mut ws).expect("forward");
+}

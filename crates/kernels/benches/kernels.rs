@@ -74,7 +74,7 @@ fn matrix(ty: GgmlType, rows: usize, cols: usize) -> Tensor {
 }
 
 fn bench_matmul(c: &mut Criterion) {
-    let k = Kernels::from_env().unwrap();
+    let k = kernels_from_env();
     let pool = ThreadPool::new(1);
     let (rows, cols) = (512, 1024);
     for tokens in [1usize, 64] {
@@ -101,7 +101,7 @@ fn bench_matmul(c: &mut Criterion) {
 }
 
 fn bench_dot(c: &mut Criterion) {
-    let k = Kernels::from_env().unwrap();
+    let k = kernels_from_env();
     let n = 4096;
     let mut g = c.benchmark_group("vec_dot_4096");
     for ty in TYPES {
@@ -120,7 +120,7 @@ fn bench_dot(c: &mut Criterion) {
 }
 
 fn bench_quantize(c: &mut Criterion) {
-    let k = Kernels::from_env().unwrap();
+    let k = kernels_from_env();
     let x = pseudo(4096, 11);
     let mut g = c.benchmark_group("quantize_4096");
     for ty in [
@@ -140,7 +140,7 @@ fn bench_quantize(c: &mut Criterion) {
 }
 
 fn bench_attention(c: &mut Criterion) {
-    let k = Kernels::from_env().unwrap();
+    let k = kernels_from_env();
     let (hd, bs, n_kv) = (64usize, 16usize, 512usize);
     let blocks: Vec<u32> = (0..(n_kv / bs) as u32).collect();
     let stride = bs * hd;
@@ -214,7 +214,7 @@ fn bench_attention(c: &mut Criterion) {
 }
 
 fn bench_ops(c: &mut Criterion) {
-    let k = Kernels::from_env().unwrap();
+    let k = kernels_from_env();
     let x = pseudo(4096, 23);
     let w = pseudo(4096, 29);
     let mut out = vec![0.0f32; 4096];
@@ -249,3 +249,13 @@ criterion_group!(
     bench_ops
 );
 criterion_main!(benches);
+
+/// The kernels `TORCHLESS_ISA` names, else the best for this CPU.
+fn kernels_from_env() -> Kernels {
+    match std::env::var("TORCHLESS_ISA") {
+        Ok(v) if !v.trim().is_empty() => {
+            Kernels::new(torchless_kernels::Isa::parse(&v).expect("TORCHLESS_ISA")).expect("ISA")
+        }
+        _ => Kernels::best(),
+    }
+}

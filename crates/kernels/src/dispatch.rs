@@ -2,8 +2,8 @@
 //!
 //! [`Kernels`] answers "which function computes a dot product for weights of type T" for one
 //! instruction set; every answer falls back to the scalar reference in [`crate::quant`] where
-//! no SIMD version exists. `TORCHLESS_ISA` (scalar, avx2, avx512, neon) forces a path so each
-//! can be tested and benchmarked. Nothing here computes.
+//! no SIMD version exists. The caller names the instruction set (the binary reads
+//! `TORCHLESS_ISA`); nothing here reads the environment or computes.
 
 pub use crate::isa::{DispatchError, Isa};
 use crate::quant::{FromF32Fn, GgmlType, VecDotFn};
@@ -24,12 +24,9 @@ impl Kernels {
         Ok(Kernels { isa })
     }
 
-    /// The best kernels for this CPU, unless `TORCHLESS_ISA` names a family.
-    pub fn from_env() -> Result<Kernels, DispatchError> {
-        match std::env::var("TORCHLESS_ISA") {
-            Ok(v) if !v.trim().is_empty() => Kernels::new(Isa::parse(&v)?),
-            _ => Ok(Kernels { isa: Isa::best() }),
-        }
+    /// The best kernels for this CPU.
+    pub fn best() -> Kernels {
+        Kernels { isa: Isa::best() }
     }
 
     pub fn scalar() -> Kernels {

@@ -7,6 +7,11 @@
 //! condition variable: fast hand-off between the hundreds of small jobs of one token, no burned
 //! cores between requests, and no collapse when the machine is oversubscribed.
 //!
+//! A job may itself call `run` or `parallel_for` on the same pool (a mixture-of-experts layer
+//! splitting each expert's product, say): the nested call does not dispatch — that would wait
+//! for workers busy with the outer job — but runs on the calling thread under its own thread
+//! index, so per-thread scratch stays the calling thread's.
+//!
 //! The pool allocates nothing per job. It must not know what the jobs compute.
 
 use std::cell::UnsafeCell;
@@ -18,6 +23,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 type Job = dyn Fn(usize) + Sync;
+
+thread_local! {
+    /// The pool whose job this thread is running (its `Shared` address) and the thread's index
+    /// in it; `(0, 0)` outside any job.
+    static IN_JOB: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Runs `f` with this thread marked as running a job of pool `id` as thread `tid`.
+fn as_job_thread<R>(id: usize, tid: usize, f: impl FnOnce() -> R) -> R {
+    let before = IN_JOB.with(|c| c.replace((id, tid)));
+    let r = f();
+    IN_JOB.with(|c| c.set(before));
+    r
+}
 
 /// How long an idle thread spins, then yields, before it sleeps.
 const SPIN_FOR: Duration = Duration::from_micros(50);
@@ -116,8 +135,25 @@ impl ThreadPool {
         self.n_threads
     }
 
+    /// This pool's identity for [`IN_JOB`].
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
+    /// The calling thread's index when it is running one of this pool's jobs.
+    fn nested(&self) -> Option<usize> {
+        let (id, tid) = IN_JOB.with(|c| c.get());
+        (id == self.id()).then_some(tid)
+    }
+
     /// Runs `f(thread_index)` on every thread of the pool and returns when all calls returned.
+    /// Called from inside one of this pool's jobs, it runs `f` once, on the calling thread
+    /// with that thread's index.
     pub fn run<F: Fn(usize) + Sync>(&self, f: F) {
+        if let Some(tid) = self.nested() {
+            f(tid);
+            return;
+        }
         self.run_timed(f);
     }
 
@@ -143,7 +179,8 @@ impl ThreadPool {
             let _l = s.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let id = self.id();
+        let mine = catch_unwind(AssertUnwindSafe(|| as_job_thread(id, 0, || f(0))));
         let caller_done = Instant::now();
         wait_until(
             || s.remaining.load(Ordering::Acquire) == 0,
@@ -171,9 +208,16 @@ impl ThreadPool {
     /// Calls `f(thread, range)` on consecutive sub-ranges of `0..n` of at most `grain` items,
     /// spread over the threads; chunks are taken first come, first served. `thread` is the
     /// index of the calling thread (for per-thread scratch space).
+    ///
+    /// Called from inside one of this pool's jobs, it runs the whole range on the calling
+    /// thread, with that thread's index.
     pub fn parallel_for<F: Fn(usize, Range<usize>) + Sync>(&self, n: usize, grain: usize, f: F) {
         let grain = grain.max(1);
         if n == 0 {
+            return;
+        }
+        if let Some(tid) = self.nested() {
+            f(tid, 0..n);
             return;
         }
         if self.n_threads == 1 || n <= grain {
@@ -283,7 +327,8 @@ fn worker_loop(s: &Shared, idx: usize) {
         if let Some(job) = job {
             // SAFETY: see above; the pointer is live for the duration of this job.
             let f = unsafe { &*job };
-            if catch_unwind(AssertUnwindSafe(|| f(idx))).is_err() {
+            let id = s as *const Shared as usize;
+            if catch_unwind(AssertUnwindSafe(|| as_job_thread(id, idx, || f(idx)))).is_err() {
                 s.panicked.store(true, Ordering::SeqCst);
             }
         }
@@ -316,6 +361,39 @@ mod tests {
                 assert_eq!(h.load(Ordering::Relaxed), 1);
             }
         }
+    }
+
+    /// A job that calls the pool again (as a per-expert split would) finishes, covers every
+    /// inner index once and sees only its own thread's index.
+    #[test]
+    fn nested_jobs_run_on_the_calling_thread() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = ThreadPool::new(3);
+            let seen: Vec<AtomicUsize> = (0..64 * 50).map(|_| AtomicUsize::new(0)).collect();
+            let wrong_thread = AtomicBool::new(false);
+            pool.parallel_for(64, 1, |outer_tid, outer| {
+                for o in outer {
+                    pool.parallel_for(50, 3, |tid, inner| {
+                        if tid != outer_tid {
+                            wrong_thread.store(true, Ordering::Relaxed);
+                        }
+                        for i in inner {
+                            seen[o * 50 + i].fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                    pool.run(|tid| {
+                        if tid != outer_tid {
+                            wrong_thread.store(true, Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            let once = seen.iter().all(|s| s.load(Ordering::Relaxed) == 1);
+            let _ = tx.send((once, wrong_thread.load(Ordering::Relaxed)));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(60));
+        assert_eq!(got, Ok((true, false)), "nested jobs deadlocked or misran");
     }
 
     #[test]

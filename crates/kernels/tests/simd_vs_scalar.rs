@@ -448,7 +448,7 @@ proptest! {
     #[test]
     fn shared_activation_products_are_each_matrix_product(tokens in 1usize..6, rows8 in 1usize..9, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 512 * 5)) {
         let pool = ThreadPool::new(2);
-        let k = Kernels::from_env().unwrap();
+        let k = Kernels::best();
         let types = [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
         let plain: Vec<Tensor> = types.iter().enumerate().map(|(i, &ty)| matrix(ty, 8 * (rows8 + i), 512, &seed)).collect();
         let mut mats = plain.clone();

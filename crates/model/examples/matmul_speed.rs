@@ -23,7 +23,7 @@ fn main() {
         },
     )
     .expect("load");
-    let k = Kernels::from_env().expect("kernels");
+    let k = kernels_from_env();
     let pool = ThreadPool::new(threads);
     let mats = model.weights().matrices();
     let bytes: usize = mats.iter().map(|m| m.bytes().len()).sum();
@@ -71,4 +71,14 @@ fn encode_constant(
     let x = vec![0.5f32; m.cols() * tokens];
     let ty = m.ty().traits().vec_dot_type;
     acts.encode(pool, k, ty, &x, tokens, m.cols()).unwrap();
+}
+
+/// The kernels `TORCHLESS_ISA` names, else the best for this CPU.
+fn kernels_from_env() -> Kernels {
+    match std::env::var("TORCHLESS_ISA") {
+        Ok(v) if !v.trim().is_empty() => {
+            Kernels::new(torchless_kernels::Isa::parse(&v).expect("TORCHLESS_ISA")).expect("ISA")
+        }
+        _ => Kernels::best(),
+    }
 }

@@ -18,37 +18,26 @@ use crate::attention::{attend, AttnShape};
 use crate::batch::Batch;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
-use crate::model::{Model, Precision};
+use crate::model::{Dump, Model, Precision};
 use crate::workspace::{Workspace, FFN_CHUNK};
 
-/// With `TORCHLESS_DUMP` set, the forward pass prints every intermediate tensor's first and
-/// last values and sum (the format of llama.cpp's eval-callback tool), to find where two
-/// engines part ways.
-fn dump_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("TORCHLESS_DUMP").is_some())
-}
-
-/// `dump!("name-{l}", data, rows)`: formats the name only when dumping is on, so the forward
-/// pass allocates nothing otherwise.
+/// `dump!(self, "name-{l}", data, rows)`: reports a tensor when the model was loaded with
+/// [`Dump`] on; formats the name only then, so the forward pass allocates nothing otherwise.
 macro_rules! dump {
-    ($($fmt:literal)+, $data:expr, $rows:expr) => {
-        if dump_enabled() {
-            dump_tensor(&format!($($fmt)+), $data, $rows);
+    ($model:expr, $($fmt:literal)+, $data:expr, $rows:expr) => {
+        if $model.dump != Dump::Off {
+            dump_tensor(&$model.dump, &format!($($fmt)+), $data, $rows);
         }
     };
 }
 
-fn dump_tensor(name: &str, data: &[f32], rows: usize) {
+fn dump_tensor(dump: &Dump, name: &str, data: &[f32], rows: usize) {
     if rows == 0 {
         return;
     }
-    if let Some(dir) = std::env::var_os("TORCHLESS_DUMP_DIR") {
+    if let Dump::PrintAndSave(dir) = dump {
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let _ = std::fs::write(
-            std::path::Path::new(&dir).join(format!("{name}.bin")),
-            bytes,
-        );
+        let _ = std::fs::write(dir.join(format!("{name}.bin")), bytes);
     }
     let w = data.len() / rows;
     eprintln!("{name} = [{w}, {rows}]");
@@ -143,7 +132,10 @@ impl Model {
     ) -> Result<(), ModelError> {
         let (x, norm) = input;
         let (d, eps) = (self.config.n_embd, self.config.norm_eps);
-        if let Some(need) = self.shared_format(outputs).filter(|_| !dump_enabled()) {
+        if let Some(need) = self
+            .shared_format(outputs)
+            .filter(|_| self.dump == Dump::Off)
+        {
             acts.encode_rms_norm(&self.pool, &self.kernels, need, x, norm, eps, n, d)?;
             matmul_many(&self.pool, &self.kernels, acts, outputs)?;
             return Ok(());
@@ -163,6 +155,14 @@ impl Model {
         ws: &Workspace,
     ) -> Result<(), ModelError> {
         let n = batch.len();
+        if ws.threads < self.pool.n_threads() {
+            return Err(ModelError::Invalid(format!(
+                "the workspace was made for {} threads but the model runs {}: build it with \
+                 Workspace::new(.., model.threads())",
+                ws.threads,
+                self.pool.n_threads()
+            )));
+        }
         if n > ws.max_batch {
             return Err(ModelError::BatchTooLarge {
                 n,
@@ -253,7 +253,7 @@ impl Model {
                 &mut rope[t * rd..(t + 1) * rd],
             );
         }
-        dump!("embd", &x[..n * d], n);
+        dump!(self, "embd", &x[..n * d], n);
         out_rows.clear();
         out_rows.extend((0..n).filter(|&t| batch.logits[t]));
         let n_out = out_rows.len();
@@ -280,10 +280,10 @@ impl Model {
                     (&w.wv, &mut v[..n * kvd]),
                 ],
             )?;
-            dump!("attn_norm-{l}", &xn[..n * d], n);
-            dump!("Qcur-{l}", &q[..n * qd], n);
-            dump!("Kcur-{l}", &k[..n * kvd], n);
-            dump!("Vcur-{l}", &v[..n * kvd], n);
+            dump!(self, "attn_norm-{l}", &xn[..n * d], n);
+            dump!(self, "Qcur-{l}", &q[..n * qd], n);
+            dump!(self, "Kcur-{l}", &k[..n * kvd], n);
+            dump!(self, "Vcur-{l}", &v[..n * kvd], n);
             {
                 let (qs, ks, vs) = (SharedOut::new(q), SharedOut::new(k), SharedOut::new(v));
                 let (bq, bk, bv) = (w.bq.as_deref(), w.bk.as_deref(), w.bv.as_deref());
@@ -315,8 +315,8 @@ impl Model {
                     &v[t * kvd..(t + 1) * kvd],
                 );
             }
-            dump!("Qrope-{l}", &q[..n * qd], n);
-            dump!("Krope-{l}", &k[..n * kvd], n);
+            dump!(self, "Qrope-{l}", &q[..n * qd], n);
+            dump!(self, "Krope-{l}", &k[..n * kvd], n);
             attend(
                 &self.kernels,
                 &self.pool,
@@ -328,9 +328,9 @@ impl Model {
                 scores,
                 *max_ctx,
             );
-            dump!("kqv_out-{l}", &att[..n * qd], n);
+            dump!(self, "kqv_out-{l}", &att[..n * qd], n);
             self.project(acts, &att[..n * qd], n, &mut [(&w.wo, &mut proj[..n * d])])?;
-            dump!("attn_out-{l}", &proj[..n * d], n);
+            dump!(self, "attn_out-{l}", &proj[..n * d], n);
             // After the last layer's attention only the rows whose logits are wanted matter
             // (as in llama.cpp, which drops the others at this point): keep those, in order.
             let m = if l == last && n_out < n {
@@ -347,7 +347,7 @@ impl Model {
                 break;
             }
             self.residual(&mut x[..m * d], &proj[..m * d], d);
-            dump!("ffn_inp-{l}", &x[..m * d], m);
+            dump!(self, "ffn_inp-{l}", &x[..m * d], m);
 
             // The feed-forward block runs over at most `FFN_CHUNK` rows at a time: its
             // intermediate rows (n_ff wide) are the largest buffers of a forward pass.
@@ -373,8 +373,8 @@ impl Model {
                         (&w.w_up, &mut up[..k * ff]),
                     ],
                 )?;
-                dump!("ffn_gate-{l}", &gate[..k * ff], k);
-                dump!("ffn_up-{l}", &up[..k * ff], k);
+                dump!(self, "ffn_gate-{l}", &gate[..k * ff], k);
+                dump!(self, "ffn_up-{l}", &up[..k * ff], k);
                 {
                     let gs = SharedOut::new(&mut gate[..k * ff]);
                     let up = &up[..k * ff];
@@ -386,10 +386,10 @@ impl Model {
                 }
                 let out = &mut proj[rows.start * d..rows.end * d];
                 self.project(acts, &gate[..k * ff], k, &mut [(&w.w_down, out)])?;
-                dump!("ffn_out-{l}", &proj[rows.start * d..rows.end * d], k);
+                dump!(self, "ffn_out-{l}", &proj[rows.start * d..rows.end * d], k);
                 self.residual(xs, &proj[rows.start * d..rows.end * d], d);
             }
-            dump!("l_out-{l}", &x[..m * d], m);
+            dump!(self, "l_out-{l}", &x[..m * d], m);
         }
 
         if n_out == 0 {
@@ -417,7 +417,7 @@ impl Model {
             n_out,
             &mut [(&self.weights.output, &mut logits[..n_out * c.vocab])],
         )?;
-        dump!("result_output", &logits[..n_out * c.vocab], n_out);
+        dump!(self, "result_output", &logits[..n_out * c.vocab], n_out);
         Ok(())
     }
 }

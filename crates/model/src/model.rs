@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use torchless_gguf::{GgufFile, LoadMode};
-use torchless_kernels::{Kernels, ThreadPool};
+use torchless_kernels::{Isa, Kernels, ThreadPool};
 use torchless_tokenizer::Tokenizer;
 
 use crate::arch::Arch;
@@ -45,6 +45,22 @@ pub struct LoadOptions {
     /// Keep every weight in the file's layout (no repacking into the interleaved layouts that
     /// some kernels read faster; `--no-repack`).
     pub no_repack: bool,
+    /// The kernel set to run (`None`: the best this CPU supports).
+    pub isa: Option<Isa>,
+    /// Whether (and where) the forward pass reports its intermediate tensors.
+    pub dump: Dump,
+}
+
+/// The forward pass's report of every intermediate tensor (first and last values and sum, in
+/// the format of llama.cpp's eval-callback tool), to find where two engines part ways.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Dump {
+    #[default]
+    Off,
+    /// Print to stderr.
+    Print,
+    /// Print to stderr and write each tensor's f32 values to `DIR/NAME.bin`.
+    PrintAndSave(std::path::PathBuf),
 }
 
 /// A model ready to run.
@@ -56,6 +72,7 @@ pub struct Model {
     pub(crate) precision: Precision,
     pub(crate) kernels: Kernels,
     pub(crate) pool: ThreadPool,
+    pub(crate) dump: Dump,
 }
 
 /// The number of physical cores (logical CPUs when that cannot be told).
@@ -118,7 +135,10 @@ impl Model {
                 );
             }
         }
-        let kernels = Kernels::from_env().map_err(|e| ModelError::Config(e.to_string()))?;
+        let kernels = match opts.isa {
+            Some(isa) => Kernels::new(isa).map_err(|e| ModelError::Config(e.to_string()))?,
+            None => Kernels::best(),
+        };
         if opts.precision == Precision::Reference && !opts.no_repack {
             let n = weights.repack(&kernels);
             if n > 0 {
@@ -146,6 +166,7 @@ impl Model {
             precision: opts.precision,
             kernels,
             pool: ThreadPool::new(threads),
+            dump: opts.dump.clone(),
         })
     }
 

@@ -16,6 +16,8 @@ pub(crate) const FFN_CHUNK: usize = 128;
 pub struct Workspace {
     pub(crate) max_batch: usize,
     pub(crate) max_ctx: usize,
+    /// Pool threads the attention scratch has room for.
+    pub(crate) threads: usize,
     /// x: [max_batch, n_embd], the residual stream.
     pub(crate) x: Vec<f32>,
     /// xn: [max_batch, n_embd], the normalized stream (input of projections).
@@ -57,6 +59,7 @@ impl Workspace {
         Workspace {
             max_batch: b,
             max_ctx,
+            threads: threads.max(1),
             x: vec![0.0; b * c.n_embd],
             xn: vec![0.0; b * c.n_embd],
             q: vec![0.0; b * c.q_dim()],
