@@ -235,8 +235,10 @@ pub fn round_query<E: KvElem>(q: &[f32], qr: &mut [f32]) {
 }
 
 /// `outs[i][j] = scale · qrs[i]·K[positions.start + j]` ([`Reduce::Vec`] order) for queries
-/// `qrs` (rounded by [`round_query`], `head_dim` long) of one KV head. Slices that are too
-/// short leave the call without effect.
+/// `qrs` (rounded by [`round_query`], `head_dim` long) of one KV head.
+///
+/// # Panics
+/// If `qrs` and `outs` differ in count or a slice is too short (a caller's bug).
 pub fn scores_vec<E: KvElem>(
     k: &crate::Kernels,
     qrs: &[&[f32]],
@@ -249,9 +251,7 @@ pub fn scores_vec<E: KvElem>(
     let fits = qrs.len() == outs.len()
         && qrs.iter().all(|q| q.len() >= hd)
         && outs.iter().all(|o| o.len() >= n);
-    if !fits {
-        return;
-    }
+    assert!(fits, "scores_vec: queries or outputs do not fit the head");
     // The SIMD kernels need every position's block listed; the loop below scores positions
     // without a block as masked.
     let covered = positions.end <= kv.blocks.len() * kv.block_size;
@@ -276,11 +276,12 @@ pub fn scores_vec<E: KvElem>(
 
 /// Turns the first `n_kv` scores of `x` into attention weights: the rest up to a multiple of
 /// eight masked, softmax, each weight rounded to the cache's element type.
+///
+/// # Panics
+/// If `x` is shorter than `n_kv` rounded up to eight (a caller's bug).
 pub fn softmax_weights<E: KvElem>(k: &crate::Kernels, x: &mut [f32], n_kv: usize) {
     let padded = n_kv.div_ceil(LANES) * LANES;
-    let Some(x) = x.get_mut(..padded) else {
-        return;
-    };
+    let x = &mut x[..padded];
     x[n_kv..].fill(f32::NEG_INFINITY);
     softmax_with(k, x);
     for w in x.iter_mut() {
@@ -290,8 +291,11 @@ pub fn softmax_weights<E: KvElem>(k: &crate::Kernels, x: &mut [f32], n_kv: usize
 
 /// `outs[i][j]` = dimension `dims.start + j` of `Σ_p weights[i][p] · V[p]` over the first
 /// `n_kv` positions ([`Reduce::Vec`] order), for weights from [`softmax_weights`] (each at
-/// least `n_kv` rounded up to eight long). Slices that are too short leave the call without
-/// effect.
+/// least `n_kv` rounded up to eight long).
+///
+/// # Panics
+/// If `weights` and `outs` differ in count, a slice is too short or `dims` is not inside
+/// the head (a caller's bug).
 pub fn values_vec<E: KvElem>(
     k: &crate::Kernels,
     weights: &[&[f32]],
@@ -305,9 +309,7 @@ pub fn values_vec<E: KvElem>(
         && weights.iter().all(|w| w.len() >= padded)
         && outs.iter().all(|o| o.len() >= dims.len())
         && dims.end <= kv.head_dim;
-    if !fits {
-        return;
-    }
+    assert!(fits, "values_vec: weights or outputs do not fit the head");
     // As in `scores_vec`: the loop below stops at the first position without a block.
     let covered = n_kv <= kv.blocks.len() * bs;
     if covered && E::values_simd(k, weights, kv, n_kv, dims.clone(), outs) {

@@ -16,6 +16,7 @@ use torchless_kernels::tile::SharedOut;
 use torchless_kernels::{Kernels, ThreadPool};
 
 use crate::batch::Batch;
+use crate::error::ModelError;
 use crate::kv_cache::{KvCache, KvStore};
 
 /// Shapes of one attention call.
@@ -65,9 +66,9 @@ pub fn attend(
     out: &mut [f32],
     scratch: &mut [f32],
     max_ctx: usize,
-) {
+) -> Result<(), ModelError> {
     let io = (q, out, scratch, max_ctx);
-    attend_from(kernels, pool, s, batch, cache, io, PHASED_FROM);
+    attend_from(kernels, pool, s, batch, cache, io, PHASED_FROM)
 }
 
 /// [`attend`], a single token going through the phased path from `phased_from` positions on.
@@ -79,7 +80,7 @@ fn attend_from(
     cache: &KvCache,
     io: (&[f32], &mut [f32], &mut [f32], usize),
     phased_from: usize,
-) {
+) -> Result<(), ModelError> {
     let (q, out, scratch, max_ctx) = io;
     let call = Call {
         kernels,
@@ -93,8 +94,13 @@ fn attend_from(
     match (cache.keys(), cache.values()) {
         (KvStore::F16(k), KvStore::F16(v)) => attend_typed(&call, (k, v), q, out, scratch),
         (KvStore::F32(k), KvStore::F32(v)) => attend_typed(&call, (k, v), q, out, scratch),
-        _ => {}
+        _ => {
+            return Err(ModelError::Invalid(
+                "the KV cache's keys and values differ in type".into(),
+            ))
+        }
     }
+    Ok(())
 }
 
 /// What one attention call works on, whatever the cache's element type.
@@ -449,7 +455,7 @@ mod tests {
                 for l in 0..layers {
                     let k: Vec<f32> = (0..n_head_kv * hd).map(|_| unit()).collect();
                     let v: Vec<f32> = (0..n_head_kv * hd).map(|_| unit()).collect();
-                    cache.write(l, seq, pos, &k, &v);
+                    cache.write(l, seq, pos, &k, &v).unwrap();
                 }
             }
         }
@@ -471,7 +477,7 @@ mod tests {
             let run = |phased_from: usize, scratch: &mut [f32]| {
                 let mut out = vec![0.0f32; n_head * hd];
                 let io = (&q[..], &mut out[..], scratch, max_ctx);
-                attend_from(&kernels, &pool, &s, &batch, &cache, io, phased_from);
+                attend_from(&kernels, &pool, &s, &batch, &cache, io, phased_from).unwrap();
                 out
             };
             let per_head = run(usize::MAX, &mut scratch);

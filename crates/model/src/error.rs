@@ -37,4 +37,6 @@ pub enum ModelError {
     Kernel(#[from] MatmulError),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Cache(#[from] crate::kv_cache::CacheError),
 }

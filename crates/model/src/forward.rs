@@ -313,7 +313,7 @@ impl Model {
                     batch.pos[t],
                     &k[t * kvd..(t + 1) * kvd],
                     &v[t * kvd..(t + 1) * kvd],
-                );
+                )?;
             }
             dump!(self, "Qrope-{l}", &q[..n * qd], n);
             dump!(self, "Krope-{l}", &k[..n * kvd], n);
@@ -327,7 +327,7 @@ impl Model {
                 &mut att[..n * qd],
                 scores,
                 *max_ctx,
-            );
+            )?;
             dump!(self, "kqv_out-{l}", &att[..n * qd], n);
             self.project(acts, &att[..n * qd], n, &mut [(&w.wo, &mut proj[..n * d])])?;
             dump!(self, "attn_out-{l}", &proj[..n * d], n);

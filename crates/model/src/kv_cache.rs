@@ -95,6 +95,14 @@ impl KvConfig {
 pub enum CacheError {
     #[error("the KV cache is full: {need} blocks needed, {free} free")]
     Full { need: usize, free: usize },
+    #[error("position {pos} of sequence {seq} was not reserved in the KV cache")]
+    NotReserved { seq: SeqId, pos: usize },
+    #[error("{what} of {got} values do not fill the {need} of one position's KV heads")]
+    Width {
+        what: &'static str,
+        got: usize,
+        need: usize,
+    },
 }
 
 struct SeqBlocks {
@@ -213,14 +221,29 @@ impl KvCache {
     }
 
     /// Stores the keys and values of all KV heads (`k`, `v`: n_kv_heads × head_dim) of position
-    /// `pos` of `seq` in `layer`. The position must have been reserved.
-    pub fn write(&mut self, layer: usize, seq: SeqId, pos: usize, k: &[f32], v: &[f32]) {
+    /// `pos` of `seq` in `layer`; an error where the position was not reserved or the rows
+    /// are too short.
+    pub fn write(
+        &mut self,
+        layer: usize,
+        seq: SeqId,
+        pos: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<(), CacheError> {
         let (bs, hd) = (self.cfg.block_size, self.cfg.head_dim);
-        let Some(s) = self.seqs.get_mut(&seq) else {
-            return;
-        };
-        let Some(&block) = s.blocks.get(pos / bs) else {
-            return;
+        let need = self.cfg.n_kv_heads * hd;
+        for (what, got) in [("keys", k.len()), ("values", v.len())] {
+            if got < need {
+                return Err(CacheError::Width { what, got, need });
+            }
+        }
+        let block = self
+            .seqs
+            .get_mut(&seq)
+            .and_then(|s| Some((s.blocks.get(pos / bs).copied()?, s)));
+        let Some((block, s)) = block.filter(|_| layer < self.cfg.n_layers) else {
+            return Err(CacheError::NotReserved { seq, pos });
         };
         s.len = s.len.max(pos + 1);
         for h in 0..self.cfg.n_kv_heads {
@@ -229,6 +252,7 @@ impl KvCache {
             let vat = self.offset(layer, block, h, 0) + pos % bs;
             self.v.write(vat, bs, &v[h * hd..(h + 1) * hd]);
         }
+        Ok(())
     }
 
     pub fn keys(&self) -> &KvStore {
@@ -281,7 +305,17 @@ mod tests {
         c.reserve(1, 8).unwrap();
         let k: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let v: Vec<f32> = (0..8).map(|i| -(i as f32)).collect();
-        c.write(1, 1, 5, &k, &v);
+        c.write(1, 1, 5, &k, &v).unwrap();
+        assert_eq!(c.seq_len(1), 6);
+        // Positions that were not reserved, unknown sequences and short rows are errors.
+        let not = |seq, pos| Err(CacheError::NotReserved { seq, pos });
+        assert_eq!(c.write(1, 1, 8, &k, &v), not(1, 8));
+        assert_eq!(c.write(1, 2, 0, &k, &v), not(2, 0));
+        assert_eq!(c.write(3, 1, 0, &k, &v), not(1, 0));
+        assert!(matches!(
+            c.write(1, 1, 0, &k[..7], &v),
+            Err(CacheError::Width { what: "keys", .. })
+        ));
         assert_eq!(c.seq_len(1), 6);
         let at = c.offset(1, c.blocks(1)[1], 1, 1);
         let vat = c.offset(1, c.blocks(1)[1], 1, 0) + 1;
