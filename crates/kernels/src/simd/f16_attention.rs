@@ -52,6 +52,7 @@ pub struct F16Attention {
 }
 
 /// Whether every position below `n` has a block.
+#[cfg(target_arch = "x86_64")]
 fn covered(kv: &PagedHead<f16>, n: usize) -> bool {
     kv.blocks
         .len()
