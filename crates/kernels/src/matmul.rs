@@ -34,6 +34,8 @@ pub enum MatmulError {
     Blocks { ty: GgmlType, cols: usize },
     #[error("{ty} weights in the {layout:?} layout have no kernel on this path")]
     Layout { ty: GgmlType, layout: Layout },
+    #[error("the weight, activation or output bytes are shorter than the product names")]
+    Bounds,
 }
 
 /// A batch of activation rows encoded for one weight type's dot products.
@@ -324,7 +326,7 @@ impl<'a> Plan<'a> {
         } else {
             grain(n, threads)
         };
-        Ok(Plan {
+        let plan = Plan {
             bytes: w.bytes(),
             w_row_bytes: w.row_bytes(),
             cols,
@@ -335,12 +337,17 @@ impl<'a> Plan<'a> {
             gemm,
             fallback,
             out: SharedOut::new(out),
-        })
+        };
+        // Every piece of rows lies inside the whole product's tile, so checking that one
+        // proves the tiles of `run`.
+        // SAFETY: the tile is only checked, never used to write.
+        let whole = unsafe { Tile::new(plan.bytes, &x.data, &plan.out, plan.shape(x, 0..n)) };
+        whole.is_some().then_some(plan).ok_or(MatmulError::Bounds)
     }
 
-    /// Rows `rows` of this matrix against every activation row.
-    fn run(&self, x: &Activations, rows: Range<usize>) {
-        let shape = TileShape {
+    /// The shape of the tile of rows `rows` against every activation row.
+    fn shape(&self, x: &Activations, rows: Range<usize>) -> TileShape {
+        TileShape {
             w_row_bytes: self.w_row_bytes,
             cols: self.cols,
             rows,
@@ -348,12 +355,16 @@ impl<'a> Plan<'a> {
             tokens: x.rows,
             out_stride: self.n,
             batched: self.batched,
-        };
+        }
+    }
+
+    /// Rows `rows` (inside `0..n`) of this matrix against every activation row.
+    fn run(&self, x: &Activations, rows: Range<usize>) {
         // SAFETY: `matmul_many` hands every piece of rows to exactly one thread, so this
         // tile's outputs are written by this call alone.
-        let tile = unsafe { Tile::new(self.bytes, &x.data, &self.out, shape) };
-        // `Plan::new` checked the weight, activation and output sizes, so every piece fits.
-        let tile = tile.expect("a matrix piece inside the checked buffers");
+        let tile = unsafe { Tile::new(self.bytes, &x.data, &self.out, self.shape(x, rows)) };
+        // `Plan::new` checked the whole product's tile, which holds every piece.
+        let tile = tile.expect("a piece of a checked product");
         match (self.gemm, self.fallback) {
             (Some(g), _) => g(&tile),
             (_, Some(f)) => f(&tile),
