@@ -6,6 +6,7 @@
 //! `TORCHLESS_ISA`); nothing here reads the environment or computes.
 
 pub use crate::isa::{DispatchError, Isa};
+use crate::order::Order;
 use crate::quant::{FromF32Fn, GgmlType, VecDotFn};
 use crate::simd::f16_attention::F16Attention;
 
@@ -55,21 +56,33 @@ impl Kernels {
         })
     }
 
-    /// The whole-tile kernel for weights of type `ty`, where one exists for this ISA.
-    pub fn gemm(&self, ty: GgmlType) -> Option<crate::tile::GemmFn> {
-        crate::simd::gemm(self.isa, ty)
+    /// The dot product for weights of type `ty` in arithmetic order `order` (see
+    /// [`crate::order`]): this ISA's SIMD version where it has one, else the scalar definition.
+    pub fn dot(&self, ty: GgmlType, order: Order) -> Option<VecDotFn> {
+        match order.canonical(ty) {
+            Order::VecDot => self.vec_dot(ty),
+            Order::Tiled => self.vec_dot_batched(ty).or(self.vec_dot(ty)),
+            o => crate::order::reference_dot(ty, o),
+        }
     }
 
-    /// The tile kernel for weights of type `ty` in the eight-row interleaved layout: the SIMD
-    /// one for this ISA, else the scalar reference (`None`: the type has no such layout).
-    pub fn gemm_rows8(&self, ty: GgmlType) -> Option<crate::tile::GemmFn> {
-        crate::simd::gemm_rows8(self.isa, ty).or(crate::quant::interleave::gemm_scalar_fn(ty))
+    /// The whole-tile kernel for weights of type `ty` in `order`, where this ISA has one.
+    pub fn gemm(&self, ty: GgmlType, order: Order) -> Option<crate::tile::GemmFn> {
+        crate::simd::gemm(self.isa, ty, order)
+    }
+
+    /// The tile kernel for weights of type `ty` in the eight-row interleaved layout in
+    /// `order`: the SIMD one for this ISA, else the scalar reference (`None`: the type has no
+    /// such layout).
+    pub fn gemm_rows8(&self, ty: GgmlType, order: Order) -> Option<crate::tile::GemmFn> {
+        crate::simd::gemm_rows8(self.isa, ty, order)
+            .or(crate::quant::interleave::gemm_scalar_fn(ty))
     }
 
     /// Whether repacking weights of type `ty` into the interleaved layout pays on this ISA
     /// (it has a SIMD kernel for it).
     pub fn prefers_rows8(&self, ty: GgmlType) -> bool {
-        crate::simd::gemm_rows8(self.isa, ty).is_some()
+        crate::simd::gemm_rows8(self.isa, ty, Order::VecDot).is_some()
     }
 
     /// `gate[i] = silu(gate[i]) * up[i]` in ggml's arithmetic over the first multiple of

@@ -6,6 +6,7 @@
 //! - [`dispatch`]: run-time choice of SIMD implementations;
 //! - [`matmul`]: weight-matrix × activation-batch products on the thread pool;
 //! - [`ops`]: norms, rotary embeddings, activations, softmax;
+//! - [`order`]: the numerics policy (which arithmetic order each product follows);
 //! - [`pool`]: the persistent worker pool;
 //! - [`tensor`]: typed views of weight bytes (memory-mapped or on the heap);
 //! - [`tile`]: the work items kernels receive (matrix tiles, shared output buffers).
@@ -22,6 +23,7 @@ pub mod isa;
 pub mod lanes;
 pub mod matmul;
 pub mod ops;
+pub mod order;
 pub mod paged;
 pub mod pool;
 pub mod quant;

@@ -11,6 +11,7 @@ use crate::dispatch::Kernels;
 use crate::pool::ThreadPool;
 use std::ops::Range;
 
+use crate::order::{self, Order};
 use crate::quant::{GgmlType, VecDotFn};
 use crate::tensor::{Layout, Tensor};
 use crate::tile::{GemmFn, SharedOut, Tile, TileShape};
@@ -261,10 +262,20 @@ struct Plan<'a> {
     cols: usize,
     n: usize,
     grain: usize,
-    batched: bool,
+    /// The tokens of each arithmetic order (see [`crate::order::llama_cpp`]): at most two
+    /// runs of consecutive tokens.
+    parts: [Option<Part<'a>>; 2],
+}
+
+/// The tokens of a product that follow one arithmetic order, and its kernels.
+struct Part<'a> {
+    /// First token and count.
+    first: usize,
+    tokens: usize,
+    order: Order,
     dot: VecDotFn,
     gemm: Option<GemmFn>,
-    fallback: Option<GemmFn>,
+    /// The outputs of these tokens (`tokens * n` values).
     out: SharedOut<'a>,
 }
 
@@ -298,30 +309,49 @@ impl<'a> Plan<'a> {
                 need: n * tokens,
             });
         }
-        let batched = tokens >= 2 && n % 4 == 0 && cols % 8 == 0;
-        let dot = match (batched, kernels.vec_dot_batched(ty)) {
-            (true, Some(f)) => f,
-            _ => kernels.vec_dot(ty).ok_or(MatmulError::Unsupported(ty))?,
-        };
-        // Interleaved weights have only tile kernels: the SIMD one where the tile is whole,
-        // the scalar reference (which reads the layout with checked indexing) otherwise.
-        let (gemm, fallback): (Option<GemmFn>, Option<GemmFn>) = match w.layout() {
-            Layout::Rows => (kernels.gemm(ty), None),
-            Layout::Rows8 => {
-                let fallback = crate::quant::interleave::gemm_scalar_fn(ty);
-                if fallback.is_none() || n % 8 != 0 {
-                    return Err(MatmulError::Layout {
-                        ty,
-                        layout: w.layout(),
-                    });
-                }
-                (kernels.gemm_rows8(ty), fallback)
+        if w.layout() == Layout::Rows8
+            && (crate::quant::interleave::gemm_scalar_fn(ty).is_none() || n % 8 != 0)
+        {
+            return Err(MatmulError::Layout {
+                ty,
+                layout: w.layout(),
+            });
+        }
+        let mut schedule = order::llama_cpp(ty, n, cols, tokens);
+        if schedule.head == schedule.tail {
+            // One arithmetic for every token: one run.
+            schedule.split = tokens;
+        }
+        let (head, tail) = out[..n * tokens].split_at_mut(schedule.split * n);
+        let runs = [
+            (0, schedule.split, schedule.head, head),
+            (schedule.split, tokens - schedule.split, schedule.tail, tail),
+        ];
+        let mut parts: [Option<Part<'a>>; 2] = [None, None];
+        for (i, (first, count, order, slice)) in runs.into_iter().enumerate() {
+            if count == 0 {
+                continue;
             }
-        };
+            let dot = kernels.dot(ty, order).ok_or(MatmulError::Unsupported(ty))?;
+            // Interleaved weights have only tile kernels: the SIMD one where it implements
+            // the order, the scalar reference (which reads the layout) otherwise.
+            let gemm = match w.layout() {
+                Layout::Rows => kernels.gemm(ty, order),
+                Layout::Rows8 => kernels.gemm_rows8(ty, order),
+            };
+            parts[i] = Some(Part {
+                first,
+                tokens: count,
+                order,
+                dot,
+                gemm,
+                out: SharedOut::new(slice),
+            });
+        }
         // The float kernels convert a block of activations for each piece of rows: in a
         // batch, larger pieces (four per thread, whole 3-row tiles) spread that over more rows.
         let float = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::F32);
-        let grain = if batched && float {
+        let grain = if schedule.head == Order::Tiled && float {
             n.div_ceil(4 * threads).div_ceil(24) * 24
         } else {
             grain(n, threads)
@@ -332,43 +362,54 @@ impl<'a> Plan<'a> {
             cols,
             n,
             grain: grain.max(1),
-            batched,
-            dot,
-            gemm,
-            fallback,
-            out: SharedOut::new(out),
+            parts,
         };
-        // Every piece of rows lies inside the whole product's tile, so checking that one
-        // proves the tiles of `run`.
-        // SAFETY: the tile is only checked, never used to write.
-        let whole = unsafe { Tile::new(plan.bytes, &x.data, &plan.out, plan.shape(x, 0..n)) };
-        whole.is_some().then_some(plan).ok_or(MatmulError::Bounds)
+        // Every piece of rows lies inside the whole product's tile, so checking that one per
+        // part proves the tiles of `run`.
+        for p in plan.parts.iter().flatten() {
+            // SAFETY: the tile is only checked, never used to write.
+            let whole = unsafe { plan.tile(p, x, 0..n) };
+            whole.ok_or(MatmulError::Bounds)?;
+        }
+        Ok(plan)
     }
 
-    /// The shape of the tile of rows `rows` against every activation row.
-    fn shape(&self, x: &Activations, rows: Range<usize>) -> TileShape {
-        TileShape {
+    /// The tile of part `p`'s tokens against rows `rows`.
+    ///
+    /// # Safety
+    /// While the tile lives, no other thread may write its outputs.
+    unsafe fn tile<'t>(
+        &'t self,
+        p: &'t Part<'a>,
+        x: &'t Activations,
+        rows: Range<usize>,
+    ) -> Option<Tile<'t>> {
+        let xs = x.data.get(p.first * x.row_bytes..)?;
+        let shape = TileShape {
             w_row_bytes: self.w_row_bytes,
             cols: self.cols,
             rows,
             x_row_bytes: x.row_bytes,
-            tokens: x.rows,
+            tokens: p.tokens,
             out_stride: self.n,
-            batched: self.batched,
-        }
+            order: p.order,
+        };
+        // SAFETY: passed on from the caller.
+        unsafe { Tile::new(self.bytes, xs, &p.out, shape) }
     }
 
     /// Rows `rows` (inside `0..n`) of this matrix against every activation row.
     fn run(&self, x: &Activations, rows: Range<usize>) {
-        // SAFETY: `matmul_many` hands every piece of rows to exactly one thread, so this
-        // tile's outputs are written by this call alone.
-        let tile = unsafe { Tile::new(self.bytes, &x.data, &self.out, self.shape(x, rows)) };
-        // `Plan::new` checked the whole product's tile, which holds every piece.
-        let tile = tile.expect("a piece of a checked product");
-        match (self.gemm, self.fallback) {
-            (Some(g), _) => g(&tile),
-            (_, Some(f)) => f(&tile),
-            _ => gemm_by_dots(self.dot, &tile),
+        for p in self.parts.iter().flatten() {
+            // SAFETY: `matmul_many` hands every piece of rows to exactly one thread, so this
+            // tile's outputs are written by this call alone.
+            let tile = unsafe { self.tile(p, x, rows.clone()) };
+            // `Plan::new` checked the whole product's tile, which holds every piece.
+            let tile = tile.expect("a piece of a checked product");
+            match p.gemm {
+                Some(g) => g(&tile),
+                None => gemm_by_dots(p.dot, &tile),
+            }
         }
     }
 }

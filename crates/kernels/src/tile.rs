@@ -6,6 +6,7 @@
 //! so that a kernel taking `&Tile` can be handed out as a safe function. This module holds
 //! types only: it computes nothing and chooses no kernel.
 
+use crate::order::Order;
 use std::marker::PhantomData;
 use std::ops::Range;
 
@@ -93,7 +94,7 @@ pub struct Tile<'a> {
     tokens: usize,
     out: &'a SharedOut<'a>,
     out_stride: usize,
-    batched: bool,
+    order: Order,
 }
 
 /// The shape of a tile's product (everything but the buffers).
@@ -111,10 +112,9 @@ pub struct TileShape {
     pub tokens: usize,
     /// Distance between two tokens' outputs (at least `rows.end`).
     pub out_stride: usize,
-    /// Whether the reference engine would take its batched (tiled GEMM) path for this
-    /// product: several tokens, rows a multiple of 4, length a multiple of 8. Only the float
-    /// formats reduce differently there.
-    pub batched: bool,
+    /// The arithmetic order the kernel must follow (see [`crate::order`]); the product
+    /// hands a tile only to a kernel that implements it.
+    pub order: Order,
 }
 
 impl<'a> Tile<'a> {
@@ -151,7 +151,7 @@ impl<'a> Tile<'a> {
             tokens: shape.tokens,
             out,
             out_stride: shape.out_stride,
-            batched: shape.batched,
+            order: shape.order,
         })
     }
 
@@ -190,8 +190,8 @@ impl<'a> Tile<'a> {
         self.out_stride
     }
 
-    pub fn batched(&self) -> bool {
-        self.batched
+    pub fn order(&self) -> Order {
+        self.order
     }
 
     /// Weight row `r` (`r < rows().end`).
@@ -235,7 +235,7 @@ mod tests {
             x_row_bytes: 2,
             tokens,
             out_stride,
-            batched: false,
+            order: Order::VecDot,
         }
     }
 

@@ -462,10 +462,14 @@ proptest! {
             let mut products: Vec<(&Tensor, &mut [f32])> = mats.iter().zip(outs.iter_mut()).map(|(m, o)| (m, o.as_mut_slice())).collect();
             torchless_kernels::matmul_many(&pool, &k, &acts, &mut products).unwrap();
         }
-        // The reference: one scalar dot product per (row, token) of the plain matrices.
+        // The reference: one scalar dot product per (row, token) of the plain matrices, in
+        // the order llama.cpp gives that token (Q4_K: its repacked kernels, four tokens at a
+        // time and then one by one).
         for (m, got) in plain.iter().zip(&outs) {
-            let dot = Kernels::scalar().vec_dot(m.ty()).unwrap();
+            let s = torchless_kernels::order::llama_cpp(m.ty(), m.rows(), 512, tokens);
             for t in 0..tokens {
+                let order = if t < s.split { s.head } else { s.tail };
+                let dot = torchless_kernels::order::reference_dot(m.ty(), order).unwrap();
                 for r in 0..m.rows() {
                     let want = dot(512, m.row(r), acts.row(t));
                     prop_assert_eq!(got[t * m.rows() + r].to_bits(), want.to_bits(), "{} row {} token {}", m.ty(), r, t);

@@ -234,10 +234,10 @@ pub fn with_plain_row<R>(
 }
 
 /// The scalar reference tile kernel for interleaved weights: each row is put back in the plain
-/// layout and goes through the type's reference dot product, so the results are exactly those
-/// of the plain tensor.
+/// layout and goes through the type's reference dot product in the tile's order, so the
+/// results are exactly those of the plain tensor.
 pub(crate) fn gemm_scalar(ty: GgmlType, t: &crate::tile::Tile) {
-    let dot = ty.traits().vec_dot;
+    let dot = crate::order::reference_dot(ty, t.order());
     for r in t.rows() {
         let done = with_plain_row(ty, t.w(), t.w_row_bytes(), r, |row| {
             for k in 0..t.tokens() {

@@ -1,20 +1,97 @@
 //! The K-quants (Q2_K … Q6_K) and their activation format Q8_K: dequantization, Q8_K
 //! quantization and the scalar dot products.
 //!
-//! Every K-quant super-block (256 elements) is first unpacked into one common form — integer
-//! quants, one integer scale and min per group of 16, and the two f32 super-scales — so that a
-//! single dequantizer and a single dot product serve all five types. This is the readable
-//! reference; the SIMD kernels work on the packed bytes directly and are tested against it.
+//! Every K-quant super-block (256 elements) is first unpacked into one common form — the
+//! quants as llama.cpp's AVX2 kernels multiply them (unsigned for Q2_K, Q4_K, Q5_K and Q6_K,
+//! Q6_K's stored +32; signed for Q3_K), one integer scale and min per group of 16, and the
+//! two f32 super-scales — so that a single dequantizer serves all five types. The dot
+//! products follow `ggml_vec_dot_q*_K_q8_K` (`ggml-cpu/arch/x86/quants.c`): per super-block,
+//! eight exact i32 lanes (lane `l` holds elements `4l..4l+4` of every 32-element chunk, times
+//! its group's scale; Q6_K's lane `l` less `32 · (scale·bsum)` of groups `2l`, `2l+1`), added
+//! into an eight-lane f32 accumulator with `fma(d, lane, acc)`, `d = d_y · d`; the minimums
+//! (`dmin' = -d_y · dmin`) go, per type: Q2_K into the same accumulator first (lanes of two
+//! 16-groups), Q4_K into a four-lane accumulator (pairs of 32-element sub-blocks), Q5_K into
+//! a scalar `fma(dmin', Σ, summs)`; the end is the horizontal sum ([`hsum8`]) plus those.
+//! This is the readable reference; the SIMD kernels work on the packed bytes directly and are
+//! tested against it.
 
 use super::blocks::*;
+use crate::lanes::{hsum8, LANES};
 
-/// A super-block in common form: x[e] = d * scale[e/16] * q[e] - dmin * min[e/16].
+/// Which K-quant a super-block came from: how its dot product ends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum KKind {
+    Q2,
+    Q3,
+    Q4,
+    Q5,
+    Q6,
+}
+
+/// A super-block in common form: x[e] = d * scale[e/16] * (q[e] - offset) - dmin * min[e/16].
 pub(crate) struct Unpacked {
     q: [i8; QK_K],
     scale: [i32; 16],
     min: [i32; 16],
+    offset: i32,
     d: f32,
     dmin: f32,
+}
+
+/// The running sums of one K-quant dot product (see the module docs).
+#[derive(Default)]
+pub(crate) struct KAcc {
+    acc: [f32; LANES],
+    acc_m: [f32; 4],
+    summs: f32,
+}
+
+impl KAcc {
+    /// The dot product of the super-blocks added so far.
+    pub(crate) fn finish(&self, kind: KKind) -> f32 {
+        let s = hsum8(&self.acc);
+        match kind {
+            KKind::Q4 => {
+                let m = &self.acc_m;
+                s + ((m[0] + m[2]) + (m[1] + m[3]))
+            }
+            KKind::Q5 => s + self.summs,
+            _ => s,
+        }
+    }
+
+    /// Adds a super-block given its eight integer lanes, its sixteen group minimums × bsums
+    /// pair sums (see [`Unpacked::min_lanes`]) and its scales.
+    pub(crate) fn add(
+        &mut self,
+        kind: KKind,
+        lanes: &[i32; LANES],
+        mins: &[i32; LANES],
+        d: f32,
+        dmin: f32,
+    ) {
+        match kind {
+            KKind::Q2 => {
+                for l in 0..LANES {
+                    self.acc[l] = dmin.mul_add(mins[l] as f32, self.acc[l]);
+                }
+            }
+            KKind::Q4 => {
+                for k in 0..4 {
+                    let p = mins[2 * k] + mins[2 * k + 1];
+                    self.acc_m[k] = dmin.mul_add(p as f32, self.acc_m[k]);
+                }
+            }
+            KKind::Q5 => {
+                let t: i32 = mins.iter().sum();
+                self.summs = dmin.mul_add(t as f32, self.summs);
+            }
+            KKind::Q3 | KKind::Q6 => {}
+        }
+        for l in 0..LANES {
+            self.acc[l] = d.mul_add(lanes[l] as f32, self.acc[l]);
+        }
+    }
 }
 
 impl Unpacked {
@@ -23,6 +100,7 @@ impl Unpacked {
             q: [0; QK_K],
             scale: [0; 16],
             min: [0; 16],
+            offset: 0,
             d: 0.0,
             dmin: 0.0,
         }
@@ -33,38 +111,46 @@ impl Unpacked {
             let dl = self.d * self.scale[g] as f32;
             let ml = self.dmin * self.min[g] as f32;
             for (v, &q) in chunk.iter_mut().zip(&self.q[16 * g..16 * g + 16]) {
-                *v = dl * q as f32 - ml;
+                *v = dl * (q as i32 - self.offset) as f32 - ml;
             }
         }
     }
 
-    fn dot(&self, y: &BlockQ8K) -> f32 {
-        self.dot_by(y, |q, yq| {
-            std::array::from_fn(|g| {
-                (16 * g..16 * g + 16)
-                    .map(|e| q[e] as i32 * yq[e] as i8 as i32)
-                    .sum()
-            })
+    /// The eight integer lanes of this super-block against `y` (see the module docs).
+    fn lanes(&self, y: &BlockQ8K) -> [i32; LANES] {
+        let mut lanes = [0i32; LANES];
+        for (l, v) in lanes.iter_mut().enumerate() {
+            for c in 0..8 {
+                let e0 = 32 * c + 4 * l;
+                let p: i32 = (e0..e0 + 4).map(|e| self.q[e] as i32 * y.q(e)).sum();
+                *v += self.scale[2 * c + l / 4] * p;
+            }
+            if self.offset != 0 {
+                let g = 2 * l;
+                *v -= self.offset * (self.scale[g] * y.bsum(g) + self.scale[g + 1] * y.bsum(g + 1));
+            }
+        }
+        lanes
+    }
+
+    /// `min[2l]·bsum[2l] + min[2l+1]·bsum[2l+1]` for each lane `l` (`madd` of the sixteen
+    /// group minimums and bsums).
+    fn min_lanes(&self, y: &BlockQ8K) -> [i32; LANES] {
+        std::array::from_fn(|l| {
+            self.min[2 * l] * y.bsum(2 * l) + self.min[2 * l + 1] * y.bsum(2 * l + 1)
         })
     }
 
-    /// The dot product with the sixteen group sums `Σ q·y` (exact integers, so any order)
-    /// computed by `group_sums(q, y.qs)`; the rest as [`Unpacked::dot`].
-    #[inline(always)]
-    pub(crate) fn dot_by(
-        &self,
-        y: &BlockQ8K,
-        group_sums: impl FnOnce(&[i8; QK_K], &[u8; QK_K]) -> [i32; 16],
-    ) -> f32 {
-        let sums = group_sums(&self.q, &y.qs);
-        let mut isum = 0i32;
-        let mut msum = 0i32;
-        for (g, s) in sums.iter().enumerate() {
-            isum += self.scale[g] * s;
-            msum += self.min[g] * y.bsum(g);
-        }
+    /// Adds this super-block's products with `y` to `acc`.
+    fn dot_into(&self, kind: KKind, y: &BlockQ8K, acc: &mut KAcc) {
         let dy = y.scale();
-        (self.d * dy) * isum as f32 - (self.dmin * dy) * msum as f32
+        acc.add(
+            kind,
+            &self.lanes(y),
+            &self.min_lanes(y),
+            dy * self.d,
+            -dy * self.dmin,
+        );
     }
 }
 
@@ -144,6 +230,7 @@ pub(crate) fn unpack_q5_k(b: &BlockQ5K, u: &mut Unpacked) {
 pub(crate) fn unpack_q6_k(b: &BlockQ6K, u: &mut Unpacked) {
     u.d = f16_at(b.d);
     u.dmin = 0.0;
+    u.offset = 32;
     for g in 0..16 {
         u.scale[g] = b.scales[g] as i8 as i32;
         u.min[g] = 0;
@@ -151,7 +238,7 @@ pub(crate) fn unpack_q6_k(b: &BlockQ6K, u: &mut Unpacked) {
     for n in 0..2 {
         let (ql, qh) = (&b.ql[64 * n..64 * n + 64], &b.qh[32 * n..32 * n + 32]);
         for l in 0..32 {
-            let q = |low: u8, shift: u32| ((low | (((qh[l] >> shift) & 3) << 4)) as i8) - 32;
+            let q = |low: u8, shift: u32| (low | (((qh[l] >> shift) & 3) << 4)) as i8;
             u.q[128 * n + l] = q(ql[l] & 0xF, 0);
             u.q[128 * n + l + 32] = q(ql[l + 32] & 0xF, 2);
             u.q[128 * n + l + 64] = q(ql[l] >> 4, 4);
@@ -161,7 +248,7 @@ pub(crate) fn unpack_q6_k(b: &BlockQ6K, u: &mut Unpacked) {
 }
 
 macro_rules! kquant_fns {
-    ($block:ty, $unpack:ident, $dequant:ident, $dot:ident) => {
+    ($block:ty, $kind:expr, $unpack:ident, $dequant:ident, $dot:ident) => {
         pub fn $dequant(src: &[u8], dst: &mut [f32]) {
             let mut u = Unpacked::zeroed();
             for (b, y) in as_blocks::<$block>(src)
@@ -175,22 +262,52 @@ macro_rules! kquant_fns {
 
         pub fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let mut u = Unpacked::zeroed();
-            let mut sum = 0.0f32;
+            let mut acc = KAcc::default();
             let blocks = as_blocks::<$block>(w).iter().zip(as_blocks::<BlockQ8K>(a));
             for (x, y) in blocks.take(n / QK_K) {
                 $unpack(x, &mut u);
-                sum += u.dot(y);
+                u.dot_into($kind, y, &mut acc);
             }
-            sum
+            acc.finish($kind)
         }
     };
 }
 
-kquant_fns!(BlockQ2K, unpack_q2_k, dequant_q2_k, dot_q2_k_q8_k);
-kquant_fns!(BlockQ3K, unpack_q3_k, dequant_q3_k, dot_q3_k_q8_k);
-kquant_fns!(BlockQ4K, unpack_q4_k, dequant_q4_k, dot_q4_k_q8_k);
-kquant_fns!(BlockQ5K, unpack_q5_k, dequant_q5_k, dot_q5_k_q8_k);
-kquant_fns!(BlockQ6K, unpack_q6_k, dequant_q6_k, dot_q6_k_q8_k);
+kquant_fns!(
+    BlockQ2K,
+    KKind::Q2,
+    unpack_q2_k,
+    dequant_q2_k,
+    dot_q2_k_q8_k
+);
+kquant_fns!(
+    BlockQ3K,
+    KKind::Q3,
+    unpack_q3_k,
+    dequant_q3_k,
+    dot_q3_k_q8_k
+);
+kquant_fns!(
+    BlockQ4K,
+    KKind::Q4,
+    unpack_q4_k,
+    dequant_q4_k,
+    dot_q4_k_q8_k
+);
+kquant_fns!(
+    BlockQ5K,
+    KKind::Q5,
+    unpack_q5_k,
+    dequant_q5_k,
+    dot_q5_k_q8_k
+);
+kquant_fns!(
+    BlockQ6K,
+    KKind::Q6,
+    unpack_q6_k,
+    dequant_q6_k,
+    dot_q6_k_q8_k
+);
 
 pub fn dequant_q8_k(src: &[u8], dst: &mut [f32]) {
     for (b, y) in as_blocks::<BlockQ8K>(src)

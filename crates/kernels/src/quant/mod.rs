@@ -7,6 +7,7 @@ pub mod float;
 pub mod interleave;
 pub mod kquants;
 pub mod legacy;
+pub mod repacked;
 pub mod types;
 
 pub use types::{FromF32Fn, GgmlType, ToF32Fn, TypeTraits, VecDotFn, TRAITS};

@@ -1,6 +1,5 @@
-//! x86-64 AVX-512 (F + BW) kernels: the single-token dot products of every weight type — the
-//! 32-element formats two blocks per 512-bit register, the k-quants two 32-element chunks per
-//! register, float weights sixteen elements per register.
+//! x86-64 AVX-512 (F + BW) kernels: the single-token dot products of the 32-element formats
+//! (two blocks per 512-bit register) and the float formats (sixteen elements per register).
 //!
 //! Each computes exactly what its scalar counterpart in [`crate::quant`] computes, in the same
 //! order (see [`crate::lanes`]), so results are bit-identical to the scalar and AVX2 kernels:
@@ -10,10 +9,9 @@
 //! four 8-lane ones side by side. The property tests hold them to it (on this project's
 //! machines only under emulation: see `.ci/avx512`).
 //!
-//! The k-quant dot products take two 32-element chunks of a super-block per register for their
-//! integer sums (exact in any order) and end as the AVX2 kernels do, with the same float
-//! operations. What is not here, an AVX-512 CPU runs with the AVX2 kernels ([`super::vec_dot`]
-//! falls back to them): the tile kernels, attention, the activation encoders.
+//! What is not here, an AVX-512 CPU runs with the AVX2 kernels ([`super::vec_dot`] falls back
+//! to them): the k-quants (whose eight-lane order the AVX2 kernels hold directly), the tile
+//! kernels, attention, the activation encoders.
 //! VNNI (`vpdpbusd`) is not used: no machine or emulator that runs it was available to test it.
 //!
 //! Every function here is `unsafe` and `#[target_feature]`: callers must have checked that the
@@ -24,10 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{
-    bcast_u8_i16, h, hsum, k4_scales_vec, kdot_finish, load32, q4_k_finish, q6_k_chunk_scales,
-    q6_k_finish, q6_k_quants, reduce4, unpack_q2_k, unpack_q3_k, unpack_q5_k, KBlock,
-};
+use super::avx2::{h, hsum, load32, reduce4};
 use crate::quant::blocks::*;
 use crate::quant::float::{vec_tail, Elem, BF16, F16, F32};
 
@@ -239,120 +234,6 @@ unsafe fn dot_pairs<B: Pair>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     }
 }
 
-/// 64 bytes at `p`.
-#[inline(always)]
-unsafe fn load64(p: *const u8) -> __m512i {
-    _mm512_loadu_si512(p as *const __m512i)
-}
-
-/// The exact sum of an unpacked super-block's quants × scales against the Q8_K block at `y`
-/// (before any offset correction), two 32-element chunks per register.
-#[inline(always)]
-unsafe fn kdot_sum(k: &KBlock, y: *const u8) -> i32 {
-    let yq = y.add(4);
-    let mut acc = _mm512_setzero_si512();
-    for c in (0..8).step_by(2) {
-        let p = _mm512_maddubs_epi16(join(k.q[c], k.q[c + 1]), load64(yq.add(32 * c)));
-        acc = _mm512_add_epi32(acc, _mm512_madd_epi16(join(k.sc[c], k.sc[c + 1]), p));
-    }
-    _mm512_reduce_add_epi32(acc)
-}
-
-/// One Q4_K super-block against one Q8_K block at `y`: a 32-byte quant chunk's low and high
-/// nibbles (64 elements) per register.
-#[inline(always)]
-unsafe fn sb_q4_k(b: &BlockQ4K, y: *const u8) -> f32 {
-    let scm = k4_scales_vec(&b.scales);
-    let yq = y.add(4);
-    let m4 = _mm512_set1_epi8(0x0F);
-    let mut acc = _mm512_setzero_si512();
-    for j in 0..4 {
-        let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j) as *const __m256i);
-        let q = _mm512_and_si512(join(bits, _mm256_srli_epi16::<4>(bits)), m4);
-        // Chunks 2j (low nibbles) and 2j + 1 (high nibbles).
-        let c = 2 * j;
-        let sc = join(bcast_u8_i16(scm, c as i8), bcast_u8_i16(scm, c as i8 + 1));
-        let p = _mm512_maddubs_epi16(q, load64(yq.add(32 * c)));
-        acc = _mm512_add_epi32(acc, _mm512_madd_epi16(sc, p));
-    }
-    q4_k_finish(b, scm, y, _mm512_reduce_add_epi32(acc))
-}
-
-/// One Q6_K super-block against one Q8_K block at `y`, two 32-element chunks per register.
-#[inline(always)]
-unsafe fn sb_q6_k(b: &BlockQ6K, y: *const u8) -> f32 {
-    let sv = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
-    let yq = y.add(4);
-    let mut acc = _mm512_setzero_si512();
-    for n in 0..2 {
-        let l1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n) as *const __m256i);
-        let l2 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n + 32) as *const __m256i);
-        let hb = _mm256_loadu_si256(b.qh.as_ptr().add(32 * n) as *const __m256i);
-        let q = q6_k_quants(l1, l2, hb);
-        for i in [0, 2] {
-            let c = 4 * n + i;
-            let sc = join(q6_k_chunk_scales(sv, c), q6_k_chunk_scales(sv, c + 1));
-            let p = _mm512_maddubs_epi16(join(q[i], q[i + 1]), load64(yq.add(32 * c)));
-            acc = _mm512_add_epi32(acc, _mm512_madd_epi16(sc, p));
-        }
-    }
-    q6_k_finish(b, sv, y, _mm512_reduce_add_epi32(acc))
-}
-
-/// A k-quant super-block's dot product with a Q8_K block.
-trait Super: bytemuck::Pod {
-    unsafe fn dot(&self, y: *const u8) -> f32;
-}
-
-/// Declares [`Super`] for the k-quants that go through an unpacked [`KBlock`].
-macro_rules! unpacked_supers {
-    ($($block:ty => $unpack:ident),* $(,)?) => {
-        $(
-            impl Super for $block {
-                #[inline(always)]
-                unsafe fn dot(&self, y: *const u8) -> f32 {
-                    let k = $unpack(self);
-                    kdot_finish(&k, y, kdot_sum(&k, y))
-                }
-            }
-        )*
-    };
-}
-
-unpacked_supers! {
-    BlockQ2K => unpack_q2_k,
-    BlockQ3K => unpack_q3_k,
-    BlockQ5K => unpack_q5_k,
-}
-
-impl Super for BlockQ4K {
-    #[inline(always)]
-    unsafe fn dot(&self, y: *const u8) -> f32 {
-        sb_q4_k(self, y)
-    }
-}
-
-impl Super for BlockQ6K {
-    #[inline(always)]
-    unsafe fn dot(&self, y: *const u8) -> f32 {
-        sb_q6_k(self, y)
-    }
-}
-
-/// The k-quant dot product of the first `n` elements: super-block results summed in order.
-#[inline(always)]
-unsafe fn dot_supers<B: Super>(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in as_blocks::<B>(w)
-        .iter()
-        .zip(as_blocks::<BlockQ8K>(a))
-        .take(n / QK_K)
-    {
-        sum += x.dot((y as *const BlockQ8K) as *const u8);
-    }
-    sum
-}
-
 /// A float element type's sixteen-element load.
 trait Wide: Elem {
     unsafe fn load16(p: *const u8) -> __m512;
@@ -417,11 +298,6 @@ dots! {
     dot_q5_0_q8_0 => dot_pairs::<BlockQ5_0>,
     dot_q5_1_q8_1 => dot_pairs::<BlockQ5_1>,
     dot_q8_0_q8_0 => dot_pairs::<BlockQ8_0>,
-    dot_q2_k_q8_k => dot_supers::<BlockQ2K>,
-    dot_q3_k_q8_k => dot_supers::<BlockQ3K>,
-    dot_q4_k_q8_k => dot_supers::<BlockQ4K>,
-    dot_q5_k_q8_k => dot_supers::<BlockQ5K>,
-    dot_q6_k_q8_k => dot_supers::<BlockQ6K>,
     dot_f32 => fdot_vec::<F32>,
     dot_f16 => fdot_vec::<F16>,
     dot_bf16 => fdot_vec::<BF16>,

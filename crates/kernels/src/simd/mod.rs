@@ -10,6 +10,7 @@ pub mod f16_attention;
 pub(crate) mod neon;
 
 use crate::isa::Isa;
+use crate::order::Order;
 use crate::quant::{GgmlType, VecDotFn};
 
 /// Wraps an `unsafe` target-feature kernel in a safe function pointer.
@@ -56,11 +57,6 @@ checked! {
     avx512_q5_0 => avx512::dot_q5_0_q8_0,
     avx512_q5_1 => avx512::dot_q5_1_q8_1,
     avx512_q8_0 => avx512::dot_q8_0_q8_0,
-    avx512_q2_k => avx512::dot_q2_k_q8_k,
-    avx512_q3_k => avx512::dot_q3_k_q8_k,
-    avx512_q4_k => avx512::dot_q4_k_q8_k,
-    avx512_q5_k => avx512::dot_q5_k_q8_k,
-    avx512_q6_k => avx512::dot_q6_k_q8_k,
     avx512_f32 => avx512::dot_f32,
     avx512_f16 => avx512::dot_f16,
     avx512_bf16 => avx512::dot_bf16,
@@ -73,11 +69,6 @@ checked! {
     neon_q5_0 => neon::dot_q5_0_q8_0,
     neon_q5_1 => neon::dot_q5_1_q8_1,
     neon_q8_0 => neon::dot_q8_0_q8_0,
-    neon_q2_k => neon::dot_q2_k_q8_k,
-    neon_q3_k => neon::dot_q3_k_q8_k,
-    neon_q4_k => neon::dot_q4_k_q8_k,
-    neon_q5_k => neon::dot_q5_k_q8_k,
-    neon_q6_k => neon::dot_q6_k_q8_k,
     neon_f32 => neon::dot_f32,
     neon_f16 => neon::dot_f16,
     neon_bf16 => neon::dot_bf16,
@@ -121,11 +112,24 @@ checked_tile! {
     avx2_rows8_q5_1 => avx2::gemm_rows8_q5_1,
     avx2_rows8_q8_0 => avx2::gemm_rows8_q8_0,
     avx2_rows8_q4_k => avx2::gemm_rows8_q4_k,
-    avx2_rows8_q6_k => avx2::gemm_rows8_q6_k,
 }
 
-/// The tile kernel for interleaved (eight-row) weights of type `ty` on `isa`, if there is one.
-pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType) -> Option<crate::tile::GemmFn> {
+/// Whether the order is one of llama.cpp's repacked ones for `ty`.
+fn repacked(ty: GgmlType, order: Order) -> bool {
+    matches!(order.canonical(ty), Order::Gemv | Order::Gemm)
+}
+
+/// The tile kernel for interleaved (eight-row) weights of type `ty` in `order` on `isa`, if
+/// there is one (Q4_0 and Q4_K have the repacked orders too).
+pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType, order: Order) -> Option<crate::tile::GemmFn> {
+    // Q4_K's interleaved kernel has only the repacked orders (llama.cpp repacks every Q4_K
+    // matrix that has the eight-row layout's shape).
+    let repacked = repacked(ty, order);
+    if (repacked && ty != GgmlType::Q4_0 && ty != GgmlType::Q4_K)
+        || (!repacked && ty == GgmlType::Q4_K)
+    {
+        return None;
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => match ty {
@@ -135,7 +139,6 @@ pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType) -> Option<crate::tile::GemmFn> 
             GgmlType::Q5_1 => Some(avx2_rows8_q5_1),
             GgmlType::Q8_0 => Some(avx2_rows8_q8_0),
             GgmlType::Q4_K => Some(avx2_rows8_q4_k),
-            GgmlType::Q6_K => Some(avx2_rows8_q6_k),
             _ => None,
         },
         _ => {
@@ -145,8 +148,12 @@ pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType) -> Option<crate::tile::GemmFn> 
     }
 }
 
-/// The whole-tile kernel for weights of type `ty` on `isa`, if there is one.
-pub(crate) fn gemm(isa: Isa, ty: GgmlType) -> Option<crate::tile::GemmFn> {
+/// The whole-tile kernel for weights of type `ty` in `order` on `isa`, if there is one
+/// (Q4_0's has the repacked order too).
+pub(crate) fn gemm(isa: Isa, ty: GgmlType, order: Order) -> Option<crate::tile::GemmFn> {
+    if repacked(ty, order) && ty != GgmlType::Q4_0 {
+        return None;
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => match ty {
@@ -245,11 +252,11 @@ pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
             GgmlType::Q5_0 => Some(avx512_q5_0),
             GgmlType::Q5_1 => Some(avx512_q5_1),
             GgmlType::Q8_0 => Some(avx512_q8_0),
-            GgmlType::Q2_K => Some(avx512_q2_k),
-            GgmlType::Q3_K => Some(avx512_q3_k),
-            GgmlType::Q4_K => Some(avx512_q4_k),
-            GgmlType::Q5_K => Some(avx512_q5_k),
-            GgmlType::Q6_K => Some(avx512_q6_k),
+            GgmlType::Q2_K => Some(avx2_q2_k),
+            GgmlType::Q3_K => Some(avx2_q3_k),
+            GgmlType::Q4_K => Some(avx2_q4_k),
+            GgmlType::Q5_K => Some(avx2_q5_k),
+            GgmlType::Q6_K => Some(avx2_q6_k),
             // No AVX-512 versions of the table formats: the AVX2 ones.
             GgmlType::IQ4_NL => Some(avx2_iq4_nl),
             GgmlType::IQ4_XS => Some(avx2_iq4_xs),
@@ -286,11 +293,6 @@ pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
             GgmlType::Q5_0 => Some(neon_q5_0),
             GgmlType::Q5_1 => Some(neon_q5_1),
             GgmlType::Q8_0 => Some(neon_q8_0),
-            GgmlType::Q2_K => Some(neon_q2_k),
-            GgmlType::Q3_K => Some(neon_q3_k),
-            GgmlType::Q4_K => Some(neon_q4_k),
-            GgmlType::Q5_K => Some(neon_q5_k),
-            GgmlType::Q6_K => Some(neon_q6_k),
             GgmlType::F32 => Some(neon_f32),
             GgmlType::F16 => Some(neon_f16),
             GgmlType::BF16 => Some(neon_bf16),

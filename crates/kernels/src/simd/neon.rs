@@ -2,9 +2,8 @@
 //! Q8_0) against their 8-bit activations, in the reference order of [`crate::lanes`] — eight
 //! lanes of four-element integer sums, one fused multiply-add per lane and block, the fixed
 //! horizontal sum — so that every result is bit-identical to the scalar kernels. The eight
-//! lanes are two 4-lane vectors. The K-quants (Q2_K … Q6_K) are unpacked by the scalar code
-//! and their sixteen group sums taken with NEON; their float steps are the scalar ones. The
-//! float formats (F32, F16, BF16) have both reference orders (single token and batch).
+//! lanes are two 4-lane vectors. The K-quants (Q2_K … Q6_K) take the scalar kernels (their
+//! eight-lane order has no NEON version yet). The float formats (F32, F16, BF16) have both reference orders (single token and batch).
 //!
 //! Integer sums are exact in any order; only the float steps are pinned down. This module
 //! computes dot products only: dispatch and wrappers live in [`crate::simd`].
@@ -193,45 +192,6 @@ dot32!(
     ),
     false
 );
-
-/// The sixteen sums `Σ q·y` over groups of 16 of an unpacked K-quant super-block.
-#[inline(always)]
-unsafe fn group_sums(q: &[i8; QK_K], y: &[u8; QK_K]) -> [i32; 16] {
-    let mut out = [0i32; 16];
-    for (g, o) in out.iter_mut().enumerate() {
-        let a = vld1q_s8(q.as_ptr().add(16 * g));
-        let b = vld1q_s8(y.as_ptr().add(16 * g) as *const i8);
-        let lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));
-        let hi = vpaddlq_s16(vmull_high_s8(a, b));
-        *o = vaddvq_s32(vaddq_s32(lo, hi));
-    }
-    out
-}
-
-macro_rules! kdot {
-    ($name:ident, $block:ty, $unpack:path) => {
-        #[target_feature(enable = "neon")]
-        pub unsafe fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            let mut u = crate::quant::kquants::Unpacked::zeroed();
-            let mut sum = 0.0f32;
-            for (x, y) in as_blocks::<$block>(w)
-                .iter()
-                .zip(as_blocks::<BlockQ8K>(a))
-                .take(n / QK_K)
-            {
-                $unpack(x, &mut u);
-                sum += u.dot_by(y, |q, yq| unsafe { group_sums(q, yq) });
-            }
-            sum
-        }
-    };
-}
-
-kdot!(dot_q2_k_q8_k, BlockQ2K, crate::quant::kquants::unpack_q2_k);
-kdot!(dot_q3_k_q8_k, BlockQ3K, crate::quant::kquants::unpack_q3_k);
-kdot!(dot_q4_k_q8_k, BlockQ4K, crate::quant::kquants::unpack_q4_k);
-kdot!(dot_q5_k_q8_k, BlockQ5K, crate::quant::kquants::unpack_q5_k);
-kdot!(dot_q6_k_q8_k, BlockQ6K, crate::quant::kquants::unpack_q6_k);
 
 // ---------------------------------------------------------------------------------------------
 // Float weights (F32, F16, BF16) against activations of the same type, in the two reference

@@ -1,29 +1,29 @@
-//! K-quant (Q2_K..Q6_K) dot products and tiles: exact integer sums per super-block, then
-//! the reference's float ending.
+//! K-quant (Q2_K..Q6_K) dot products and tiles in llama.cpp's AVX2 order (see
+//! [`crate::quant::kquants`]): eight exact integer lanes per super-block, fused into an
+//! eight-lane f32 accumulator, the minimums by type.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
 use std::arch::x86_64::*;
 
 use super::*;
+use crate::quant::kquants::KKind;
 use crate::tile::Tile;
 
-// ---------------------------------------------------------------------------------------------
-// K-quants. The reference order (see `quant::kquants`): per super-block, exact integer sums
-// isum = Σ_g scale_g Σ q·y and msum = Σ_g min_g · bsum_g, then
-// sum += (d·d_y)·isum − (dmin·d_y)·msum in f32. Integer sums are exact in any order, so the
-// SIMD code is free to add them however is fastest.
-
-/// A super-block unpacked for SIMD: eight 32-byte chunks of unsigned quants (elements
-/// 32c..32c+31), the i16 scale vectors that multiply them, and what the integer sum needs.
+/// A super-block unpacked for SIMD: eight 32-byte chunks of quants (elements 32c..32c+31, as
+/// llama.cpp multiplies them: unsigned, or signed for Q3_K), the i16 scale vectors that
+/// multiply them, and what the lanes' corrections and the minimums need.
 pub(crate) struct KBlock {
     pub(crate) q: [__m256i; 8],
     pub(crate) sc: [__m256i; 8],
     /// Per 16-element group: scale (for the offset correction) and min.
     sc16: __m256i,
     min16: __m256i,
-    /// Quants are stored as q + offset (0, 4 or 32).
+    /// Quants are stored as q + offset (0 or 32).
     offset: i32,
+    /// Whether the quants are signed (Q3_K).
+    signed: bool,
+    kind: KKind,
     d: f32,
     dmin: f32,
 }
@@ -40,95 +40,89 @@ pub(super) unsafe fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
 }
 
-/// (isum, msum) of an unpacked super-block against a Q8_K block at `y`.
+/// The eight integer lanes of an unpacked super-block against a Q8_K block at `y`.
 #[inline(always)]
-pub(super) unsafe fn kdot(k: &KBlock, y: *const u8) -> f32 {
+pub(super) unsafe fn klanes(k: &KBlock, y: *const u8) -> __m256i {
     let yq = y.add(4);
     let mut acc = _mm256_setzero_si256();
     for c in 0..8 {
-        let p = _mm256_maddubs_epi16(k.q[c], _mm256_loadu_si256(yq.add(32 * c) as *const __m256i));
+        let yc = _mm256_loadu_si256(yq.add(32 * c) as *const __m256i);
+        let p = if k.signed {
+            _mm256_maddubs_epi16(
+                _mm256_sign_epi8(k.q[c], k.q[c]),
+                _mm256_sign_epi8(yc, k.q[c]),
+            )
+        } else {
+            _mm256_maddubs_epi16(k.q[c], yc)
+        };
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(k.sc[c], p));
     }
-    kdot_finish(k, y, hsum_i32(acc))
-}
-
-/// The end of [`kdot`] from the exact sum of quants × scales `raw`: the offset correction, the
-/// minimum terms, the scales.
-#[inline(always)]
-pub(crate) unsafe fn kdot_finish(k: &KBlock, y: *const u8, raw: i32) -> f32 {
-    let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
-    let mut isum = raw;
     if k.offset != 0 {
-        isum -= k.offset * hsum_i32(_mm256_madd_epi16(k.sc16, bsums));
+        let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
+        let corr = _mm256_madd_epi16(k.sc16, bsums);
+        acc = _mm256_sub_epi32(acc, _mm256_mullo_epi32(corr, _mm256_set1_epi32(k.offset)));
     }
-    let msum = hsum_i32(_mm256_madd_epi16(k.min16, bsums));
-    let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
-    (k.d * dy) * isum as f32 - (k.dmin * dy) * msum as f32
+    acc
 }
 
-/// Lane `k` of the result: the sum of the eight lanes of `v[k]`.
-#[inline(always)]
-pub(super) unsafe fn hsum8_i32(v: &[__m256i; 8]) -> __m256i {
-    let a = _mm256_hadd_epi32(v[0], v[1]);
-    let b = _mm256_hadd_epi32(v[2], v[3]);
-    let c = _mm256_hadd_epi32(v[4], v[5]);
-    let d = _mm256_hadd_epi32(v[6], v[7]);
-    let ab = _mm256_hadd_epi32(a, b);
-    let cd = _mm256_hadd_epi32(c, d);
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256::<0x20>(ab, cd),
-        _mm256_permute2x128_si256::<0x31>(ab, cd),
-    )
+/// The running sums of one K-quant dot product in registers (see `quant::kquants::KAcc`).
+#[derive(Clone, Copy)]
+pub(super) struct KAccV {
+    acc: __m256,
+    acc_m: __m128,
+    summs: f32,
 }
 
-/// [`kdot`] for eight tokens at once (Q8_K blocks at `y[k]`), lane `k` of the result for
-/// token `k`. The integer sums are exact whatever their order, and the float arithmetic is
-/// [`kdot`]'s operation for operation, so every lane equals its `kdot`.
-#[inline(always)]
-pub(super) unsafe fn kdot8(k: &KBlock, y: &[*const u8; 8]) -> __m256 {
-    let acc: [__m256i; 8] = arr!(8, _mm256_setzero_si256(), |t| {
-        let yq = y[t].add(4);
-        let mut a = _mm256_setzero_si256();
-        for c in 0..8 {
-            let p =
-                _mm256_maddubs_epi16(k.q[c], _mm256_loadu_si256(yq.add(32 * c) as *const __m256i));
-            a = _mm256_add_epi32(a, _mm256_madd_epi16(k.sc[c], p));
+impl KAccV {
+    #[inline(always)]
+    pub(super) unsafe fn new() -> KAccV {
+        KAccV {
+            acc: _mm256_setzero_ps(),
+            acc_m: _mm_setzero_ps(),
+            summs: 0.0,
         }
-        a
-    });
-    let bsums: [__m256i; 8] = arr!(8, _mm256_setzero_si256(), |t| _mm256_loadu_si256(
-        y[t].add(260) as *const __m256i
-    ));
-    let mut isum = hsum8_i32(&acc);
-    if k.offset != 0 {
-        let corr = hsum8_i32(&arr!(8, _mm256_setzero_si256(), |t| _mm256_madd_epi16(
-            k.sc16, bsums[t]
-        )));
-        isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(_mm256_set1_epi32(k.offset), corr));
     }
-    let msum = hsum8_i32(&arr!(8, _mm256_setzero_si256(), |t| _mm256_madd_epi16(
-        k.min16, bsums[t]
-    )));
-    let dy = _mm256_setr_ps(
-        (y[0] as *const f32).read_unaligned(),
-        (y[1] as *const f32).read_unaligned(),
-        (y[2] as *const f32).read_unaligned(),
-        (y[3] as *const f32).read_unaligned(),
-        (y[4] as *const f32).read_unaligned(),
-        (y[5] as *const f32).read_unaligned(),
-        (y[6] as *const f32).read_unaligned(),
-        (y[7] as *const f32).read_unaligned(),
-    );
-    _mm256_sub_ps(
-        _mm256_mul_ps(
-            _mm256_mul_ps(_mm256_set1_ps(k.d), dy),
-            _mm256_cvtepi32_ps(isum),
-        ),
-        _mm256_mul_ps(
-            _mm256_mul_ps(_mm256_set1_ps(k.dmin), dy),
-            _mm256_cvtepi32_ps(msum),
-        ),
-    )
+
+    /// Adds super-block `k` against the Q8_K block at `y`.
+    #[inline(always)]
+    pub(super) unsafe fn add(&mut self, k: &KBlock, y: *const u8) {
+        let dy = (y as *const f32).read_unaligned();
+        let (d, dmin) = (dy * k.d, -dy * k.dmin);
+        if matches!(k.kind, KKind::Q2 | KKind::Q4 | KKind::Q5) {
+            let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
+            let mins = _mm256_madd_epi16(k.min16, bsums);
+            match k.kind {
+                KKind::Q2 => {
+                    self.acc =
+                        _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(mins), self.acc)
+                }
+                KKind::Q4 => {
+                    let p = _mm_hadd_epi32(
+                        _mm256_castsi256_si128(mins),
+                        _mm256_extracti128_si256(mins, 1),
+                    );
+                    self.acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(p), self.acc_m);
+                }
+                _ => self.summs = dmin.mul_add(hsum_i32(mins) as f32, self.summs),
+            }
+        }
+        let lanes = _mm256_cvtepi32_ps(klanes(k, y));
+        self.acc = _mm256_fmadd_ps(_mm256_set1_ps(d), lanes, self.acc);
+    }
+
+    /// The dot product of the super-blocks added so far.
+    #[inline(always)]
+    pub(super) unsafe fn finish(&self, kind: KKind) -> f32 {
+        let s = hsum(self.acc);
+        match kind {
+            KKind::Q4 => {
+                let m = _mm_add_ps(self.acc_m, _mm_movehl_ps(self.acc_m, self.acc_m));
+                s + _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)))
+            }
+            KKind::Q5 => s + self.summs,
+            _ => s,
+        }
+    }
 }
 
 #[inline(always)]
@@ -161,7 +155,13 @@ pub(crate) unsafe fn bcast_u8_i16(v: __m128i, i: i8) -> __m256i {
 /// A Q4_K/Q5_K super-block from its quants and packed scales (`k4_scales_vec`): one scale
 /// per 32-element chunk, one min per 16-element group.
 #[inline(always)]
-pub(super) unsafe fn k4_block(q: [__m256i; 8], scm: __m128i, d: f32, dmin: f32) -> KBlock {
+pub(super) unsafe fn k4_block(
+    q: [__m256i; 8],
+    scm: __m128i,
+    kind: KKind,
+    d: f32,
+    dmin: f32,
+) -> KBlock {
     let mut sc = [_mm256_setzero_si256(); 8];
     for (c, v) in sc.iter_mut().enumerate() {
         *v = bcast_u8_i16(scm, c as i8);
@@ -173,6 +173,8 @@ pub(super) unsafe fn k4_block(q: [__m256i; 8], scm: __m128i, d: f32, dmin: f32) 
         sc16: _mm256_setzero_si256(),
         min16: _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scm, mins)),
         offset: 0,
+        signed: false,
+        kind,
         d,
         dmin,
     }
@@ -188,7 +190,7 @@ pub(super) unsafe fn unpack_q4_k(b: &BlockQ4K) -> KBlock {
         q[2 * j] = _mm256_and_si256(bits, m4);
         q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
     }
-    k4_block(q, scm, h(b.d), h(b.dmin))
+    k4_block(q, scm, KKind::Q4, h(b.d), h(b.dmin))
 }
 
 #[inline(always)]
@@ -214,7 +216,7 @@ pub(crate) unsafe fn unpack_q5_k(b: &BlockQ5K) -> KBlock {
             bit!(2u32 << (2 * j)),
         );
     }
-    k4_block(q, scm, h(b.d), h(b.dmin))
+    k4_block(q, scm, KKind::Q5, h(b.d), h(b.dmin))
 }
 
 #[inline(always)]
@@ -247,6 +249,8 @@ pub(super) unsafe fn unpack_q6_k(b: &BlockQ6K) -> KBlock {
         sc16: _mm256_cvtepi8_epi16(sv),
         min16: _mm256_setzero_si256(),
         offset: 32,
+        signed: false,
+        kind: KKind::Q6,
         d: h(b.d),
         dmin: 0.0,
     }
@@ -263,11 +267,12 @@ pub(crate) unsafe fn unpack_q3_k(b: &BlockQ3K) -> KBlock {
         for j in 0..4 {
             let low = _mm256_and_si256(_mm256_srl_epi16(bits, _mm_cvtsi32_si128(2 * j as i32)), m3);
             let mask = _mm256_set1_epi8((1u8 << (4 * n + j)) as i8);
-            let high = _mm256_and_si256(
+            // low - 4 where the high bit is clear: -4..3.
+            let clear = _mm256_andnot_si256(
                 _mm256_cmpeq_epi8(_mm256_and_si256(hm, mask), mask),
                 _mm256_set1_epi8(4),
             );
-            q[4 * n + j] = _mm256_or_si256(low, high);
+            q[4 * n + j] = _mm256_sub_epi8(low, clear);
         }
     }
     let s: [i16; 16] = arr!(16, 0i16, |g| sc[g] as i16);
@@ -279,7 +284,9 @@ pub(crate) unsafe fn unpack_q3_k(b: &BlockQ3K) -> KBlock {
         )),
         sc16: i16x16(s),
         min16: _mm256_setzero_si256(),
-        offset: 4,
+        offset: 0,
+        signed: true,
+        kind: KKind::Q3,
         d: h(b.d),
         dmin: 0.0,
     }
@@ -306,139 +313,26 @@ pub(crate) unsafe fn unpack_q2_k(b: &BlockQ2K) -> KBlock {
         sc16: _mm256_setzero_si256(),
         min16: i16x16(arr!(16, 0i16, |g| (b.scales[g] >> 4) as i16)),
         offset: 0,
+        signed: false,
+        kind: KKind::Q2,
         d: h(b.d),
         dmin: h(b.dmin),
     }
 }
 
-/// One Q4_K super-block against one Q8_K block, fused (nothing materialized): the decode path.
-#[inline(always)]
-pub(super) unsafe fn sb_q4_k(x: *const u8, y: *const u8) -> f32 {
-    let b = &*(x as *const BlockQ4K);
-    let scm = k4_scales_vec(&b.scales);
-    let m4 = _mm256_set1_epi8(0x0F);
-    let yq = y.add(4);
-    let mut acc = _mm256_setzero_si256();
-    for j in 0..4 {
-        let bits = _mm256_loadu_si256(b.qs.as_ptr().add(32 * j) as *const __m256i);
-        let lo = _mm256_and_si256(bits, m4);
-        let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-        let pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(yq.add(64 * j) as *const __m256i));
-        let ph = _mm256_maddubs_epi16(
-            hi,
-            _mm256_loadu_si256(yq.add(64 * j + 32) as *const __m256i),
-        );
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(bcast_u8_i16(scm, 2 * j as i8), pl));
-        acc = _mm256_add_epi32(
-            acc,
-            _mm256_madd_epi16(bcast_u8_i16(scm, 2 * j as i8 + 1), ph),
-        );
-    }
-    q4_k_finish(b, scm, y, hsum_i32(acc))
-}
-
-/// The end of [`sb_q4_k`] from the exact sum of quants × scales `isum` (`scm`: the block's
-/// [`k4_scales_vec`]): the minimum terms and the scales.
-#[inline(always)]
-pub(crate) unsafe fn q4_k_finish(b: &BlockQ4K, scm: __m128i, y: *const u8, isum: i32) -> f32 {
-    let mins = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
-        scm,
-        _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15),
-    ));
-    let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
-    let msum = hsum_i32(_mm256_madd_epi16(mins, bsums));
-    let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
-    (h(b.d) * dy) * isum as f32 - (h(b.dmin) * dy) * msum as f32
-}
-
-/// One Q6_K super-block against one Q8_K block, fused: the decode path.
-#[inline(always)]
-pub(super) unsafe fn sb_q6_k(x: *const u8, y: *const u8) -> f32 {
-    let b = &*(x as *const BlockQ6K);
-    let sv = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
-    let yq = y.add(4);
-    let mut acc = _mm256_setzero_si256();
-    for n in 0..2 {
-        let l1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n) as *const __m256i);
-        let l2 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n + 32) as *const __m256i);
-        let hb = _mm256_loadu_si256(b.qh.as_ptr().add(32 * n) as *const __m256i);
-        let q = q6_k_quants(l1, l2, hb);
-        for (i, qi) in q.iter().enumerate() {
-            let c = 4 * n + i;
-            let p = _mm256_maddubs_epi16(*qi, _mm256_loadu_si256(yq.add(32 * c) as *const __m256i));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(q6_k_chunk_scales(sv, c), p));
-        }
-    }
-    q6_k_finish(b, sv, y, hsum_i32(acc))
-}
-
-/// The scales of 32-element chunk `c` of a Q6_K block (`sv`: its sixteen scale bytes) as
-/// sixteen i16: two 16-element groups' scales, eight times each.
-#[inline(always)]
-pub(crate) unsafe fn q6_k_chunk_scales(sv: __m128i, c: usize) -> __m256i {
-    let (a, bb) = (2 * c as i8, 2 * c as i8 + 1);
-    let mask = _mm_setr_epi8(a, a, a, a, a, a, a, a, bb, bb, bb, bb, bb, bb, bb, bb);
-    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sv, mask))
-}
-
-/// The end of [`sb_q6_k`] from the exact sum of quants (stored +32) × scales `raw`: the offset
-/// correction and the scale.
-#[inline(always)]
-pub(crate) unsafe fn q6_k_finish(b: &BlockQ6K, sv: __m128i, y: *const u8, raw: i32) -> f32 {
-    let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
-    let isum = raw - 32 * hsum_i32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sv), bsums));
-    let dy = f32::from_le_bytes([*y, *y.add(1), *y.add(2), *y.add(3)]);
-    let d = h(b.d) * dy;
-    d * isum as f32 - (0.0 * dy) * 0.0
-}
-
-/// The fused single-token super-block dot of a type, where there is one.
-macro_rules! sb_dot {
-    (BlockQ4K, $x:expr, $y:expr) => {
-        Some(sb_q4_k($x, $y))
-    };
-    (BlockQ6K, $x:expr, $y:expr) => {
-        Some(sb_q6_k($x, $y))
-    };
-    ($other:ident, $x:expr, $y:expr) => {{
-        let _ = ($x, $y);
-        None::<f32>
-    }};
-}
-
-/// Whether [`sb_dot!`] has a fused single-token kernel for a block type.
-macro_rules! has_sb {
-    (BlockQ4K) => {
-        true
-    };
-    (BlockQ6K) => {
-        true
-    };
-    ($other:ident) => {
-        false
-    };
-}
-
 macro_rules! kquant_avx2 {
-    ($block:ident, $bytes:expr, $unpack:ident, $dot:ident, $gemm:ident) => {
+    ($block:ident, $kind:expr, $bytes:expr, $unpack:ident, $dot:ident, $gemm:ident) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            let mut sum = 0.0f32;
+            let mut acc = KAccV::new();
             for (x, y) in as_blocks::<$block>(w)
                 .iter()
                 .zip(as_blocks::<BlockQ8K>(a))
                 .take(n / QK_K)
             {
-                let (xp, yp) = (
-                    (x as *const $block) as *const u8,
-                    (y as *const BlockQ8K) as *const u8,
-                );
-                sum += match sb_dot!($block, xp, yp) {
-                    Some(v) => v,
-                    None => kdot(&$unpack(x), yp),
-                };
+                acc.add(&$unpack(x), (y as *const BlockQ8K) as *const u8);
             }
-            sum
+            acc.finish($kind)
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -451,23 +345,22 @@ macro_rules! kquant_avx2 {
                 t.x().as_ptr(),
                 t.x_row_bytes(),
             );
-            if t.tokens() == 1 && has_sb!($block) {
+            if t.tokens() == 1 {
                 for r in t.rows() {
-                    // One token: the fused super-block dot, nothing unpacked to memory.
                     let wr = w.add(r * rb);
-                    let mut sum = 0.0f32;
+                    let mut acc = KAccV::new();
                     for b in 0..nb {
                         let xb0 = wr.add(b * $bytes);
                         prefetch_span(xb0.wrapping_add(PREFETCH), $bytes);
-                        sum += sb_dot!($block, xb0, x.add(b * 292)).unwrap_or(0.0);
+                        acc.add(&$unpack(&*(xb0 as *const $block)), x.add(b * 292));
                     }
-                    t.store(0, r, sum);
+                    t.store(0, r, acc.finish($kind));
                 }
                 return;
             }
             let tb = token_block(xb);
             // Each row is unpacked once per block of tokens into this thread's buffer, and
-            // every token of the block runs past the unpacked super-blocks.
+            // every token of the block runs past the unpacked super-blocks, eight at a time.
             KROW.with(|cell| {
                 let mut krow = cell.borrow_mut();
                 let mut t0 = 0;
@@ -482,32 +375,18 @@ macro_rules! kquant_avx2 {
                             krow.push($unpack(blk));
                         }
                         let mut k0 = t0;
-                        // Eight tokens at a time, their integer sums reduced together.
-                        while k0 + N <= t1 {
-                            let mut sums = _mm256_setzero_ps();
-                            for (b, u) in krow.iter().enumerate() {
-                                let ys: [*const u8; N] =
-                                    arr!(N, x, |k| x.add((k0 + k) * xb + b * 292));
-                                sums = _mm256_add_ps(sums, kdot8(u, &ys));
-                            }
-                            let mut v = [0.0f32; N];
-                            _mm256_storeu_ps(v.as_mut_ptr(), sums);
-                            for (k, s) in v.iter().enumerate() {
-                                t.store(k0 + k, r, *s);
-                            }
-                            k0 += N;
-                        }
-                        if k0 < t1 {
-                            let nt = t1 - k0;
-                            let mut sums = [0.0f32; N];
+                        while k0 < t1 {
+                            let nt = (t1 - k0).min(N);
+                            let mut accs = [KAccV::new(); N];
                             for (b, u) in krow.iter().enumerate() {
                                 for k in 0..nt {
-                                    sums[k] += kdot(u, x.add((k0 + k) * xb + b * 292));
+                                    accs[k].add(u, x.add((k0 + k) * xb + b * 292));
                                 }
                             }
                             for k in 0..nt {
-                                t.store(k0 + k, r, sums[k]);
+                                t.store(k0 + k, r, accs[k].finish($kind));
                             }
+                            k0 += nt;
                         }
                     }
                     t0 = t1;
@@ -522,8 +401,43 @@ thread_local! {
     static KROW: std::cell::RefCell<Vec<KBlock>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-kquant_avx2!(BlockQ2K, 84, unpack_q2_k, dot_q2_k_q8_k, gemm_q2_k);
-kquant_avx2!(BlockQ3K, 110, unpack_q3_k, dot_q3_k_q8_k, gemm_q3_k);
-kquant_avx2!(BlockQ4K, 144, unpack_q4_k, dot_q4_k_q8_k, gemm_q4_k);
-kquant_avx2!(BlockQ5K, 176, unpack_q5_k, dot_q5_k_q8_k, gemm_q5_k);
-kquant_avx2!(BlockQ6K, 210, unpack_q6_k, dot_q6_k_q8_k, gemm_q6_k);
+kquant_avx2!(
+    BlockQ2K,
+    KKind::Q2,
+    84,
+    unpack_q2_k,
+    dot_q2_k_q8_k,
+    gemm_q2_k
+);
+kquant_avx2!(
+    BlockQ3K,
+    KKind::Q3,
+    110,
+    unpack_q3_k,
+    dot_q3_k_q8_k,
+    gemm_q3_k
+);
+kquant_avx2!(
+    BlockQ4K,
+    KKind::Q4,
+    144,
+    unpack_q4_k,
+    dot_q4_k_q8_k,
+    gemm_q4_k
+);
+kquant_avx2!(
+    BlockQ5K,
+    KKind::Q5,
+    176,
+    unpack_q5_k,
+    dot_q5_k_q8_k,
+    gemm_q5_k
+);
+kquant_avx2!(
+    BlockQ6K,
+    KKind::Q6,
+    210,
+    unpack_q6_k,
+    dot_q6_k_q8_k,
+    gemm_q6_k
+);

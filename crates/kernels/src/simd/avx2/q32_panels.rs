@@ -23,6 +23,10 @@ pub(super) trait Fmt32 {
     const MIN: bool;
     const ABYTES: usize = if Self::MIN { 36 } else { 34 };
     const AQS: usize = if Self::MIN { 4 } else { 2 };
+    /// Whether the products follow llama.cpp's repacked kernels ([`crate::order::Order::Gemv`]:
+    /// a block's products summed as one integer per row, one fused multiply-add per block, no
+    /// horizontal sum) instead of `vec_dot`'s eight lanes. Only for formats without a minimum.
+    const REPACKED: bool = false;
     /// The block's 32 quants in element order (signed unless `MIN`).
     unsafe fn quants(wb: *const u8) -> __m256i;
     /// Block column `b` of an interleaved group at `g` (see [`crate::quant::interleave`]): the
@@ -33,10 +37,14 @@ pub(super) trait Fmt32 {
 
 macro_rules! nibble_fmt32 {
     ($t:ty, $ty:ident) => {
+        nibble_fmt32!($t, $ty, false);
+    };
+    ($t:ty, $ty:ident, $repacked:expr) => {
         impl Fmt32 for $t {
             const TY: crate::quant::GgmlType = crate::quant::GgmlType::$ty;
             const BYTES: usize = <$t as Nibble>::BYTES;
             const MIN: bool = <$t as Nibble>::MIN;
+            const REPACKED: bool = $repacked;
             #[inline(always)]
             unsafe fn quants(wb: *const u8) -> __m256i {
                 quants::<$t>(wb)
@@ -49,6 +57,7 @@ macro_rules! nibble_fmt32 {
     };
 }
 nibble_fmt32!(Q40, Q4_0);
+nibble_fmt32!(Q40R, Q4_0, true);
 nibble_fmt32!(Q41, Q4_1);
 nibble_fmt32!(Q50, Q5_0);
 nibble_fmt32!(Q51, Q5_1);
@@ -208,6 +217,18 @@ pub(super) unsafe fn panel_token<T: Fmt32>(
                 ));
                 acc[l] = _mm256_fmadd_ps(d, s, acc[l]);
             }
+        } else if T::REPACKED {
+            let d = _mm256_mul_ps(_mm256_castsi256_ps(*p.add(16)), _mm256_set1_ps(dy));
+            let mut isum = _mm256_setzero_si256();
+            for l in 0..8 {
+                let yl = _mm256_sign_epi8(
+                    _mm256_set1_epi32(yq.add(l).read_unaligned()),
+                    *p.add(2 * l + 1),
+                );
+                let s = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(*p.add(2 * l), yl));
+                isum = _mm256_add_epi32(isum, s);
+            }
+            acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc[0]);
         } else {
             let d = _mm256_mul_ps(_mm256_castsi256_ps(*p.add(16)), _mm256_set1_ps(dy));
             for l in 0..8 {
@@ -225,6 +246,8 @@ pub(super) unsafe fn panel_token<T: Fmt32>(
     }
     if T::MIN {
         _mm256_add_ps(hsum_rows(&acc), summs)
+    } else if T::REPACKED {
+        acc[0]
     } else {
         hsum_rows(&acc)
     }
@@ -313,6 +336,9 @@ pub(super) fn token_block(row_bytes: usize) -> usize {
 /// Interleaved Q4_0/Q4_1 weights (whole groups of eight rows).
 #[inline(always)]
 pub(super) unsafe fn gemm_interleaved<T: Fmt32>(t: &Tile) {
+    if T::TY == crate::quant::GgmlType::Q4_0 && !T::REPACKED && repacked_order(t) {
+        return gemm_interleaved::<Q40R>(t);
+    }
     if !whole_groups(t, T::TY) {
         return;
     }
@@ -343,8 +369,18 @@ avx2_tiles! {
     gemm_q5_1 => gemm_nibble::<Q51>,
 }
 
+/// Whether a tile asks for llama.cpp's repacked order (its format's `Gemv`).
+#[inline(always)]
+pub(super) fn repacked_order(t: &Tile) -> bool {
+    use crate::order::Order;
+    matches!(t.order(), Order::Gemv | Order::Gemm)
+}
+
 #[inline(always)]
 pub(super) unsafe fn gemm_nibble<T: Nibble + Fmt32>(t: &Tile) {
+    if T::TY == crate::quant::GgmlType::Q4_0 && !T::REPACKED && repacked_order(t) {
+        return gemm_nibble::<Q40R>(t);
+    }
     let nb = t.cols() / QK;
     let (w, rb, x, xb) = (
         t.w().as_ptr(),
@@ -370,6 +406,17 @@ pub(super) unsafe fn gemm_nibble<T: Nibble + Fmt32>(t: &Tile) {
                 r += 4;
             }
         }
+    }
+    if T::REPACKED {
+        // Rows short of a group of eight (a matrix whose row count is not a multiple of eight
+        // is not repacked by llama.cpp, so only a caller's own choice comes here).
+        for r in r..t.rows().end {
+            for k in 0..t.tokens() {
+                let v = crate::quant::repacked::dot_q4_0_q8_0(t.cols(), t.w_row(r), t.x_row(k));
+                t.store(k, r, v);
+            }
+        }
+        return;
     }
     for r in r..t.rows().end {
         let wr = w.add(r * rb);

@@ -111,10 +111,18 @@ pub(super) trait Nibble {
 }
 
 pub(super) struct Q40;
+/// Q4_0 in llama.cpp's repacked order (see [`Fmt32::REPACKED`]).
+pub(super) struct Q40R;
 pub(super) struct Q41;
 pub(super) struct Q50;
 pub(super) struct Q51;
 impl Nibble for Q40 {
+    const BYTES: usize = 18;
+    const QS: usize = 2;
+    const QH: Option<usize> = None;
+    const MIN: bool = false;
+}
+impl Nibble for Q40R {
     const BYTES: usize = 18;
     const QS: usize = 2;
     const QH: Option<usize> = None;
@@ -353,6 +361,7 @@ pub(super) unsafe fn rows8_token<T: Fmt32>(
             summs = _mm256_add_ps(summs, _mm256_mul_ps(mx, _mm256_set1_ps(sy)));
         }
         let yq = yb.add(T::AQS) as *const i32;
+        let mut isum = _mm256_setzero_si256();
         for (l, &q) in lanes.iter().enumerate() {
             let yl = _mm256_set1_epi32(yq.add(l).read_unaligned());
             let s = if T::MIN {
@@ -360,12 +369,21 @@ pub(super) unsafe fn rows8_token<T: Fmt32>(
             } else {
                 _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(yl, q))
             };
-            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, s));
-            acc[l] = _mm256_fmadd_ps(d, s, acc[l]);
+            let s = _mm256_madd_epi16(ones, s);
+            if T::REPACKED {
+                isum = _mm256_add_epi32(isum, s);
+            } else {
+                acc[l] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[l]);
+            }
+        }
+        if T::REPACKED {
+            acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc[0]);
         }
     }
     if T::MIN {
         _mm256_add_ps(hsum_rows(&acc), summs)
+    } else if T::REPACKED {
+        acc[0]
     } else {
         hsum_rows(&acc)
     }
