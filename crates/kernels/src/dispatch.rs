@@ -82,7 +82,9 @@ impl Kernels {
     /// Whether repacking weights of type `ty` into the interleaved layout pays on this ISA
     /// (it has a SIMD kernel for it).
     pub fn prefers_rows8(&self, ty: GgmlType) -> bool {
-        crate::simd::gemm_rows8(self.isa, ty, Order::VecDot).is_some()
+        [Order::VecDot, Order::Gemv]
+            .iter()
+            .any(|&o| crate::simd::gemm_rows8(self.isa, ty, o).is_some())
     }
 
     /// `gate[i] = silu(gate[i]) * up[i]` in ggml's arithmetic over the first multiple of
