@@ -6,6 +6,12 @@ attention, f16 KV cache), as the project's shared reference data was made, and w
   logits/prompt{i}_top20.json      top-20 (id, logit) at every prompt position
   logits/prompt{i}_last_logits.f32.bin  the full last-position logits
   greedy.jsonl                      greedy continuations with per-step top1-top2 margins
+With --long TEXT, also the long-context case: the first --long-tokens tokens of TEXT (with BOS)
+as one prompt, then greedy steps, so that decoding runs past 384 positions:
+  long.json                         prompt ids, greedy continuation with margins, the top-20
+                                    (id, logit) at every one of the last 16 prompt positions and
+                                    after every greedy step (the logits of each decoded token)
+  logits/long_last_logits.f32.bin   the full last-position logits of that prompt
 
 Usage: bench/llama_cpp_reference.py MODEL.gguf OUT [--threads N]
 Needs llama_cpp importable (bench/compare.sh builds it; PYTHONPATH and LLAMA_CPP_LIB_PATH as it
@@ -18,7 +24,9 @@ from llama_cpp import Llama
 
 PROMPTS = [
     ("plain", "def fibonacci(n):"),
-    ("plain", "The three primary colors are"),
+    # Long enough (over 8 tokens, not a multiple of 4) for llama.cpp's batched kernels: the
+    # repacked ones four tokens at a time then one, the tiled K-quant ones.
+    ("plain", "The three primary colors are red, yellow and blue; mixing two of them gives a color such as"),
     ("chat", "Write a Python function that reverses a string."),
     ("chat", "What is the capital of Japan?"),
 ]
@@ -29,6 +37,8 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--long", help="a text file for the long-context case")
+    ap.add_argument("--long-tokens", type=int, default=400)
     a = ap.parse_args()
     os.makedirs(os.path.join(a.out, "logits"), exist_ok=True)
     m = Llama(model_path=a.model, n_ctx=512, n_batch=512, n_threads=a.threads, logits_all=True,
@@ -71,6 +81,30 @@ def main():
             row = np.array(m.scores[m.n_tokens - 1], dtype=np.float32)
         greedy.append({"kind": kind, "prompt": prompt, "prompt_ids": ids, "generated_ids": gen,
                        "top1_minus_top2_logit": margins})
+    if a.long:
+        ids = m.tokenize(open(a.long, encoding="utf-8").read().encode(), add_bos=True, special=False)
+        ids = ids[: a.long_tokens]
+        m.reset()
+        m.eval(ids)
+        scores = np.array(m.scores[: len(ids)], dtype=np.float32)
+        scores[-1].astype("<f4").tofile(os.path.join(a.out, "logits", "long_last_logits.f32.bin"))
+        top = []
+        for row in scores[-16:]:
+            idx = np.argsort(-row, kind="stable")[:20]
+            top.append([[int(t), float(row[t])] for t in idx])
+        gen, margins, steps = [], [], []
+        row = scores[-1]
+        for _ in range(a.steps):
+            order = np.argsort(-row, kind="stable")
+            t = int(order[0])
+            gen.append(t)
+            margins.append(float(row[order[0]] - row[order[1]]))
+            m.eval([t])
+            row = np.array(m.scores[m.n_tokens - 1], dtype=np.float32)
+            steps.append([[int(k), float(row[k])] for k in np.argsort(-row, kind="stable")[:20]])
+        json.dump({"prompt_ids": ids, "top20_last16": top, "generated_ids": gen,
+                   "top1_minus_top2_logit": margins, "top20_after_each_step": steps},
+                  open(os.path.join(a.out, "long.json"), "w"))
     with open(os.path.join(a.out, "greedy.jsonl"), "w") as f:
         for g in greedy:
             f.write(json.dumps(g) + "\n")

@@ -143,3 +143,73 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// SmolLM2-135M-Instruct requantized from its Q4_1 file the way llama.cpp's `llama-quantize`
+/// does it for file type `target` (Q4_0 or F16): every tensor of a block type dequantized to
+/// f32 and quantized again with the reference quantizers, F32 tensors kept, and a tensor
+/// already of the type the rule picks copied (for Q4_0, the Q8_0 embedding table, which
+/// `llama-quantize` leaves in Q8_0). Written once next to the fetched model. The tensor bytes
+/// are checked against those of `llama-quantize`'s own output (sha256 of every tensor's data,
+/// in name order), so the file is the one the reference data were made from.
+pub fn derived_smollm2(target: torchless_kernels::GgmlType) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    use torchless_gguf::{GgufFile, GgufWriter, LoadMode};
+    use torchless_kernels::GgmlType;
+    let (digest, embd_kept) = match target {
+        GgmlType::Q4_0 => (
+            "00f34beb9a5693b3655a0dd3d4bdc2b19144533b019e67539365bc84168d3308",
+            true,
+        ),
+        GgmlType::F16 => (
+            "401ef28c75bc475bd83c9880ae9ab61a59d87cbadecf330ec64de68639ea1d8f",
+            false,
+        ),
+        _ => panic!("no recipe for SmolLM2 in {target}"),
+    };
+    let src = model("smollm2");
+    let out = src.with_file_name(format!(
+        "SmolLM2-135M-Instruct.{}.torchless.gguf",
+        target.name()
+    ));
+    if !out.exists() {
+        let f = GgufFile::open(&src, LoadMode::Mmap).expect("open SmolLM2");
+        let mut w = GgufWriter::new();
+        for (k, v) in f.metadata().iter() {
+            w.meta(k, v.clone());
+        }
+        for t in f.tensors() {
+            let bytes = f.tensor_bytes(&t.name).expect("tensor bytes");
+            let keep = t.ty == GgmlType::F32 || (embd_kept && t.name == "token_embd.weight");
+            if keep {
+                w.tensor(&t.name, t.ty, &t.dims, bytes.to_vec());
+                continue;
+            }
+            let n = t.n_elements() as usize;
+            let mut x = vec![0.0f32; n];
+            assert!(torchless_kernels::quant::dequantize(t.ty, bytes, &mut x));
+            let mut q = vec![0u8; target.row_bytes(n).expect("whole blocks")];
+            assert!(torchless_kernels::quant::weights::quantize_weights(
+                target, &x, &mut q
+            ));
+            w.tensor(&t.name, target, &t.dims, q);
+        }
+        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+        w.write(&tmp).expect("write the requantized model");
+        std::fs::rename(&tmp, &out).expect("rename");
+    }
+    let f = GgufFile::open(&out, LoadMode::Mmap).expect("open the requantized model");
+    let mut names: Vec<&str> = f.tensors().iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    let mut h = Sha256::new();
+    for n in names {
+        h.update(f.tensor_bytes(n).unwrap());
+    }
+    let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        got,
+        digest,
+        "{}: not the tensors llama-quantize writes",
+        out.display()
+    );
+    out
+}

@@ -61,7 +61,7 @@ impl Kernels {
     pub fn dot(&self, ty: GgmlType, order: Order) -> Option<VecDotFn> {
         match order.canonical(ty) {
             Order::VecDot => self.vec_dot(ty),
-            Order::Tiled => self.vec_dot_batched(ty).or(self.vec_dot(ty)),
+            Order::Sgemm => self.vec_dot_batched(ty).or(self.vec_dot(ty)),
             o => crate::order::reference_dot(ty, o),
         }
     }

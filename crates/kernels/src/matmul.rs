@@ -351,7 +351,7 @@ impl<'a> Plan<'a> {
         // The float kernels convert a block of activations for each piece of rows: in a
         // batch, larger pieces (four per thread, whole 3-row tiles) spread that over more rows.
         let float = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::F32);
-        let grain = if schedule.head == Order::Tiled && float {
+        let grain = if schedule.head == Order::Sgemm && float {
             n.div_ceil(4 * threads).div_ceil(24) * 24
         } else {
             grain(n, threads)

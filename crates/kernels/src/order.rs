@@ -11,15 +11,18 @@
 //!
 //! This module decides and defines; it holds no kernels of its own and runs nothing.
 
-use crate::quant::{repacked, GgmlType, VecDotFn};
+use crate::quant::{codebook, kquants, repacked, GgmlType, VecDotFn};
 
 /// One of llama.cpp's arithmetic orders for `W · x`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Order {
     /// ggml's `vec_dot` for the type: the eight-lane accumulators of its AVX2 dot products.
     VecDot,
-    /// llamafile's tiled `sgemm` (float weights, several tokens): the float types reduce
-    /// differently there.
+    /// llamafile's `sgemm` (several tokens): the float types reduce differently there.
+    Sgemm,
+    /// `ggml-cpu/tiled` (K-quants and IQ4_XS that are not repacked, eight tokens or more): per
+    /// super-block the exact integer sum `s1` (and the minimums' `s2`), `r = d·s1 − dmin·s2`
+    /// (fused), `acc = fma(r, d_y, acc)`.
     Tiled,
     /// `repack.cpp`'s `gemv` (one token against eight interleaved rows): a block's products
     /// summed as one integer, added with one fused multiply-add per block.
@@ -30,13 +33,14 @@ pub enum Order {
 }
 
 impl Order {
-    /// The order as it affects type `ty`: `Gemm` is `Gemv` except for Q4_K, `Tiled` is
-    /// `VecDot` except for the float types. Two orders with the same canonical form give
-    /// the same bits.
+    /// The order as it affects type `ty`: `Gemm` is `Gemv` except for Q4_K, `Sgemm` is
+    /// `VecDot` except for the float types, `Tiled` is `VecDot` except for the types that have
+    /// it. Two orders with the same canonical form give the same bits.
     pub fn canonical(self, ty: GgmlType) -> Order {
         match self {
             Order::Gemm if ty != GgmlType::Q4_K => Order::Gemv,
-            Order::Tiled if !is_float(ty) => Order::VecDot,
+            Order::Sgemm if !is_float(ty) => Order::VecDot,
+            Order::Tiled if !tiled_by_llama_cpp(ty) => Order::VecDot,
             o => o,
         }
     }
@@ -56,6 +60,24 @@ pub fn repacked_by_llama_cpp(ty: GgmlType, rows: usize) -> bool {
     ) && rows.is_multiple_of(8)
 }
 
+/// Whether llama.cpp's AVX2 build multiplies a batch of eight or more tokens with a `ty`
+/// matrix through `ggml-cpu/tiled` (`ggml_tiled_supported`, for the types torchless computes
+/// with), where the matrix is not repacked.
+pub fn tiled_by_llama_cpp(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::IQ4_XS
+    )
+}
+
+/// Fewest tokens that take `ggml-cpu/tiled` (`ggml_tiled_min_batch`).
+pub const TILED_MIN_TOKENS: usize = 8;
+
 /// How one product's tokens are computed: tokens `0..split` in order `head`, the rest in
 /// order `tail`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,9 +89,9 @@ pub struct Schedule {
 
 /// llama.cpp's choice for a `ty` matrix of `rows` × `cols` against `tokens` activation rows
 /// (one micro-batch). Repacked matrices: the first multiple of four tokens through `gemm`,
-/// the rest one by one through `gemv` (`forward_mul_mat_one_chunk`). Float matrices with
-/// several tokens, rows a multiple of 4 and columns of 8: llamafile's `sgemm`. Everything
-/// else: `vec_dot`.
+/// the rest one by one through `gemv` (`forward_mul_mat_one_chunk`). K-quant matrices with
+/// eight tokens or more: `ggml-cpu/tiled`. Float matrices with several tokens, rows a
+/// multiple of 4 and columns of 8: llamafile's `sgemm`. Everything else: `vec_dot`.
 pub fn llama_cpp(ty: GgmlType, rows: usize, cols: usize, tokens: usize) -> Schedule {
     if repacked_by_llama_cpp(ty, rows) {
         let split = tokens / 4 * 4;
@@ -79,8 +101,15 @@ pub fn llama_cpp(ty: GgmlType, rows: usize, cols: usize, tokens: usize) -> Sched
             tail: Order::Gemv,
         };
     }
-    let tiled = tokens >= 2 && rows.is_multiple_of(4) && cols.is_multiple_of(8);
-    let order = if tiled { Order::Tiled } else { Order::VecDot };
+    if tiled_by_llama_cpp(ty) && tokens >= TILED_MIN_TOKENS {
+        return Schedule {
+            split: tokens,
+            head: Order::Tiled,
+            tail: Order::VecDot,
+        };
+    }
+    let sgemm = tokens >= 2 && rows.is_multiple_of(4) && cols.is_multiple_of(8);
+    let order = if sgemm { Order::Sgemm } else { Order::VecDot };
     Schedule {
         split: tokens,
         head: order.canonical(ty),
@@ -93,7 +122,13 @@ pub fn llama_cpp(ty: GgmlType, rows: usize, cols: usize, tokens: usize) -> Sched
 pub fn reference_dot(ty: GgmlType, order: Order) -> Option<VecDotFn> {
     let t = ty.traits();
     match (order.canonical(ty), ty) {
-        (Order::Tiled, _) => t.vec_dot_batched.or(t.vec_dot),
+        (Order::Sgemm, _) => t.vec_dot_batched.or(t.vec_dot),
+        (Order::Tiled, GgmlType::Q2_K) => Some(kquants::dot_q2_k_q8_k_tiled),
+        (Order::Tiled, GgmlType::Q3_K) => Some(kquants::dot_q3_k_q8_k_tiled),
+        (Order::Tiled, GgmlType::Q4_K) => Some(kquants::dot_q4_k_q8_k_tiled),
+        (Order::Tiled, GgmlType::Q5_K) => Some(kquants::dot_q5_k_q8_k_tiled),
+        (Order::Tiled, GgmlType::Q6_K) => Some(kquants::dot_q6_k_q8_k_tiled),
+        (Order::Tiled, GgmlType::IQ4_XS) => Some(codebook::dot_iq4_xs_q8_k_tiled),
         (Order::Gemv, GgmlType::Q4_0) => Some(repacked::dot_q4_0_q8_0),
         (Order::Gemv, GgmlType::IQ4_NL) => Some(repacked::dot_iq4_nl_q8_0),
         (Order::Gemv, GgmlType::MXFP4) => Some(repacked::dot_mxfp4_q8_0),
@@ -116,12 +151,18 @@ mod tests {
         assert_eq!((s.split, s.head, s.tail), (4, Order::Gemv, Order::Gemv));
         assert_eq!(llama_cpp(T::Q4_K, 1, 256, 1).head, Order::VecDot);
         assert_eq!(
-            llama_cpp(T::Q4_K, 12, 256, 8).head,
+            llama_cpp(T::Q4_K, 12, 256, 7).head,
             Order::VecDot,
             "rows % 8"
         );
-        assert_eq!(llama_cpp(T::Q6_K, 64, 256, 8).head, Order::VecDot);
-        assert_eq!(llama_cpp(T::F16, 64, 256, 8).head, Order::Tiled);
+        assert_eq!(llama_cpp(T::F16, 64, 256, 8).head, Order::Sgemm);
+        assert_eq!(llama_cpp(T::Q6_K, 64, 256, 8).head, Order::Tiled);
+        assert_eq!(llama_cpp(T::Q6_K, 64, 256, 7).head, Order::VecDot);
+        assert_eq!(
+            llama_cpp(T::Q4_K, 12, 256, 8).head,
+            Order::Tiled,
+            "not repacked"
+        );
         assert_eq!(llama_cpp(T::F16, 64, 256, 1).head, Order::VecDot);
         assert_eq!(llama_cpp(T::Q8_0, 64, 256, 8).head, Order::VecDot);
     }
@@ -129,7 +170,13 @@ mod tests {
     #[test]
     fn every_order_has_a_definition_for_every_computable_type() {
         for t in crate::quant::TRAITS {
-            for o in [Order::VecDot, Order::Tiled, Order::Gemv, Order::Gemm] {
+            for o in [
+                Order::VecDot,
+                Order::Sgemm,
+                Order::Tiled,
+                Order::Gemv,
+                Order::Gemm,
+            ] {
                 assert_eq!(
                     reference_dot(t.ty, o).is_some(),
                     t.ty.is_supported(),

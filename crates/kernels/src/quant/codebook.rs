@@ -198,6 +198,21 @@ pub fn dot_iq4_xs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum8(&acc)
 }
 
+/// IQ4_XS against Q8_K in `ggml-cpu/tiled`'s order (see [`crate::order::Order::Tiled`]): per
+/// super-block the exact Σ scale·Σ value·y, times `d`, then `acc = fma(r, d_y, acc)`.
+pub fn dot_iq4_xs_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0.0f32;
+    for (x, y) in as_blocks::<BlockIQ4XS>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8K>(a))
+        .take(n / QK_K)
+    {
+        let s1: i32 = iq4_xs_lanes(x, y).iter().sum();
+        acc = (f16_at(x.d) * s1 as f32).mul_add(y.scale(), acc);
+    }
+    acc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

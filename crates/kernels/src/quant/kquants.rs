@@ -141,6 +141,22 @@ impl Unpacked {
         })
     }
 
+    /// Adds this super-block's product with `y` to `out` in `ggml-cpu/tiled`'s order:
+    /// `r = d·s1 − dmin·s2` (one fused step), `out = fma(r, d_y, out)`, with `s1` the exact
+    /// Σ scale·(q − offset)·y and `s2` the exact Σ min·bsum.
+    fn tiled_into(&self, kind: KKind, y: &BlockQ8K, out: &mut f32) {
+        let mut s1 = 0i32;
+        for (e, &q) in self.q.iter().enumerate() {
+            s1 += self.scale[e / 16] * (q as i32 - self.offset) * y.q(e);
+        }
+        let mut r = self.d * s1 as f32;
+        if matches!(kind, KKind::Q2 | KKind::Q4 | KKind::Q5) {
+            let s2: i32 = (0..16).map(|g| self.min[g] * y.bsum(g)).sum();
+            r = (-self.dmin).mul_add(s2 as f32, r);
+        }
+        *out = r.mul_add(y.scale(), *out);
+    }
+
     /// Adds this super-block's products with `y` to `acc`.
     fn dot_into(&self, kind: KKind, y: &BlockQ8K, acc: &mut KAcc) {
         let dy = y.scale();
@@ -248,7 +264,19 @@ pub(crate) fn unpack_q6_k(b: &BlockQ6K, u: &mut Unpacked) {
 }
 
 macro_rules! kquant_fns {
-    ($block:ty, $kind:expr, $unpack:ident, $dequant:ident, $dot:ident) => {
+    ($block:ty, $kind:expr, $unpack:ident, $dequant:ident, $dot:ident, $tiled:ident) => {
+        /// The dot product in `ggml-cpu/tiled`'s order (see [`crate::order::Order::Tiled`]).
+        pub fn $tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let mut u = Unpacked::zeroed();
+            let mut out = 0.0f32;
+            let blocks = as_blocks::<$block>(w).iter().zip(as_blocks::<BlockQ8K>(a));
+            for (x, y) in blocks.take(n / QK_K) {
+                $unpack(x, &mut u);
+                u.tiled_into($kind, y, &mut out);
+            }
+            out
+        }
+
         pub fn $dequant(src: &[u8], dst: &mut [f32]) {
             let mut u = Unpacked::zeroed();
             for (b, y) in as_blocks::<$block>(src)
@@ -278,35 +306,40 @@ kquant_fns!(
     KKind::Q2,
     unpack_q2_k,
     dequant_q2_k,
-    dot_q2_k_q8_k
+    dot_q2_k_q8_k,
+    dot_q2_k_q8_k_tiled
 );
 kquant_fns!(
     BlockQ3K,
     KKind::Q3,
     unpack_q3_k,
     dequant_q3_k,
-    dot_q3_k_q8_k
+    dot_q3_k_q8_k,
+    dot_q3_k_q8_k_tiled
 );
 kquant_fns!(
     BlockQ4K,
     KKind::Q4,
     unpack_q4_k,
     dequant_q4_k,
-    dot_q4_k_q8_k
+    dot_q4_k_q8_k,
+    dot_q4_k_q8_k_tiled
 );
 kquant_fns!(
     BlockQ5K,
     KKind::Q5,
     unpack_q5_k,
     dequant_q5_k,
-    dot_q5_k_q8_k
+    dot_q5_k_q8_k,
+    dot_q5_k_q8_k_tiled
 );
 kquant_fns!(
     BlockQ6K,
     KKind::Q6,
     unpack_q6_k,
     dequant_q6_k,
-    dot_q6_k_q8_k
+    dot_q6_k_q8_k,
+    dot_q6_k_q8_k_tiled
 );
 
 pub fn dequant_q8_k(src: &[u8], dst: &mut [f32]) {

@@ -9,6 +9,7 @@ pub mod kquants;
 pub mod legacy;
 pub mod repacked;
 pub mod types;
+pub mod weights;
 
 pub use types::{FromF32Fn, GgmlType, ToF32Fn, TypeTraits, VecDotFn, TRAITS};
 

@@ -81,7 +81,7 @@ pub(super) unsafe fn gemm_float<E: FloatElem>(t: &Tile) {
         t.x().as_ptr(),
         t.x_row_bytes(),
     );
-    if t.order() != crate::order::Order::Tiled {
+    if t.order() != crate::order::Order::Sgemm {
         for r in t.rows() {
             let wr = w.add(r * rb);
             _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(rb) as *const i8);

@@ -7,6 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::*;
+use crate::order::Order;
 use crate::quant::kquants::KKind;
 use crate::tile::Tile;
 
@@ -108,6 +109,40 @@ impl KAccV {
         }
         let lanes = _mm256_cvtepi32_ps(klanes(k, y));
         self.acc = _mm256_fmadd_ps(_mm256_set1_ps(d), lanes, self.acc);
+    }
+
+    /// Adds super-block `k` against the Q8_K block at `y` in `ggml-cpu/tiled`'s order (the
+    /// running sum kept in `summs`; see `quant::kquants`).
+    #[inline(always)]
+    pub(super) unsafe fn add_tiled(&mut self, k: &KBlock, y: *const u8) {
+        let dy = (y as *const f32).read_unaligned();
+        let mut r = k.d * hsum_i32(klanes(k, y)) as f32;
+        if matches!(k.kind, KKind::Q2 | KKind::Q4 | KKind::Q5) {
+            let bsums = _mm256_loadu_si256(y.add(260) as *const __m256i);
+            let s2 = hsum_i32(_mm256_madd_epi16(k.min16, bsums));
+            r = (-k.dmin).mul_add(s2 as f32, r);
+        }
+        self.summs = r.mul_add(dy, self.summs);
+    }
+
+    /// Adds super-block `k` in order `tiled` (see [`KAccV::add_tiled`]) or `vec_dot`'s.
+    #[inline(always)]
+    pub(super) unsafe fn add_in(&mut self, tiled: bool, k: &KBlock, y: *const u8) {
+        if tiled {
+            self.add_tiled(k, y)
+        } else {
+            self.add(k, y)
+        }
+    }
+
+    /// The dot product of the super-blocks added so far in order `tiled` or `vec_dot`'s.
+    #[inline(always)]
+    pub(super) unsafe fn finish_in(&self, tiled: bool, kind: KKind) -> f32 {
+        if tiled {
+            self.summs
+        } else {
+            self.finish(kind)
+        }
     }
 
     /// The dot product of the super-blocks added so far.
@@ -321,7 +356,7 @@ pub(crate) unsafe fn unpack_q2_k(b: &BlockQ2K) -> KBlock {
 }
 
 macro_rules! kquant_avx2 {
-    ($block:ident, $kind:expr, $bytes:expr, $unpack:ident, $dot:ident, $gemm:ident) => {
+    ($block:ident, $ty:ident, $kind:expr, $bytes:expr, $unpack:ident, $dot:ident, $gemm:ident) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let mut acc = KAccV::new();
@@ -338,6 +373,7 @@ macro_rules! kquant_avx2 {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $gemm(t: &Tile) {
             const N: usize = 8;
+            let tiled = t.order().canonical(crate::quant::GgmlType::$ty) == Order::Tiled;
             let nb = t.cols() / QK_K;
             let (w, rb, x, xb) = (
                 t.w().as_ptr(),
@@ -352,9 +388,9 @@ macro_rules! kquant_avx2 {
                     for b in 0..nb {
                         let xb0 = wr.add(b * $bytes);
                         prefetch_span(xb0.wrapping_add(PREFETCH), $bytes);
-                        acc.add(&$unpack(&*(xb0 as *const $block)), x.add(b * 292));
+                        acc.add_in(tiled, &$unpack(&*(xb0 as *const $block)), x.add(b * 292));
                     }
-                    t.store(0, r, acc.finish($kind));
+                    t.store(0, r, acc.finish_in(tiled, $kind));
                 }
                 return;
             }
@@ -380,11 +416,11 @@ macro_rules! kquant_avx2 {
                             let mut accs = [KAccV::new(); N];
                             for (b, u) in krow.iter().enumerate() {
                                 for k in 0..nt {
-                                    accs[k].add(u, x.add((k0 + k) * xb + b * 292));
+                                    accs[k].add_in(tiled, u, x.add((k0 + k) * xb + b * 292));
                                 }
                             }
                             for k in 0..nt {
-                                t.store(k0 + k, r, accs[k].finish($kind));
+                                t.store(k0 + k, r, accs[k].finish_in(tiled, $kind));
                             }
                             k0 += nt;
                         }
@@ -403,6 +439,7 @@ thread_local! {
 
 kquant_avx2!(
     BlockQ2K,
+    Q2_K,
     KKind::Q2,
     84,
     unpack_q2_k,
@@ -411,6 +448,7 @@ kquant_avx2!(
 );
 kquant_avx2!(
     BlockQ3K,
+    Q3_K,
     KKind::Q3,
     110,
     unpack_q3_k,
@@ -419,6 +457,7 @@ kquant_avx2!(
 );
 kquant_avx2!(
     BlockQ4K,
+    Q4_K,
     KKind::Q4,
     144,
     unpack_q4_k,
@@ -427,6 +466,7 @@ kquant_avx2!(
 );
 kquant_avx2!(
     BlockQ5K,
+    Q5_K,
     KKind::Q5,
     176,
     unpack_q5_k,
@@ -435,6 +475,7 @@ kquant_avx2!(
 );
 kquant_avx2!(
     BlockQ6K,
+    Q6_K,
     KKind::Q6,
     210,
     unpack_q6_k,
