@@ -31,6 +31,27 @@ PROMPTS = [
     ("chat", "What is the capital of Japan?"),
 ]
 
+def top20(row):
+    """The 20 highest (id, logit) pairs of a row, lowest id first on ties."""
+    return [[int(t), float(row[t])] for t in np.argsort(-row, kind="stable")[:20]]
+
+def greedy_steps(m, row, steps, stop_at_eog):
+    """Greedy continuation from the logits `row`: argmax (lowest id on ties), optionally
+    stopping after an end-of-generation token. Returns (ids, top1 - top2 margins, the top-20
+    after each evaluated step)."""
+    gen, margins, after = [], [], []
+    for _ in range(steps):
+        order = np.argsort(-row, kind="stable")
+        t = int(order[0])
+        gen.append(t)
+        margins.append(float(row[order[0]] - row[order[1]]))
+        if stop_at_eog and (m._model.token_is_eog(t) if hasattr(m._model, "token_is_eog") else t == m.token_eos()):
+            break
+        m.eval([t])
+        row = np.array(m.scores[m.n_tokens - 1], dtype=np.float32)
+        after.append(top20(row))
+    return gen, margins, after
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -48,7 +69,6 @@ def main():
     for i, (kind, text) in enumerate(PROMPTS):
         if kind == "chat":
             msgs = [{"role": "user", "content": text}]
-            rendered = m.tokenizer_.tokenize if False else None
             from jinja2 import Template
             tmpl = m.metadata.get("tokenizer.chat_template")
             prompt = Template(tmpl).render(messages=msgs, add_generation_prompt=True,
@@ -59,26 +79,12 @@ def main():
         m.reset()
         m.eval(ids)
         scores = np.array(m.scores[: len(ids)], dtype=np.float32)
-        top = []
-        for row in scores:
-            idx = np.argsort(-row, kind="stable")[:20]
-            top.append([[int(t), float(row[t])] for t in idx])
+        top = [top20(row) for row in scores]
         if i < 2:
             json.dump({"prompt": prompt, "prompt_ids": ids, "n_vocab": vocab, "top20_per_position": top},
                       open(os.path.join(a.out, "logits", f"prompt{i}_top20.json"), "w"))
             scores[-1].astype("<f4").tofile(os.path.join(a.out, "logits", f"prompt{i}_last_logits.f32.bin"))
-        # Greedy: argmax (lowest id on ties), stop after an end-of-generation token.
-        gen, margins = [], []
-        row = scores[-1]
-        for _ in range(a.steps):
-            order = np.argsort(-row, kind="stable")
-            t = int(order[0])
-            gen.append(t)
-            margins.append(float(row[order[0]] - row[order[1]]))
-            if m._model.token_is_eog(t) if hasattr(m._model, "token_is_eog") else t == m.token_eos():
-                break
-            m.eval([t])
-            row = np.array(m.scores[m.n_tokens - 1], dtype=np.float32)
+        gen, margins, _ = greedy_steps(m, scores[-1], a.steps, True)
         greedy.append({"kind": kind, "prompt": prompt, "prompt_ids": ids, "generated_ids": gen,
                        "top1_minus_top2_logit": margins})
     if a.long:
@@ -88,20 +94,8 @@ def main():
         m.eval(ids)
         scores = np.array(m.scores[: len(ids)], dtype=np.float32)
         scores[-1].astype("<f4").tofile(os.path.join(a.out, "logits", "long_last_logits.f32.bin"))
-        top = []
-        for row in scores[-16:]:
-            idx = np.argsort(-row, kind="stable")[:20]
-            top.append([[int(t), float(row[t])] for t in idx])
-        gen, margins, steps = [], [], []
-        row = scores[-1]
-        for _ in range(a.steps):
-            order = np.argsort(-row, kind="stable")
-            t = int(order[0])
-            gen.append(t)
-            margins.append(float(row[order[0]] - row[order[1]]))
-            m.eval([t])
-            row = np.array(m.scores[m.n_tokens - 1], dtype=np.float32)
-            steps.append([[int(k), float(row[k])] for k in np.argsort(-row, kind="stable")[:20]])
+        top = [top20(row) for row in scores[-16:]]
+        gen, margins, steps = greedy_steps(m, scores[-1], a.steps, False)
         json.dump({"prompt_ids": ids, "top20_last16": top, "generated_ids": gen,
                    "top1_minus_top2_logit": margins, "top20_after_each_step": steps},
                   open(os.path.join(a.out, "long.json"), "w"))
