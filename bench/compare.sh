@@ -41,7 +41,11 @@ trap 'rm -rf "$OUT"; [ -n "${YES_PID:-}" ] && kill "$YES_PID" 2>/dev/null || tru
 # --- 1. llama.cpp -------------------------------------------------------------------------
 VERSION=0.3.36
 SRC=$LCPP/llama_cpp_python-$VERSION/vendor/llama.cpp
-if [ ! -x "$LCPP/build/bin/llama-bench" ] || [ ! -x "$LCPP/build/bin/llama-quantize" ]; then
+# LLAMA_CPP_BUILD names an existing build to measure instead (e.g. the AVX2 reference build
+# that bench/llama_cpp_reference.py uses, where it is also the machine's best).
+BUILD=${LLAMA_CPP_BUILD:-$LCPP/build}
+if [ ! -x "$BUILD/bin/llama-bench" ] || [ ! -x "$BUILD/bin/llama-quantize" ]; then
+  [ -n "${LLAMA_CPP_BUILD:-}" ] && { echo "compare: no llama-bench in $BUILD" >&2; exit 2; }
   echo "compare: building llama.cpp from llama-cpp-python==$VERSION (takes a while)" >&2
   mkdir -p "$LCPP"
   if [ ! -d "$SRC" ]; then
@@ -51,11 +55,14 @@ if [ ! -x "$LCPP/build/bin/llama-bench" ] || [ ! -x "$LCPP/build/bin/llama-quant
   command -v cmake >/dev/null || python3 -m pip install cmake ninja >&2
   GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
   cmake -S "$SRC" -B "$LCPP/build" $GEN -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON >&2
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON \
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF >&2
   cmake --build "$LCPP/build" -j "$(nproc)" --target llama-bench llama-quantize >&2
 fi
-LB=$LCPP/build/bin/llama-bench
-LQ=$LCPP/build/bin/llama-quantize
+LB=$BUILD/bin/llama-bench
+LQ=$BUILD/bin/llama-quantize
+# How that build was configured (for the report): its instruction-set switches.
+BUILD_FLAGS=$(grep -E '^GGML_(NATIVE|AVX|AVX2|AVX512|AVX512_VNNI|AVX_VNNI|FMA|F16C|AMX_INT8):BOOL=ON' "$BUILD/CMakeCache.txt" 2>/dev/null | cut -d: -f1 | tr '\n' ' ')
 
 # --- 2. models ----------------------------------------------------------------------------
 cargo build --release >&2
@@ -126,9 +133,9 @@ fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg) (raised by the benchmark itself), CPU busy over the 10 s after: $(busy_pct 10)"
 
 # --- 4. report ----------------------------------------------------------------------------
-python3 - "$OUT" "$THREADS" "$REPS" "$LOAD_BEFORE" "$LOAD_AFTER" <<'EOF'
+python3 - "$OUT" "$THREADS" "$REPS" "$LOAD_BEFORE" "$LOAD_AFTER" "$BUILD_FLAGS" <<'EOF'
 import json, os, platform, subprocess, sys, datetime
-out, threads, reps, load_before, load_after = sys.argv[1:6]
+out, threads, reps, load_before, load_after, build_flags = sys.argv[1:7]
 
 def llama(path):
     rows = json.load(open(path))
@@ -146,12 +153,13 @@ def ours(path):
 
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
-isa = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni") if f" {f}" in flags]
+isa = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+                   "avx512_bf16", "avx512_fp16", "amx_int8") if f" {f} " in flags + " "]
 mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "?")
 lines = []
 lines.append(f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {cpu} ({os.cpu_count()} CPUs, {', '.join(isa)}; "
              f"{int(mem) // 1024} MiB RAM), {threads} threads, {reps} repetitions, llama.cpp from llama-cpp-python 0.3.36 "
-             f"(built Release, native). Load average before: {load_before}; after: {load_after}.")
+             f"(built Release with {build_flags.strip() or 'the default switches'}). Load average before: {load_before}; after: {load_after}.")
 lines.append("")
 lines.append("| model | test | llama.cpp t/s | torchless t/s | ratio |")
 lines.append("| --- | --- | ---: | ---: | ---: |")

@@ -112,6 +112,7 @@ checked_tile! {
     avx2_rows8_q5_1 => avx2::gemm_rows8_q5_1,
     avx2_rows8_q8_0 => avx2::gemm_rows8_q8_0,
     avx2_rows8_q4_k => avx2::gemm_rows8_q4_k,
+    avx2_rows8_q6_k => avx2::gemm_rows8_q6_k,
 }
 
 /// Whether the order is one of llama.cpp's repacked ones for `ty`.
@@ -139,6 +140,7 @@ pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType, order: Order) -> Option<crate::
             GgmlType::Q5_1 => Some(avx2_rows8_q5_1),
             GgmlType::Q8_0 => Some(avx2_rows8_q8_0),
             GgmlType::Q4_K => Some(avx2_rows8_q4_k),
+            GgmlType::Q6_K => Some(avx2_rows8_q6_k),
             _ => None,
         },
         _ => {

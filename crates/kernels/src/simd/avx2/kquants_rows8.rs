@@ -1,6 +1,7 @@
-//! Interleaved (eight-row) Q4_K kernels in llama.cpp's repacked order (its AVX2 build
-//! multiplies every Q4_K matrix with a multiple of eight rows through `repack.cpp`): four
-//! activation bytes broadcast against the same four quant bytes of eight rows.
+//! Interleaved (eight-row) K-quant kernels: four activation bytes broadcast against the same
+//! four quant bytes of eight rows. Q4_K in llama.cpp's repacked order (its AVX2 build
+//! multiplies every Q4_K matrix with a multiple of eight rows through `repack.cpp`); Q6_K's
+//! kernels are in `q6k_rows8`, reached through the same driver.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
@@ -76,9 +77,12 @@ pub(super) unsafe fn q8k_pair_sums(y: *const u8) -> [__m256i; 4] {
 }
 
 /// The arithmetic orders of the interleaved K-quant kernels: llama.cpp's repacked `gemv` and
-/// `gemm` (see [`crate::quant::repacked`]).
+/// `gemm` (see [`crate::quant::repacked`]; Q4_K), its `vec_dot` and `ggml-cpu/tiled` orders
+/// (Q6_K).
 pub(super) const GEMV: u8 = 1;
 pub(super) const GEMM: u8 = 2;
+pub(super) const VEC_DOT: u8 = 3;
+pub(super) const TILED: u8 = 4;
 
 /// Eight interleaved Q4_K rows (group at `g`, `nb` super-blocks) × `T` tokens (Q8_K rows at
 /// `y`) in order `M`: lane `i` of result `t` is row `i` · token `t`.
@@ -198,14 +202,52 @@ impl KRows8 for Q4K {
     }
 }
 
+pub(super) struct Q6K;
+impl KRows8 for Q6K {
+    const TY: crate::quant::GgmlType = crate::quant::GgmlType::Q6_K;
+    const UNPACKED: usize = 64;
+    #[inline(always)]
+    unsafe fn rows8<const T: usize, const M: u8>(
+        g: *const u8,
+        nb: usize,
+        y: [*const u8; T],
+    ) -> [__m256; T] {
+        let q = panel_buffer(nb * Self::UNPACKED);
+        if M == TILED {
+            q6_k_unpack(g, nb, q);
+        }
+        Self::rows8_unpacked::<T, M>(g, q, nb, y)
+    }
+    #[inline(always)]
+    unsafe fn unpack(g: *const u8, nb: usize, q: *mut __m256i) {
+        q6_k_unpack(g, nb, q)
+    }
+    #[inline(always)]
+    unsafe fn rows8_unpacked<const T: usize, const M: u8>(
+        g: *const u8,
+        q: *const __m256i,
+        nb: usize,
+        y: [*const u8; T],
+    ) -> [__m256; T] {
+        if M == TILED {
+            q6_k_rows8_tiled::<T>(g, q, nb, y)
+        } else {
+            arr!(T, _mm256_setzero_ps(), |t| q6_k_rows8_vec_dot(g, nb, y[t]))
+        }
+    }
+}
+
 /// Interleaved K-quant weights (whole groups of eight rows): tokens in cache-sized blocks, each
 /// group of rows against four tokens at a time while the group stays in L1/L2.
 #[inline(always)]
 pub(super) unsafe fn gemm_interleaved_k<K: KRows8>(t: &Tile) {
     use crate::order::Order;
+    use crate::quant::GgmlType;
     match t.order().canonical(K::TY) {
-        Order::Gemv => gemm_interleaved_k_in::<K, GEMV>(t),
-        Order::Gemm => gemm_interleaved_k_in::<K, GEMM>(t),
+        Order::Gemv if K::TY == GgmlType::Q4_K => gemm_interleaved_k_in::<K, GEMV>(t),
+        Order::Gemm if K::TY == GgmlType::Q4_K => gemm_interleaved_k_in::<K, GEMM>(t),
+        Order::VecDot if K::TY == GgmlType::Q6_K => gemm_interleaved_k_in::<K, VEC_DOT>(t),
+        Order::Tiled if K::TY == GgmlType::Q6_K => gemm_interleaved_k_in::<K, TILED>(t),
         // An order this kernel lacks (never handed out for it): the scalar definition.
         _ => crate::quant::interleave::gemm_scalar(K::TY, t),
     }
@@ -263,4 +305,5 @@ unsafe fn gemm_interleaved_k_in<K: KRows8, const M: u8>(t: &Tile) {
 
 avx2_tiles! {
     gemm_rows8_q4_k => gemm_interleaved_k::<Q4K>,
+    gemm_rows8_q6_k => gemm_interleaved_k::<Q6K>,
 }

@@ -103,6 +103,7 @@ mod kquants_rows8;
 mod q32_dots;
 mod q32_panels;
 mod q32_tiles;
+mod q6k_rows8;
 mod quantize;
 
 pub(crate) use attention::*;
@@ -113,4 +114,5 @@ pub(crate) use kquants_rows8::*;
 pub(crate) use q32_dots::*;
 pub(crate) use q32_panels::*;
 use q32_tiles::*;
+use q6k_rows8::*;
 pub(crate) use quantize::*;
