@@ -62,7 +62,7 @@ impl Kernels {
         match order.canonical(ty) {
             Order::VecDot => self.vec_dot(ty),
             Order::Sgemm => self.vec_dot_batched(ty).or(self.vec_dot(ty)),
-            o => crate::order::reference_dot(ty, o),
+            o => crate::simd::vec_dot_in(self.isa, ty, o).or(crate::order::reference_dot(ty, o)),
         }
     }
 

@@ -52,6 +52,31 @@ checked! {
 
 #[cfg(target_arch = "x86_64")]
 checked! {
+    avx2_iq4_nl_r => avx2::dot_iq4_nl_q8_0_repacked,
+    avx2_mxfp4_r => avx2::dot_mxfp4_q8_0_repacked,
+    avx2_iq4_xs_t => avx2::dot_iq4_xs_q8_k_tiled,
+}
+
+/// The SIMD dot product for weights of type `ty` in one of llama.cpp's other orders (repacked,
+/// tiled) on `isa`, where there is one; the tile kernels cover the rest.
+pub(crate) fn vec_dot_in(isa: Isa, ty: GgmlType, order: Order) -> Option<VecDotFn> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => match (order.canonical(ty), ty) {
+            (Order::Gemv, GgmlType::IQ4_NL) => Some(avx2_iq4_nl_r),
+            (Order::Gemv, GgmlType::MXFP4) => Some(avx2_mxfp4_r),
+            (Order::Tiled, GgmlType::IQ4_XS) => Some(avx2_iq4_xs_t),
+            _ => None,
+        },
+        _ => {
+            let _ = (ty, order);
+            None
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+checked! {
     avx512_q4_0 => avx512::dot_q4_0_q8_0,
     avx512_q4_1 => avx512::dot_q4_1_q8_1,
     avx512_q5_0 => avx512::dot_q5_0_q8_0,

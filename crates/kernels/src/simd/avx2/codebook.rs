@@ -58,6 +58,54 @@ unsafe fn dot_table_q8_0<B>(
     sum
 }
 
+/// The shared body of the IQ4_NL and MXFP4 kernels in llama.cpp's repacked order (see
+/// `quant::repacked`): a block's products as one exact integer, `acc = fma(isum, d_w·d_a, acc)`.
+#[inline(always)]
+unsafe fn dot_table_repacked<B>(
+    n: usize,
+    values: &[i8; 16],
+    w: &[B],
+    a: &[BlockQ8_0],
+    scale: impl Fn(&B, &BlockQ8_0) -> f32,
+    qs: impl Fn(&B) -> &[u8; 16],
+) -> f32 {
+    let t = table(values);
+    let nb = (n / QK).min(w.len()).min(a.len());
+    let mut acc = 0.0f32;
+    for (x, y) in w[..nb].iter().zip(&a[..nb]) {
+        let v = lookup(t, qs(x));
+        let pairs =
+            _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(load32(&y.qs), v));
+        let isum = hsum_i32(_mm256_madd_epi16(_mm256_set1_epi16(1), pairs));
+        acc = (isum as f32).mul_add(scale(x, y), acc);
+    }
+    acc
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_iq4_nl_q8_0_repacked(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    dot_table_repacked(
+        n,
+        &KVALUES_IQ4NL,
+        as_blocks::<BlockIQ4NL>(w),
+        as_blocks::<BlockQ8_0>(a),
+        |x, y| h(x.d) * h(y.d),
+        |x| &x.qs,
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_mxfp4_q8_0_repacked(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    dot_table_repacked(
+        n,
+        &KVALUES_MXFP4,
+        as_blocks::<BlockMXFP4>(w),
+        as_blocks::<BlockQ8_0>(a),
+        |x, y| e8m0_half(x.e) * h(y.d),
+        |x| &x.qs,
+    )
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_iq4_nl_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     dot_table_q8_0(
@@ -82,6 +130,21 @@ pub unsafe fn dot_mxfp4_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     )
 }
 
+/// The eight exact lanes of one IQ4_XS super-block against its Q8_K block (see
+/// `codebook::iq4_xs_lanes`).
+#[inline(always)]
+unsafe fn iq4_xs_lanes(t: __m128i, x: &BlockIQ4XS, y: &BlockQ8K) -> __m256i {
+    let mut sums = _mm256_setzero_si256();
+    let ys = y.qs.as_chunks::<QK>().0;
+    for (i, (qs, yq)) in x.qs.as_chunks::<16>().0.iter().zip(ys).enumerate() {
+        let v = lookup(t, qs);
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(load32(yq), v));
+        let ls = crate::quant::codebook::iq4_xs_scale(x, i) as i16;
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls)));
+    }
+    sums
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_iq4_xs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let t = table(&KVALUES_IQ4NL);
@@ -91,17 +154,25 @@ pub unsafe fn dot_iq4_xs_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         .zip(as_blocks::<BlockQ8K>(a))
         .take(n / QK_K)
     {
-        let mut sums = _mm256_setzero_si256();
-        let ys = y.qs.as_chunks::<QK>().0;
-        for (i, (qs, yq)) in x.qs.as_chunks::<16>().0.iter().zip(ys).enumerate() {
-            let v = lookup(t, qs);
-            let pairs =
-                _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(load32(yq), v));
-            let ls = crate::quant::codebook::iq4_xs_scale(x, i) as i16;
-            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls)));
-        }
+        let sums = iq4_xs_lanes(t, x, y);
         let d = h(x.d) * y.scale();
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc);
     }
     hsum(acc)
+}
+
+/// IQ4_XS in `ggml-cpu/tiled`'s order (see `codebook::dot_iq4_xs_q8_k_tiled`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_iq4_xs_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let t = table(&KVALUES_IQ4NL);
+    let mut acc = 0.0f32;
+    for (x, y) in as_blocks::<BlockIQ4XS>(w)
+        .iter()
+        .zip(as_blocks::<BlockQ8K>(a))
+        .take(n / QK_K)
+    {
+        let s1 = hsum_i32(iq4_xs_lanes(t, x, y));
+        acc = (h(x.d) * s1 as f32).mul_add(y.scale(), acc);
+    }
+    acc
 }
