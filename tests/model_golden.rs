@@ -1,5 +1,5 @@
 //! The forward pass against llama.cpp (tests/data/*/, each made by the reference build): on
-//! SmolLM2-135M-Instruct Q4_1, its Q4_0 and F16 conversions, and the two Qwen2.5-Coder Q4_K_M
+//! SmolLM2-135M-Instruct Q4_1, its Q4_0, Q4_K_M and F16 conversions, and the two Qwen2.5-Coder Q4_K_M
 //! models, the top-20 logits at every prompt position and the whole last-position vector bit
 //! for bit, greedy generation up to the first near-tie; decoding past 384 positions bit for
 //! bit; perplexity on the GPL-2 text with context 128.
@@ -335,41 +335,25 @@ fn qwen2_1_5b_matches_llama_cpp() {
     check_greedy_in(&model, "qwen2.5-coder-1.5b-q4_k_m");
 }
 
-/// SmolLM2 requantized to Q4_0 (llama.cpp multiplies Q4_0 through its repacked kernels) and
-/// converted to F16 (float weights: llamafile's tiled order for the prompt, `vec_dot` for
-/// decoding), rebuilt by the test as `llama-quantize` makes them.
+/// SmolLM2 requantized to Q4_0 (llama.cpp multiplies Q4_0 through its repacked kernels), to
+/// Q4_K_M (Q4_K through the repacked kernels, Q6_K through `vec_dot` and, for batches of eight
+/// or more, `ggml-cpu/tiled`, Q5_0 and Q8_0 elsewhere) and converted to F16 (float weights:
+/// llamafile's `sgemm` for the prompt, `vec_dot` for decoding), rebuilt by the test as
+/// `llama-quantize` makes them.
 #[test]
 fn requantized_smollm2_matches_llama_cpp() {
-    use torchless_kernels::GgmlType;
-    for (ty, dir) in [
-        (GgmlType::Q4_0, "smollm2-q4_0"),
-        (GgmlType::F16, "smollm2-f16"),
+    use common::Recipe;
+    for (recipe, dir) in [
+        (Recipe::Q4_0, "smollm2-q4_0"),
+        (Recipe::Q4KM, "smollm2-q4_k_m"),
+        (Recipe::F16, "smollm2-f16"),
     ] {
         let model =
-            Model::load(common::derived_smollm2(ty), &LoadOptions::default()).expect("load");
+            Model::load(common::derived_smollm2(recipe), &LoadOptions::default()).expect("load");
         check_logits_exact(&model, dir, 0);
         check_logits_exact(&model, dir, 1);
         check_greedy_in(&model, dir);
     }
-}
-
-/// SmolLM2 requantized to Q4_K_M by `llama-quantize` (Q4_K and Q6_K feed-forward outputs, Q5_0
-/// and Q8_0 elsewhere). The file is made by `bench/compare.sh`; the tests cannot rebuild it
-/// without llama.cpp's K-quant quantizers, so this runs only where it exists.
-#[test]
-fn smollm2_q4_k_m_matches_llama_cpp_where_the_file_exists() {
-    let path = common::model("smollm2").with_file_name("SmolLM2-135M-Instruct.Q4_K_M.gguf");
-    if !path.exists() {
-        eprintln!(
-            "{} not made here (bench/compare.sh makes it): skipped",
-            path.display()
-        );
-        return;
-    }
-    let model = Model::load(&path, &LoadOptions::default()).expect("load");
-    check_logits_exact(&model, "smollm2-q4_k_m", 0);
-    check_logits_exact(&model, "smollm2-q4_k_m", 1);
-    check_greedy_in(&model, "smollm2-q4_k_m");
 }
 
 /// Several sequences of different lengths in one forward pass, their tokens interleaved (so

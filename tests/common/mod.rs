@@ -144,32 +144,83 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// The file types `derived_smollm2` can make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recipe {
+    Q4_0,
+    F16,
+    Q4KM,
+}
+
+impl Recipe {
+    fn name(self) -> &'static str {
+        match self {
+            Recipe::Q4_0 => "Q4_0",
+            Recipe::F16 => "F16",
+            Recipe::Q4KM => "Q4_K_M",
+        }
+    }
+
+    /// sha256 of every tensor's data, in name order, of `llama-quantize`'s output.
+    fn digest(self) -> &'static str {
+        match self {
+            Recipe::Q4_0 => "00f34beb9a5693b3655a0dd3d4bdc2b19144533b019e67539365bc84168d3308",
+            Recipe::F16 => "401ef28c75bc475bd83c9880ae9ab61a59d87cbadecf330ec64de68639ea1d8f",
+            Recipe::Q4KM => "9117fc2329ef85ebaa413bdc45beb5b7d55949d34ad84441bfd75ef27582d0df",
+        }
+    }
+
+    /// The type `llama-quantize` gives tensor `name` (of a 30-layer SmolLM2 whose rows are 576
+    /// long, too short for the K-quants except in `ffn_down`); `None`: copied as it is.
+    fn type_for(
+        self,
+        name: &str,
+        ty: torchless_kernels::GgmlType,
+    ) -> Option<torchless_kernels::GgmlType> {
+        use torchless_kernels::GgmlType as T;
+        if ty == T::F32 {
+            return None;
+        }
+        let layer: Option<usize> = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse().ok());
+        // llama-quantize's `use_more_bits`: the first and last eighth of the layers and every
+        // third one between.
+        let more_bits =
+            layer.is_some_and(|i| !(30 / 8..7 * 30 / 8).contains(&i) || (i - 30 / 8) % 3 == 2);
+        match self {
+            Recipe::F16 => Some(T::F16),
+            // The tied embedding table keeps its Q8_0 (the type the rule picks for it).
+            _ if name == "token_embd.weight" => None,
+            Recipe::Q4_0 => Some(T::Q4_0),
+            // Q4_K and Q6_K fall back to Q5_0 and Q8_0 where a row is not a whole number of
+            // super-blocks.
+            Recipe::Q4KM if name.ends_with("ffn_down.weight") => {
+                Some(if more_bits { T::Q6_K } else { T::Q4_K })
+            }
+            Recipe::Q4KM if name.ends_with("attn_v.weight") => {
+                Some(if more_bits { T::Q8_0 } else { T::Q5_0 })
+            }
+            Recipe::Q4KM => Some(T::Q5_0),
+        }
+    }
+}
+
 /// SmolLM2-135M-Instruct requantized from its Q4_1 file the way llama.cpp's `llama-quantize`
-/// does it for file type `target` (Q4_0 or F16): every tensor of a block type dequantized to
-/// f32 and quantized again with the reference quantizers, F32 tensors kept, and a tensor
-/// already of the type the rule picks copied (for Q4_0, the Q8_0 embedding table, which
-/// `llama-quantize` leaves in Q8_0). Written once next to the fetched model. The tensor bytes
-/// are checked against those of `llama-quantize`'s own output (sha256 of every tensor's data,
-/// in name order), so the file is the one the reference data were made from.
-pub fn derived_smollm2(target: torchless_kernels::GgmlType) -> PathBuf {
+/// does it for `recipe` (Q4_0, F16, Q4_K_M): every tensor of a block type dequantized to f32
+/// and quantized again with the reference quantizers (`quant::weights`) into the type the
+/// tool's rule picks, F32 tensors and tensors already of the picked type copied. Written once
+/// next to the fetched model. The tensor bytes are checked against those of `llama-quantize`'s
+/// own output (sha256 of every tensor's data, in name order), so the file is the one the
+/// reference data were made from.
+pub fn derived_smollm2(recipe: Recipe) -> PathBuf {
     use sha2::{Digest, Sha256};
     use torchless_gguf::{GgufFile, GgufWriter, LoadMode};
-    use torchless_kernels::GgmlType;
-    let (digest, embd_kept) = match target {
-        GgmlType::Q4_0 => (
-            "00f34beb9a5693b3655a0dd3d4bdc2b19144533b019e67539365bc84168d3308",
-            true,
-        ),
-        GgmlType::F16 => (
-            "401ef28c75bc475bd83c9880ae9ab61a59d87cbadecf330ec64de68639ea1d8f",
-            false,
-        ),
-        _ => panic!("no recipe for SmolLM2 in {target}"),
-    };
     let src = model("smollm2");
     let out = src.with_file_name(format!(
         "SmolLM2-135M-Instruct.{}.torchless.gguf",
-        target.name()
+        recipe.name()
     ));
     if !out.exists() {
         let f = GgufFile::open(&src, LoadMode::Mmap).expect("open SmolLM2");
@@ -179,11 +230,10 @@ pub fn derived_smollm2(target: torchless_kernels::GgmlType) -> PathBuf {
         }
         for t in f.tensors() {
             let bytes = f.tensor_bytes(&t.name).expect("tensor bytes");
-            let keep = t.ty == GgmlType::F32 || (embd_kept && t.name == "token_embd.weight");
-            if keep {
+            let Some(target) = recipe.type_for(&t.name, t.ty).filter(|&ty| ty != t.ty) else {
                 w.tensor(&t.name, t.ty, &t.dims, bytes.to_vec());
                 continue;
-            }
+            };
             let n = t.n_elements() as usize;
             let mut x = vec![0.0f32; n];
             assert!(torchless_kernels::quant::dequantize(t.ty, bytes, &mut x));
@@ -207,7 +257,7 @@ pub fn derived_smollm2(target: torchless_kernels::GgmlType) -> PathBuf {
     let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
         got,
-        digest,
+        recipe.digest(),
         "{}: not the tensors llama-quantize writes",
         out.display()
     );
