@@ -205,26 +205,6 @@ proptest! {
         }
     }
 
-    /// Every weight type's dot product in every arithmetic order of `torchless_kernels::order`
-    /// (llama.cpp's repacked and tiled kernels as well as `vec_dot`) equals its scalar
-    /// definition on every path.
-    #[test]
-    fn dot_products_in_every_order_are_bit_identical(blocks in 1usize..6, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 1536)) {
-        use torchless_kernels::order::{reference_dot, Order};
-        for ty in WEIGHT_TYPES {
-            let n = blocks * 256;
-            let w = weights(ty, n, &seed);
-            let a = activations(ty.traits().vec_dot_type, &xs[..n]);
-            for order in [Order::VecDot, Order::Sgemm, Order::Tiled, Order::Gemv, Order::Gemm] {
-                let want = reference_dot(ty, order).unwrap()(n, &w, &a);
-                for k in simd_kernels() {
-                    let got = k.dot(ty, order).unwrap()(n, &w, &a);
-                    prop_assert_eq!(got.to_bits(), want.to_bits(), "{} {:?} on {:?}: {} vs {}", ty, order, k.isa(), got, want);
-                }
-            }
-        }
-    }
-
     /// The 32-element and float formats at lengths that whole super-blocks never give: odd
     /// block counts, float lengths with a tail past the last 32-element step (kernels that
     /// take two blocks or sixteen floats at a time must end exactly as the reference does).
@@ -591,6 +571,30 @@ proptest! {
                 let mut got = vec![0u8; n];
                 k.quantize(ty).unwrap()(&xs, &mut got);
                 prop_assert_eq!(&got, &want, "{} on {:?}", ty, k.isa());
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Every weight type's dot product in every arithmetic order of `torchless_kernels::order`
+    /// (llama.cpp's repacked and tiled kernels as well as `vec_dot`) equals its scalar
+    /// definition on every path.
+    #[test]
+    fn dot_products_in_every_order_are_bit_identical(blocks in 1usize..6, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 1536)) {
+        use torchless_kernels::order::{reference_dot, Order};
+        for ty in WEIGHT_TYPES {
+            let n = blocks * 256;
+            let w = weights(ty, n, &seed);
+            let a = activations(ty.traits().vec_dot_type, &xs[..n]);
+            for order in [Order::VecDot, Order::Sgemm, Order::Tiled, Order::Gemv, Order::Gemm] {
+                let want = reference_dot(ty, order).unwrap()(n, &w, &a);
+                for k in simd_kernels() {
+                    let got = k.dot(ty, order).unwrap()(n, &w, &a);
+                    prop_assert_eq!(got.to_bits(), want.to_bits(), "{} {:?} on {:?}: {} vs {}", ty, order, k.isa(), got, want);
+                }
             }
         }
     }
