@@ -9,7 +9,7 @@ use crate::lanes::{hsum8, LANES};
 
 /// Nibble `j` of a 16-byte array: elements 0..16 are the low nibbles, 16..32 the high ones.
 #[inline(always)]
-fn nibble(qs: &[u8; 16], j: usize) -> i32 {
+pub(crate) fn nibble(qs: &[u8; 16], j: usize) -> i32 {
     if j < 16 {
         (qs[j] & 0x0F) as i32
     } else {

@@ -16,22 +16,13 @@
 
 use super::blocks::*;
 use super::codebook::{e8m0_half, KVALUES_IQ4NL, KVALUES_MXFP4};
-
-/// Element `j` of a 32-element block's nibbles (low nibbles first, then the high ones).
-#[inline(always)]
-fn nibble(qs: &[u8; 16], j: usize) -> usize {
-    if j < 16 {
-        (qs[j] & 0x0F) as usize
-    } else {
-        (qs[j - 16] >> 4) as usize
-    }
-}
+use super::legacy::nibble;
 
 /// `Σ value(j) · a_j` over one 32-element block (exact).
 #[inline(always)]
 fn block_sum(qs: &[u8; 16], a: &[u8; 32], value: impl Fn(usize) -> i32) -> i32 {
     (0..QK)
-        .map(|j| value(nibble(qs, j)) * (a[j] as i8) as i32)
+        .map(|j| value(nibble(qs, j) as usize) * (a[j] as i8) as i32)
         .sum()
 }
 

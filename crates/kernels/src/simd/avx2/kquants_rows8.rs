@@ -212,11 +212,13 @@ impl KRows8 for Q6K {
         nb: usize,
         y: [*const u8; T],
     ) -> [__m256; T] {
-        let q = panel_buffer(nb * Self::UNPACKED);
         if M == TILED {
+            let q = panel_buffer(nb * Self::UNPACKED);
             q6_k_unpack(g, nb, q);
+            return q6_k_rows8_tiled::<T>(g, q, nb, y);
         }
-        Self::rows8_unpacked::<T, M>(g, q, nb, y)
+        // `vec_dot`'s order reads the layout directly: nothing to unpack on the decode path.
+        arr!(T, _mm256_setzero_ps(), |t| q6_k_rows8_vec_dot(g, nb, y[t]))
     }
     #[inline(always)]
     unsafe fn unpack(g: *const u8, nb: usize, q: *mut __m256i) {
