@@ -120,7 +120,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let size = model.file().file_size();
+    let size = model.file_bytes();
     let mut results = Vec::new();
     let mut run_test =
         |label: String, f: &dyn Fn() -> Result<f64, CliError>| -> Result<(), CliError> {

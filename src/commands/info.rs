@@ -32,12 +32,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
         .map_err(|e| load(e.into()))?
         .to_string();
     let arch = Arch::from_name(a.model.arch.as_deref().unwrap_or(&meta_arch));
-    let vocab = torchless_model::weights::Weights::vocab_of(&file).ok();
-    let config: Option<ModelConfig> = match (arch, vocab) {
-        (Some(arch), Some(v)) => {
-            Some(ModelConfig::from_metadata(m, arch, &meta_arch, v).map_err(load)?)
-        }
-        _ => None,
+    let config: Option<ModelConfig> = match arch {
+        Some(arch) => Some(ModelConfig::from_gguf(&file, Some(arch)).map_err(load)?),
+        None => None,
     };
     let mut types: BTreeMap<&'static str, (usize, u64, u64)> = BTreeMap::new();
     for t in file.tensors() {
@@ -64,8 +61,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
             "config": config.as_ref().map(|c| serde_json::json!({
                 "layers": c.n_layers, "n_embd": c.n_embd, "n_ff": c.n_ff, "n_head": c.n_head,
                 "n_head_kv": c.n_head_kv, "head_dim": c.head_dim, "vocab": c.vocab,
-                "context_length": c.n_ctx_train, "rope_freq_base": c.rope.freq_base,
-                "rope_dims": c.rope.dims, "rope_style": format!("{:?}", c.rope.style), "norm_eps": c.norm_eps,
+                "context_length": c.n_ctx_train, "norm_eps": c.norm_eps,
+                "norm": format!("{:?}", c.plan.norm),
+                "ropes": c.plan.ropes.iter().map(|r| serde_json::json!({
+                    "base": r.base, "dims": r.dims, "style": format!("{:?}", r.style),
+                    "scaling": format!("{:?}", r.scaling),
+                })).collect::<Vec<_>>(),
+                "sliding_window": c.plan.layers.iter().find_map(|l| l.attention().window),
+                "sliding_layers": c.plan.layers.iter().filter(|l| l.attention().window.is_some()).count(),
+                "attn_softcap": c.plan.layers.first().and_then(|l| l.attention().softcap),
+                "final_softcap": c.plan.final_softcap,
             })),
             "tensors": types.iter().map(|(k, v)| serde_json::json!({"type": k, "count": v.0, "elements": v.1, "bytes": v.2})).collect::<Vec<_>>(),
             "parameters": params,
@@ -101,11 +106,35 @@ pub fn run(a: Args) -> Result<(), CliError> {
             );
             println!("vocabulary      {}", c.vocab);
             println!("context         {} (trained)", c.n_ctx_train);
+            for r in &c.plan.ropes {
+                println!(
+                    "rope            base {}, {} dims, {:?} layout, scaling {:?}",
+                    r.base, r.dims, r.style, r.scaling
+                );
+            }
+            let sliding: Vec<usize> = c
+                .plan
+                .layers
+                .iter()
+                .filter_map(|l| l.attention().window)
+                .collect();
+            if let Some(w) = sliding.first() {
+                println!(
+                    "sliding window  {w} positions on {} of {} layers",
+                    sliding.len(),
+                    c.n_layers
+                );
+            }
+            if let Some(cap) = c.plan.layers.first().and_then(|l| l.attention().softcap) {
+                println!("attn soft-cap   {cap}");
+            }
+            if let Some(cap) = c.plan.final_softcap {
+                println!("final soft-cap  {cap}");
+            }
             println!(
-                "rope            base {}, {} dims, {:?} layout, scale {}",
-                c.rope.freq_base, c.rope.dims, c.rope.style, c.rope.freq_scale
+                "norm            {:?}, epsilon {:e}",
+                c.plan.norm, c.norm_eps
             );
-            println!("norm epsilon    {:e}", c.norm_eps);
         }
         None => println!(
             "architecture    {meta_arch} (not supported by this build: {})",

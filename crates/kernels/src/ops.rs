@@ -51,6 +51,84 @@ pub fn rope_cache(pos: f32, n_dims: usize, freq_base: f32, freq_scale: f32, cach
     }
 }
 
+/// Everything that sets a position's rotary angles beyond the plain `base^(-2i/d)` ladder, in
+/// the terms of ggml's `rope_yarn`: per-pair divisors of the angle (Llama 3's and LongRoPE's
+/// frequency factors), linear interpolation (`freq_scale` = 1 / factor), YaRN's ramp between
+/// interpolated and extrapolated angles, and a factor on cos and sin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeFreqs {
+    pub base: f32,
+    /// 1 / linear (or YaRN) scaling factor.
+    pub freq_scale: f32,
+    /// YaRN's extrapolation mix (0: off).
+    pub ext_factor: f32,
+    /// Multiplies cos and sin (YaRN's and LongRoPE's attention factor; 1 otherwise).
+    pub attn_factor: f32,
+    /// YaRN's correction range, in rotary pairs ([`yarn_corr_dims`]).
+    pub corr_dims: [f32; 2],
+    /// One divisor per rotary pair (`n_dims / 2` of them), or none.
+    pub factors: Option<Vec<f32>>,
+}
+
+impl RopeFreqs {
+    /// The plain ladder with base `base`.
+    pub fn plain(base: f32) -> RopeFreqs {
+        RopeFreqs {
+            base,
+            freq_scale: 1.0,
+            ext_factor: 0.0,
+            attn_factor: 1.0,
+            corr_dims: [0.0, 0.0],
+            factors: None,
+        }
+    }
+}
+
+/// YaRN's correction range: the rotary pairs whose wavelengths, over `n_ctx_orig` positions,
+/// turn between `beta_fast` and `beta_slow` times (ggml's `ggml_rope_yarn_corr_dims`).
+pub fn yarn_corr_dims(
+    n_dims: usize,
+    n_ctx_orig: usize,
+    base: f32,
+    beta_fast: f32,
+    beta_slow: f32,
+) -> [f32; 2] {
+    let dims = n_dims as f32;
+    let corr = |rotations: f32| {
+        dims * (n_ctx_orig as f32 / (rotations * 2.0 * std::f32::consts::PI)).ln()
+            / (2.0 * base.ln())
+    };
+    [
+        corr(beta_fast).floor().max(0.0),
+        corr(beta_slow).ceil().min(dims - 1.0),
+    ]
+}
+
+/// [`rope_cache`] with frequency factors, scaling and YaRN (ggml's `rope_yarn`); equal to it
+/// bit for bit for [`RopeFreqs::plain`].
+pub fn rope_cache_freqs(pos: f32, n_dims: usize, f: &RopeFreqs, cache: &mut [f32]) {
+    let theta_scale = f.base.powf(-2.0 / n_dims as f32);
+    let mut theta = pos;
+    for (i, pair) in cache[..n_dims].chunks_exact_mut(2).enumerate() {
+        let extrap = match &f.factors {
+            Some(ff) => theta / ff.get(i).copied().unwrap_or(1.0),
+            None => theta,
+        };
+        let interp = f.freq_scale * extrap;
+        let (mut t, mut mscale) = (interp, f.attn_factor);
+        if f.ext_factor != 0.0 {
+            let [lo, hi] = f.corr_dims;
+            let y = (i as f32 - lo) / (hi - lo).max(0.001);
+            let ramp = (1.0 - y.clamp(0.0, 1.0)) * f.ext_factor;
+            t = interp * (1.0 - ramp) + extrap * ramp;
+            mscale *= 1.0 + 0.1 * (1.0 / f.freq_scale).ln();
+        }
+        pair[0] = t.cos() * mscale;
+        pair[1] = t.sin() * mscale;
+        theta *= theta_scale;
+    }
+}
+
 /// Rotates the first `n_dims` elements of every head (`head_dim` wide) in `x` with the table
 /// from [`rope_cache`]; elements past `n_dims` in each head are left as they are.
 pub fn rope_heads(
@@ -148,6 +226,29 @@ pub fn geglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// LayerNorm: `out = (x - mean) / sqrt(var + eps) * w (+ b)`, the sums in f64.
+pub fn layer_norm(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) {
+    let n = x.len().max(1) as f64;
+    let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
+    let var: f64 = x
+        .iter()
+        .map(|&v| ((v - mean) * (v - mean)) as f64)
+        .sum::<f64>()
+        / n;
+    let scale = 1.0 / (var as f32 + eps).sqrt();
+    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        let y = ((v - mean) * scale) * w.get(i).copied().unwrap_or(1.0);
+        *o = y + b.and_then(|b| b.get(i)).copied().unwrap_or(0.0);
+    }
+}
+
+/// Soft-capping (Gemma 2): `x = cap · tanh(x / cap)`, so that |x| stays below `cap`.
+pub fn softcap(x: &mut [f32], cap: f32) {
+    for v in x {
+        *v = (*v / cap).tanh() * cap;
+    }
+}
+
 /// `x[i] += y[i]`.
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
@@ -179,6 +280,78 @@ mod tests {
         for v in out {
             assert!((v - 0.5).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn scaled_rope_tables_follow_their_formulas() {
+        // Plain: the same bits as rope_cache, at every position and with linear scaling.
+        for pos in [0.0f32, 1.0, 17.0, 4095.0].map(std::hint::black_box) {
+            let (mut a, mut b) = ([0.0f32; 16], [0.0f32; 16]);
+            rope_cache(pos, 16, 10000.0, 0.25, &mut a);
+            let f = RopeFreqs {
+                freq_scale: 0.25,
+                ..RopeFreqs::plain(10000.0)
+            };
+            rope_cache_freqs(pos, 16, &f, &mut b);
+            assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "pos {pos}");
+        }
+        // Factors divide each pair's angle; YaRN mixes interpolated and extrapolated angles by
+        // a ramp over the correction range and scales cos and sin.
+        let (n, pos, base) = (16usize, 1000.0f32, 10000.0f32);
+        let factors: Vec<f32> = (0..n / 2).map(|i| 1.0 + i as f32).collect();
+        let corr = yarn_corr_dims(n, 256, base, 32.0, 1.0);
+        assert!(corr[0] >= 0.0 && corr[0] < corr[1] && corr[1] <= (n - 1) as f32);
+        let f = RopeFreqs {
+            base,
+            freq_scale: 0.25,
+            ext_factor: 1.0,
+            attn_factor: 1.5,
+            corr_dims: corr,
+            factors: Some(factors.clone()),
+        };
+        let mut got = [0.0f32; 16];
+        rope_cache_freqs(pos, n, &f, &mut got);
+        for i in 0..n / 2 {
+            let extrap =
+                pos as f64 * (base as f64).powf(-2.0 * i as f64 / n as f64) / factors[i] as f64;
+            let y = (i as f64 - corr[0] as f64) / (corr[1] - corr[0]) as f64;
+            let ramp = 1.0 - y.clamp(0.0, 1.0);
+            let t = extrap * 0.25 * (1.0 - ramp) + extrap * ramp;
+            let m = 1.5 * (1.0 + 0.1 * 4.0f64.ln());
+            // f32 angles of ~1000 radians: about 1e-4 of rounding in the angle.
+            assert!(
+                (got[2 * i] as f64 - t.cos() * m).abs() < 2e-3,
+                "cos pair {i}"
+            );
+            assert!(
+                (got[2 * i + 1] as f64 - t.sin() * m).abs() < 2e-3,
+                "sin pair {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_and_softcap_follow_their_formulas() {
+        let x = [1.0f32, -2.0, 3.5, 0.25, 8.0];
+        let w = [0.5f32, 1.0, 2.0, -1.0, 0.1];
+        let b = [0.1f32, 0.2, 0.3, 0.4, 0.5];
+        let mut out = [0.0f32; 5];
+        layer_norm(&x, &w, Some(&b), 1e-5, &mut out);
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / 5.0;
+        let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / 5.0;
+        for i in 0..5 {
+            let want = (x[i] as f64 - mean) / (var + 1e-5).sqrt() * w[i] as f64 + b[i] as f64;
+            assert!(
+                (out[i] as f64 - want).abs() < 1e-5,
+                "{i}: {} vs {want}",
+                out[i]
+            );
+        }
+        let mut y = [0.0f32, 1.0, -30.0, 1000.0];
+        softcap(&mut y, 10.0);
+        assert_eq!(y[0], 0.0);
+        assert!((y[1] - 10.0 * 0.1f32.tanh()).abs() < 1e-6);
+        assert!(y[2] > -10.0 && y[2] < -9.9 && y[3] <= 10.0 && y[3] > 9.99);
     }
 
     #[test]

@@ -225,6 +225,28 @@ impl Tensor {
         })
     }
 
+    /// A view of `count` rows starting at row `first` of a two-dimensional tensor in the file's
+    /// layout (a part of a fused projection: q, k and v of one `qkv` matrix). None when the rows
+    /// are out of range or interleaved.
+    pub fn rows_view(&self, first: usize, count: usize) -> Option<Tensor> {
+        if self.layout != Layout::Rows || self.dims.len() != 2 {
+            return None;
+        }
+        let rb = self.row_bytes();
+        let end = first.checked_add(count)?;
+        if end > self.rows() || count == 0 {
+            return None;
+        }
+        Some(Tensor {
+            ty: self.ty,
+            dims: vec![self.cols(), count],
+            storage: self.storage.clone(),
+            offset: self.offset + first * rb,
+            len: count * rb,
+            layout: Layout::Rows,
+        })
+    }
+
     pub fn dims(&self) -> &[usize] {
         &self.dims
     }
@@ -323,6 +345,18 @@ mod tests {
             Tensor::new(GgmlType::F32, &[1 << 40, 1 << 40], st, 0),
             Err(TensorError::Overflow(_))
         ));
+    }
+
+    #[test]
+    fn row_views_share_the_rows() {
+        let values: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let t = Tensor::from_f32(&[3, 4], &values).unwrap();
+        let v = t.rows_view(1, 2).unwrap();
+        assert_eq!(v.dims(), &[3, 2]);
+        assert_eq!(v.to_f32_vec().unwrap(), vec![3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+        assert!(t.rows_view(3, 2).is_none());
+        assert!(t.rows_view(0, 0).is_none());
+        assert!(t.rows_view(usize::MAX, 2).is_none());
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //!
 //! The reduction order follows the reference engine: a single-token batch reduces as its
 //! `vec_dot` kernels do, a larger batch as its tiled GEMM does.
+//!
+//! A layer with a sliding window or a soft-cap on its scores takes [`attend_masked`]: one job
+//! per (token, head) in the single-token order whatever the batch, over the window only.
 
 use std::ops::Range;
 
@@ -12,6 +15,7 @@ use torchless_kernels::attention::{
     attend_group, attend_head, round_query, scores_vec, softmax_weights, values_vec, HeadScratch,
     KvElem, PagedHead, Reduce,
 };
+use torchless_kernels::ops::softcap;
 use torchless_kernels::tile::SharedOut;
 use torchless_kernels::{Kernels, ThreadPool};
 
@@ -26,6 +30,10 @@ pub struct AttnShape {
     pub n_head_kv: usize,
     pub head_dim: usize,
     pub scale: f32,
+    /// Keys at most this many positions back, the query's own included.
+    pub window: Option<usize>,
+    /// `cap · tanh(s / cap)` on the scaled scores.
+    pub softcap: Option<f32>,
 }
 
 /// Queries attended together in a batch (sharing key/value conversions).
@@ -127,6 +135,10 @@ fn attend_typed<E: KvElem>(
     let q_dim = s.n_head * hd;
     let group = s.n_head / s.n_head_kv;
     let per_thread = scratch_per_thread(max_ctx, hd);
+    if s.window.is_some() || s.softcap.is_some() {
+        attend_masked(call, (keys, values), q, out, scratch);
+        return;
+    }
     if batch.len() >= 2 {
         let (shared_out, shared_scratch) = (SharedOut::new(out), SharedOut::new(scratch));
         attend_batched(
@@ -201,6 +213,69 @@ fn attend_typed<E: KvElem>(
             );
         }
     });
+}
+
+/// Attention with a sliding window and/or soft-capped scores: per (token, head), the scores of
+/// the window's positions (from the first block that holds one), capped, the positions before
+/// the window masked, softmax, and the weighted values, all in the single-token order.
+fn attend_masked<E: KvElem>(
+    call: &Call<'_>,
+    (keys, values): (&[E], &[E]),
+    q: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let (kernels, s, batch, cache) = (call.kernels, call.s, call.batch, call.cache);
+    let (hd, max_ctx) = (s.head_dim, call.max_ctx);
+    let (q_dim, group) = (s.n_head * hd, s.n_head / s.n_head_kv);
+    let per_thread = scratch_per_thread(max_ctx, hd);
+    let stride = max_ctx.div_ceil(8) * 8;
+    let bs = cache.config().block_size;
+    let (shared_out, shared_scratch) = (SharedOut::new(out), SharedOut::new(scratch));
+    call.pool
+        .parallel_for(batch.len() * s.n_head, 1, |tid, jobs| {
+            // SAFETY: thread `tid` is the only user of its scratch region during this job.
+            let mine = unsafe { shared_scratch.slice_mut(tid * per_thread, per_thread) };
+            let (scores, rest) = mine.split_at_mut(stride);
+            let qr = &mut rest[..hd];
+            for job in jobs {
+                let (t, h) = (job / s.n_head, job % s.n_head);
+                let (seq, pos) = (batch.seq[t], batch.pos[t]);
+                let n_kv = (pos + 1).min(max_ctx);
+                let first = s.window.map_or(0, |w| n_kv.saturating_sub(w));
+                // Skip whole blocks before the window; mask the rest of the first one.
+                let b0 = first / bs;
+                let blocks = cache.blocks(seq);
+                let kv = PagedHead {
+                    keys,
+                    values,
+                    blocks: blocks.get(b0..).unwrap_or(&[]),
+                    base: cache.offset(s.layer, 0, h / group, 0),
+                    block_stride: cache.block_stride(),
+                    block_size: bs,
+                    head_dim: hd,
+                };
+                let (n, skip) = (n_kv - b0 * bs, first - b0 * bs);
+                let base = t * q_dim + h * hd;
+                round_query::<E>(&q[base..base + hd], qr);
+                scores_vec(
+                    kernels,
+                    &[&*qr],
+                    &kv,
+                    0..n,
+                    s.scale,
+                    &mut [&mut scores[..n]],
+                );
+                if let Some(cap) = s.softcap {
+                    softcap(&mut scores[..n], cap);
+                }
+                scores[..skip].fill(f32::NEG_INFINITY);
+                softmax_weights::<E>(kernels, scores, n);
+                // SAFETY: job (t, h) is the only writer of this head's slice of `out`.
+                let o = unsafe { shared_out.slice_mut(base, hd) };
+                values_vec(kernels, &[&scores[..]], &kv, n, 0..hd, &mut [o]);
+            }
+        });
 }
 
 /// One token over a long context, in three pool jobs that split every head's work: the
@@ -471,6 +546,8 @@ mod tests {
                 n_head_kv,
                 head_dim: hd,
                 scale: 0.25,
+                window: None,
+                softcap: None,
             };
             let mut batch = Batch::new();
             batch.push(0, pos, 1, true);

@@ -1,32 +1,27 @@
-//! Model hyper-parameters read from GGUF metadata (`{arch}.block_count` …), validated so that
-//! the forward pass can trust them.
+//! Model hyper-parameters and the per-layer [`Plan`], read from GGUF metadata
+//! (`{arch}.block_count` …) or from a HuggingFace config.json ([`crate::hf_config`]), and
+//! validated so that the forward pass can trust them. Both formats are first put into the one
+//! vocabulary of [`Settings`]; [`Settings::assemble`] turns it into the plan.
 
-use torchless_gguf::Metadata;
+use torchless_gguf::{GgufFile, Metadata};
 use torchless_kernels::ops::RopeStyle;
 
-use crate::arch::Arch;
+use crate::arch::{Arch, SlidingLayers};
 use crate::error::ModelError;
+use crate::parts::{Attention, FeedForward, Layer, Mixer, NormKind, Plan, Rope, RopeScaling};
+use crate::source::Role;
 
-/// How positions are encoded.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RopeConfig {
-    pub style: RopeStyle,
-    /// Leading elements of each head that are rotated.
-    pub dims: usize,
-    pub freq_base: f32,
-    /// 1 / linear scaling factor.
-    pub freq_scale: f32,
-}
-
-/// The shape of a decoder-only transformer.
+/// The shape of a decoder-only network and the plan of its layers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub arch: Arch,
-    /// The `general.architecture` name the metadata keys use.
+    /// The architecture name the file itself gives (GGUF `general.architecture`, HuggingFace
+    /// `model_type`).
     pub meta_arch: String,
     pub name: Option<String>,
     pub n_layers: usize,
     pub n_embd: usize,
+    /// Width of the widest feed-forward.
     pub n_ff: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
@@ -35,7 +30,36 @@ pub struct ModelConfig {
     /// Context length the model was trained for.
     pub n_ctx_train: usize,
     pub norm_eps: f32,
-    pub rope: RopeConfig,
+    pub plan: Plan,
+}
+
+/// What a model file says about the network, in one vocabulary for every format.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub name: Option<String>,
+    pub n_layers: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub n_ctx_train: usize,
+    pub norm_eps: f32,
+    pub norm: NormKind,
+    pub rope_style: RopeStyle,
+    pub rope_dims: usize,
+    pub rope_base: f32,
+    pub rope_scaling: RopeScaling,
+    /// The rotary embedding of sliding-window layers, where it differs (Gemma 3).
+    pub local_rope: Option<(f32, RopeScaling)>,
+    pub window: Option<usize>,
+    /// Which layers slide, where the file lists them.
+    pub sliding_layers: Option<Vec<bool>>,
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
+    /// Multiplies q·k (default 1/√head_dim).
+    pub query_scale: Option<f32>,
 }
 
 fn positive(key: &str, v: u64) -> Result<usize, ModelError> {
@@ -45,102 +69,235 @@ fn positive(key: &str, v: u64) -> Result<usize, ModelError> {
     Ok(v as usize)
 }
 
-impl ModelConfig {
-    /// Reads the hyper-parameters of `arch` from metadata whose keys use the prefix
-    /// `meta_arch` (normally `general.architecture`); `vocab` comes from the embedding tensor.
-    pub fn from_metadata(
-        m: &Metadata,
-        arch: Arch,
-        meta_arch: &str,
-        vocab: usize,
-    ) -> Result<ModelConfig, ModelError> {
-        let key = |k: &str| format!("{meta_arch}.{k}");
-        let get = |k: &str| -> Result<usize, ModelError> { positive(&key(k), m.u64(&key(k))?) };
-        let opt = |k: &str| -> Result<Option<usize>, ModelError> {
-            m.opt(&key(k), Metadata::u64)?
-                .map(|v| positive(&key(k), v))
-                .transpose()
-        };
-        let n_embd = get("embedding_length")?;
-        let n_head = get("attention.head_count")?;
-        let n_head_kv = opt("attention.head_count_kv")?.unwrap_or(n_head);
-        let head_dim = opt("attention.key_length")?.unwrap_or(n_embd / n_head);
-        let v_dim = opt("attention.value_length")?.unwrap_or(head_dim);
-        if v_dim != head_dim {
+fn finite_positive(key: &str, v: f32) -> Result<f32, ModelError> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(ModelError::Config(format!("{key} = {v} is invalid")));
+    }
+    Ok(v)
+}
+
+impl Settings {
+    /// Validates the settings and lays out every layer's parts.
+    pub fn assemble(self, arch: Arch, meta_arch: &str) -> Result<ModelConfig, ModelError> {
+        let s = self;
+        let info = arch.info();
+        if s.n_head % s.n_head_kv != 0 {
             return Err(ModelError::Config(format!(
-                "value head size {v_dim} differs from key head size {head_dim}, which is not supported"
+                "{} attention heads cannot be shared by {} key/value heads",
+                s.n_head, s.n_head_kv
             )));
         }
-        if n_head % n_head_kv != 0 {
+        if s.head_dim % 2 != 0 || s.head_dim > 1024 {
             return Err(ModelError::Config(format!(
-                "{n_head} attention heads cannot be shared by {n_head_kv} key/value heads"
+                "head size {} is not supported",
+                s.head_dim
             )));
         }
-        if head_dim % 2 != 0 || head_dim > 1024 {
+        if s.rope_dims > s.head_dim || s.rope_dims % 2 != 0 {
             return Err(ModelError::Config(format!(
-                "head size {head_dim} is not supported"
+                "rotary dimension {} does not fit head size {}",
+                s.rope_dims, s.head_dim
             )));
         }
-        let rope_dims = opt("rope.dimension_count")?.unwrap_or(head_dim);
-        if rope_dims > head_dim || rope_dims % 2 != 0 {
+        finite_positive("rope base", s.rope_base)?;
+        if s.norm_eps.is_nan() || s.norm_eps < 0.0 {
             return Err(ModelError::Config(format!(
-                "rotary dimension {rope_dims} does not fit head size {head_dim}"
+                "norm epsilon {} is invalid",
+                s.norm_eps
             )));
         }
-        let freq_base = m
-            .opt(&key("rope.freq_base"), Metadata::f32)?
-            .unwrap_or(10_000.0);
-        let scaling = m
-            .opt(&key("rope.scaling.type"), Metadata::str)?
-            .unwrap_or("none");
-        let freq_scale = match scaling {
-            "none" => 1.0,
-            "linear" => {
-                let f = m
-                    .opt(&key("rope.scaling.factor"), Metadata::f32)?
-                    .unwrap_or(1.0);
-                if f.is_nan() || f <= 0.0 {
+        for (what, v) in [
+            ("attention soft-cap", s.attn_softcap),
+            ("final soft-cap", s.final_softcap),
+            ("query scale", s.query_scale),
+        ] {
+            if let Some(v) = v {
+                finite_positive(what, v)?;
+            }
+        }
+        check_scaling(&s.rope_scaling, s.rope_dims)?;
+        let sliding: Vec<bool> = match (&s.sliding_layers, s.window) {
+            (_, None) => vec![false; s.n_layers],
+            (Some(list), Some(_)) => {
+                if list.len() != s.n_layers {
                     return Err(ModelError::Config(format!(
-                        "rope scaling factor {f} is invalid"
+                        "the layer types list {} layers but the model has {}",
+                        list.len(),
+                        s.n_layers
                     )));
                 }
-                1.0 / f
+                list.clone()
             }
-            other => {
-                return Err(ModelError::Config(format!(
-                    "rope scaling '{other}' ({}) is not supported yet",
-                    key("rope.scaling.type")
-                )))
-            }
+            (None, Some(_)) => (0..s.n_layers)
+                .map(|i| match info.sliding {
+                    SlidingLayers::None => false,
+                    SlidingLayers::All => true,
+                    SlidingLayers::Even => i % 2 == 0,
+                    SlidingLayers::AllButEvery(n) => (i + 1) % n != 0,
+                })
+                .collect(),
         };
-        let norm_eps = m
-            .opt(&key("attention.layer_norm_rms_epsilon"), Metadata::f32)?
-            .unwrap_or(1e-5);
-        if freq_base.is_nan() || freq_base <= 0.0 || norm_eps.is_nan() || norm_eps < 0.0 {
-            return Err(ModelError::Config(
-                "rope base or norm epsilon is invalid".into(),
-            ));
+        if s.window == Some(0) {
+            return Err(ModelError::Config("sliding window of 0 positions".into()));
         }
+        let rope = |base, scaling| Rope {
+            style: s.rope_style,
+            dims: s.rope_dims,
+            base,
+            scaling,
+        };
+        let mut ropes = vec![rope(s.rope_base, s.rope_scaling.clone())];
+        let local = match &s.local_rope {
+            Some((base, scaling)) if sliding.iter().any(|&b| b) => {
+                finite_positive("local rope base", *base)?;
+                check_scaling(scaling, s.rope_dims)?;
+                ropes.push(rope(*base, scaling.clone()));
+                1
+            }
+            _ => 0,
+        };
+        let scale = s
+            .query_scale
+            .unwrap_or_else(|| 1.0 / (s.head_dim as f32).sqrt());
+        let layers = sliding
+            .iter()
+            .map(|&slides| Layer {
+                mixer: Mixer::Attention(Attention {
+                    n_head: s.n_head,
+                    n_head_kv: s.n_head_kv,
+                    head_dim: s.head_dim,
+                    scale,
+                    window: s.window.filter(|_| slides),
+                    softcap: s.attn_softcap,
+                    rope: (s.rope_dims > 0).then_some(if slides { local } else { 0 }),
+                    qk_norm: info.qk_norm,
+                }),
+                ffn: FeedForward::Gated {
+                    n_ff: s.n_ff,
+                    act: info.act,
+                },
+                post_mixer_norm: info.sandwich_norms,
+                post_ffn_norm: info.sandwich_norms,
+            })
+            .collect();
         Ok(ModelConfig {
             arch,
             meta_arch: meta_arch.to_string(),
-            name: m.opt("general.name", Metadata::str)?.map(str::to_string),
-            n_layers: get("block_count")?,
-            n_embd,
-            n_ff: get("feed_forward_length")?,
-            n_head,
-            n_head_kv,
-            head_dim,
-            vocab,
-            n_ctx_train: opt("context_length")?.unwrap_or(2048),
-            norm_eps,
-            rope: RopeConfig {
-                style: arch.info().rope,
-                dims: rope_dims,
-                freq_base,
-                freq_scale,
+            name: s.name,
+            n_layers: s.n_layers,
+            n_embd: s.n_embd,
+            n_ff: s.n_ff,
+            n_head: s.n_head,
+            n_head_kv: s.n_head_kv,
+            head_dim: s.head_dim,
+            vocab: s.vocab,
+            n_ctx_train: s.n_ctx_train,
+            norm_eps: s.norm_eps,
+            plan: Plan {
+                norm: s.norm,
+                norm_eps: s.norm_eps,
+                embd_scale: info.embd_scale.then(|| (s.n_embd as f32).sqrt()),
+                final_softcap: s.final_softcap,
+                layers,
+                ropes,
             },
         })
+    }
+}
+
+fn check_scaling(scaling: &RopeScaling, dims: usize) -> Result<(), ModelError> {
+    let factors_fit =
+        |f: &[f32]| f.len() == dims / 2 && f.iter().all(|v| v.is_finite() && *v > 0.0);
+    let ok = match scaling {
+        RopeScaling::None => true,
+        RopeScaling::Linear { factor } => factor.is_finite() && *factor > 0.0,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_ctx,
+        } => {
+            factor.is_finite()
+                && *factor > 0.0
+                && *low_freq_factor > 0.0
+                && high_freq_factor > low_freq_factor
+                && *original_ctx > 0
+        }
+        RopeScaling::Yarn {
+            factor,
+            original_ctx,
+            beta_fast,
+            beta_slow,
+            attn_factor,
+        } => {
+            factor.is_finite()
+                && *factor > 0.0
+                && *original_ctx > 0
+                && beta_fast.is_finite()
+                && beta_slow.is_finite()
+                && attn_factor.is_finite()
+        }
+        RopeScaling::LongRope {
+            short,
+            long,
+            original_ctx,
+            attn_factor,
+        } => {
+            factors_fit(short) && factors_fit(long) && *original_ctx > 0 && attn_factor.is_finite()
+        }
+        RopeScaling::Factors(f) => factors_fit(f),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::Config(format!(
+            "rope scaling {scaling:?} is invalid for {dims} rotary dimensions"
+        )))
+    }
+}
+
+/// A small f32 vector tensor of a GGUF file, if present.
+fn gguf_vector(file: &GgufFile, role: Role) -> Option<Vec<f32>> {
+    file.tensor(&role.gguf_name())?.to_f32_vec()
+}
+
+impl ModelConfig {
+    /// Reads the configuration of a GGUF file; `arch` overrides `general.architecture`.
+    pub fn from_gguf(file: &GgufFile, arch: Option<Arch>) -> Result<ModelConfig, ModelError> {
+        let m = file.metadata();
+        let meta_arch = m.str("general.architecture")?.to_string();
+        let arch = match arch {
+            Some(a) => a,
+            None => Arch::from_name(&meta_arch).ok_or_else(|| ModelError::UnsupportedArch {
+                name: meta_arch.clone(),
+                supported: Arch::supported(),
+            })?,
+        };
+        let vocab = crate::weights::Weights::vocab_of(file)?;
+        let mut s = settings_from_metadata(m, arch, &meta_arch, vocab)?;
+        // Rotary divisors stored as tensors.
+        if let Some(f) = gguf_vector(file, Role::RopeFreqs) {
+            s.rope_scaling = RopeScaling::Factors(f);
+        }
+        if let (Some(long), Some(short)) = (
+            gguf_vector(file, Role::RopeLong),
+            gguf_vector(file, Role::RopeShort),
+        ) {
+            let key = |k: &str| format!("{meta_arch}.{k}");
+            let original_ctx = m
+                .opt(&key("rope.scaling.original_context_length"), Metadata::u64)?
+                .unwrap_or(s.n_ctx_train as u64) as usize;
+            let attn_factor = m
+                .opt(&key("rope.scaling.attn_factor"), Metadata::f32)?
+                .unwrap_or(1.0);
+            s.rope_scaling = RopeScaling::LongRope {
+                short,
+                long,
+                original_ctx,
+                attn_factor,
+            };
+        }
+        s.assemble(arch, &meta_arch)
     }
 
     /// Width of all query heads together.
@@ -157,4 +314,102 @@ impl ModelConfig {
     pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> usize {
         2 * self.n_layers * self.kv_dim() * bytes_per_value
     }
+}
+
+/// The [`Settings`] of GGUF metadata whose keys use the prefix `meta_arch`.
+fn settings_from_metadata(
+    m: &Metadata,
+    arch: Arch,
+    meta_arch: &str,
+    vocab: usize,
+) -> Result<Settings, ModelError> {
+    let key = |k: &str| format!("{meta_arch}.{k}");
+    let get = |k: &str| -> Result<usize, ModelError> { positive(&key(k), m.u64(&key(k))?) };
+    let opt = |k: &str| -> Result<Option<usize>, ModelError> {
+        m.opt(&key(k), Metadata::u64)?
+            .map(|v| positive(&key(k), v))
+            .transpose()
+    };
+    let optf = |k: &str| m.opt(&key(k), Metadata::f32);
+    let n_embd = get("embedding_length")?;
+    let n_head = get("attention.head_count")?;
+    let n_head_kv = opt("attention.head_count_kv")?.unwrap_or(n_head);
+    let head_dim = opt("attention.key_length")?.unwrap_or(n_embd / n_head);
+    let v_dim = opt("attention.value_length")?.unwrap_or(head_dim);
+    if v_dim != head_dim {
+        return Err(ModelError::Config(format!(
+            "value head size {v_dim} differs from key head size {head_dim}, which is not supported"
+        )));
+    }
+    let n_ctx_train = opt("context_length")?.unwrap_or(2048);
+    let scaling = m
+        .opt(&key("rope.scaling.type"), Metadata::str)?
+        .unwrap_or("none");
+    let factor = optf("rope.scaling.factor")?.unwrap_or(1.0);
+    let original_ctx = opt("rope.scaling.original_context_length")?.unwrap_or(n_ctx_train);
+    let rope_scaling = match scaling {
+        "none" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor },
+        "yarn" => RopeScaling::Yarn {
+            factor,
+            original_ctx,
+            beta_fast: optf("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+            beta_slow: optf("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+            attn_factor: optf("rope.scaling.attn_factor")?.unwrap_or(1.0),
+        },
+        other => {
+            return Err(ModelError::Config(format!(
+                "rope scaling '{other}' ({}) is not supported yet",
+                key("rope.scaling.type")
+            )))
+        }
+    };
+    let n_layers = get("block_count")?;
+    // llama.cpp's rule for Gemma 2/3 (the GGUF keeps no query_pre_attn_scalar): 1/√head_dim,
+    // except the 27B models, whose scalar is n_embd / n_head.
+    let query_scale = match arch {
+        Arch::Gemma2 | Arch::Gemma3 if matches!(n_embd, 4608 | 5376) => {
+            Some(1.0 / ((n_embd / n_head) as f32).sqrt())
+        }
+        _ => None,
+    };
+    let local_rope = match arch {
+        Arch::Gemma3 => Some((
+            optf("rope.freq_base_swa")?.unwrap_or(10_000.0),
+            RopeScaling::None,
+        )),
+        _ => None,
+    };
+    let window = match arch.info().sliding {
+        SlidingLayers::None => None,
+        _ => opt("attention.sliding_window")?,
+    };
+    let sliding_layers = match (arch, opt("attention.sliding_window_pattern")?) {
+        (Arch::Gemma3, Some(n)) => Some((0..n_layers).map(|i| (i + 1) % n != 0).collect()),
+        _ => None,
+    };
+    Ok(Settings {
+        name: m.opt("general.name", Metadata::str)?.map(str::to_string),
+        n_layers,
+        n_embd,
+        n_ff: get("feed_forward_length")?,
+        n_head,
+        n_head_kv,
+        head_dim,
+        vocab,
+        n_ctx_train,
+        norm_eps: optf("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+        // Gemma's converter stores 1 + w: every GGUF norm is a plain one.
+        norm: NormKind::Rms,
+        rope_style: arch.info().rope,
+        rope_dims: opt("rope.dimension_count")?.unwrap_or(head_dim),
+        rope_base: optf("rope.freq_base")?.unwrap_or(10_000.0),
+        rope_scaling,
+        local_rope,
+        window,
+        sliding_layers,
+        attn_softcap: optf("attn_logit_softcapping")?,
+        final_softcap: optf("final_logit_softcapping")?,
+        query_scale,
+    })
 }

@@ -1,16 +1,19 @@
 //! The forward pass shared by every architecture: a batch of (token, position, sequence) goes
 //! through the layers as matrices — one weight-matrix × many-token product per projection —
-//! with the per-architecture parts (rotary layout, biases) taken from the configuration.
+//! each layer running the parts its [`crate::parts::Layer`] names.
 //!
-//! x = embed(tokens)
+//! x = embed(tokens) (· embd_scale)
 //! for each layer:
-//!     h = rmsnorm(x) ; q, k, v = h·Wq (+bq), h·Wk (+bk), h·Wv (+bv) ; rope(q, k)
-//!         (the norm is fused into the encoding of the activations where it can be)
-//!     cache[seq][pos] = (k, v) ; x += attend(q, cache) · Wo
-//!     h = rmsnorm(x) ; x += (silu(h·Wgate) * h·Wup) · Wdown   (FFN_CHUNK rows at a time)
-//! logits = rmsnorm(x[wanted rows]) · Wout
+//!     h = norm(x) ; q, k, v = h·Wq (+bq), h·Wk (+bk), h·Wv (+bv)
+//!         (an RMSNorm is fused into the encoding of the activations where it can be)
+//!     q, k = rope(qk_norm(q), qk_norm(k))   (the layer's own rope table)
+//!     cache[seq][pos] = (k, v) ; x += post_norm(attend(q, cache) · Wo)   (window, soft-cap)
+//!     h = norm(x) ; x += post_norm((act(h·Wgate) * h·Wup) · Wdown)   (FFN_CHUNK rows at a time)
+//! logits = softcap(norm(x[wanted rows]) · Wout)
 
-use torchless_kernels::ops::{rms_norm, rope_cache, rope_heads, swiglu};
+use torchless_kernels::ops::{
+    geglu, layer_norm, rms_norm, rms_scale, rope_cache_freqs, rope_heads, softcap, swiglu,
+};
 use torchless_kernels::tile::SharedOut;
 use torchless_kernels::{matmul, matmul_f32, matmul_many, Activations, GgmlType, Tensor};
 
@@ -19,6 +22,8 @@ use crate::batch::Batch;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
 use crate::model::{Dump, Model, Precision};
+use crate::parts::{Activation, NormKind};
+use crate::weights::{FfnWeights, MixerWeights, Norm};
 use crate::workspace::{Workspace, FFN_CHUNK};
 
 /// `dump!(self, "name-{l}", data, rows)`: reports a tensor when the model was loaded with
@@ -118,32 +123,49 @@ impl Model {
         Ok(())
     }
 
-    /// [`Model::project`] of `rms_norm(x, norm)` (`input` = `(x, norm)`): in the reference
-    /// precision, when every output takes the same activation format, the norm is fused into
-    /// the encoding (the normalized rows are never written); otherwise (and always when
-    /// dumping, so that the caller can dump `xn`) they go through `xn`.
+    /// [`Model::project`] of `norm(x)` (`input` = `(x, norm)`): in the reference precision,
+    /// when the norm is an RMSNorm and every output takes the same activation format, the norm
+    /// is fused into the encoding (the normalized rows are never written); otherwise (and
+    /// always when dumping, so that the caller can dump `xn`) they go through `xn`.
     fn project_normed(
         &self,
         acts: &mut Activations,
-        input: (&[f32], &[f32]),
+        input: (&[f32], &Norm),
         xn: &mut [f32],
         n: usize,
         outputs: &mut [(&Tensor, &mut [f32])],
     ) -> Result<(), ModelError> {
         let (x, norm) = input;
         let (d, eps) = (self.config.n_embd, self.config.norm_eps);
+        let rms = self.config.plan.norm != NormKind::Layer;
         if let Some(need) = self
             .shared_format(outputs)
-            .filter(|_| self.dump == Dump::Off)
+            .filter(|_| self.dump == Dump::Off && rms)
         {
-            acts.encode_rms_norm(&self.pool, &self.kernels, need, x, norm, eps, n, d)?;
+            acts.encode_rms_norm(&self.pool, &self.kernels, need, x, &norm.w, eps, n, d)?;
             matmul_many(&self.pool, &self.kernels, acts, outputs)?;
             return Ok(());
         }
-        for (row, out) in x.chunks_exact(d).zip(xn.chunks_exact_mut(d)).take(n) {
-            rms_norm(row, norm, eps, out);
-        }
+        self.norm_rows(norm, &x[..n * d], &mut xn[..n * d]);
         self.project(acts, &xn[..n * d], n, outputs)
+    }
+
+    /// `out[t] = norm(x[t])` for rows of `n_embd`, with the model's kind of norm.
+    fn norm_rows(&self, norm: &Norm, x: &[f32], out: &mut [f32]) {
+        let (d, eps) = (self.config.n_embd, self.config.norm_eps);
+        for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            match self.config.plan.norm {
+                NormKind::Layer => layer_norm(row, &norm.w, norm.b.as_deref(), eps, o),
+                NormKind::Rms | NormKind::RmsOnePlus => rms_norm(row, &norm.w, eps, o),
+            }
+        }
+    }
+
+    /// `x[t] = norm(x[t])` through `tmp` (a post-norm on a part's output).
+    fn norm_in_place(&self, norm: &Norm, x: &mut [f32], tmp: &mut [f32]) {
+        let tmp = &mut tmp[..x.len()];
+        tmp.copy_from_slice(x);
+        self.norm_rows(norm, tmp, x);
     }
 
     /// Checks a batch against the model, the workspace and the cache, and reserves its
@@ -210,9 +232,9 @@ impl Model {
     ) -> Result<(), ModelError> {
         self.prepare(batch, cache, ws)?;
         let c = &self.config;
+        let plan = &c.plan;
         let n = batch.len();
-        let (d, qd, kvd, ff, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff, c.head_dim);
-        let rd = c.rope.dims;
+        let (d, ff) = (c.n_embd, c.n_ff);
         let Workspace {
             x,
             xn,
@@ -224,34 +246,39 @@ impl Model {
             gate,
             up,
             rope,
+            rope_freqs,
             scores,
             acts,
             out_rows,
             out_hidden,
             logits,
             max_ctx,
+            max_batch,
             n_outputs,
             ..
         } = ws;
 
         for (t, &tok) in batch.tokens.iter().enumerate() {
-            if !self
-                .weights
-                .token_embd
-                .row_to_f32(tok as usize, &mut x[t * d..(t + 1) * d])
-            {
+            let row = &mut x[t * d..(t + 1) * d];
+            if !self.weights.token_embd.row_to_f32(tok as usize, row) {
                 return Err(ModelError::InvalidToken {
                     id: tok,
                     vocab: c.vocab,
                 });
             }
-            rope_cache(
-                batch.pos[t] as f32,
-                rd,
-                c.rope.freq_base,
-                c.rope.freq_scale,
-                &mut rope[t * rd..(t + 1) * rd],
-            );
+            if let Some(s) = plan.embd_scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+        }
+        // One table of cos/sin per token for each distinct rotary embedding.
+        let table_len = *max_batch * plan.max_rope_dims();
+        for (r, (spec, freqs)) in plan.ropes.iter().zip(rope_freqs.iter()).enumerate() {
+            let rd = spec.dims;
+            let tables = &mut rope[r * table_len..(r + 1) * table_len];
+            for t in 0..n {
+                let table = &mut tables[t * rd..(t + 1) * rd];
+                rope_cache_freqs(batch.pos[t] as f32, rd, freqs, table);
+            }
         }
         dump!(self, "embd", &x[..n * d], n);
         out_rows.clear();
@@ -261,23 +288,19 @@ impl Model {
         let last = self.weights.layers.len().saturating_sub(1);
         let mut pruned = false;
 
-        let shape = |layer| AttnShape {
-            layer,
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
-        };
-        for (l, w) in self.weights.layers.iter().enumerate() {
+        for (l, (w, spec)) in self.weights.layers.iter().zip(&plan.layers).enumerate() {
+            let a = spec.attention();
+            let MixerWeights::Attention(aw) = &w.mixer;
+            let (qd, kvd, hd) = (a.q_dim(), a.kv_dim(), a.head_dim);
             self.project_normed(
                 acts,
                 (&x[..n * d], &w.attn_norm),
                 &mut xn[..n * d],
                 n,
                 &mut [
-                    (&w.wq, &mut q[..n * qd]),
-                    (&w.wk, &mut k[..n * kvd]),
-                    (&w.wv, &mut v[..n * kvd]),
+                    (&aw.wq, &mut q[..n * qd]),
+                    (&aw.wk, &mut k[..n * kvd]),
+                    (&aw.wv, &mut v[..n * kvd]),
                 ],
             )?;
             dump!(self, "attn_norm-{l}", &xn[..n * d], n);
@@ -286,7 +309,10 @@ impl Model {
             dump!(self, "Vcur-{l}", &v[..n * kvd], n);
             {
                 let (qs, ks, vs) = (SharedOut::new(q), SharedOut::new(k), SharedOut::new(v));
-                let (bq, bk, bv) = (w.bq.as_deref(), w.bk.as_deref(), w.bv.as_deref());
+                let (bq, bk, bv) = (aw.bq.as_deref(), aw.bk.as_deref(), aw.bv.as_deref());
+                let (qn, kn) = (aw.q_norm.as_deref(), aw.k_norm.as_deref());
+                let rope_of = a.rope.map(|r| (&plan.ropes[r], &rope[r * table_len..]));
+                let eps = c.norm_eps;
                 self.per_token(n, |t| {
                     // SAFETY: token `t`'s rows of q, k and v are touched by this call only.
                     let (qt, kt, vt) = unsafe {
@@ -301,9 +327,16 @@ impl Model {
                             torchless_kernels::ops::add_assign(row, b);
                         }
                     }
-                    let table = &rope[t * rd..(t + 1) * rd];
-                    rope_heads(&self.kernels, qt, hd, rd, c.rope.style, table);
-                    rope_heads(&self.kernels, kt, hd, rd, c.rope.style, table);
+                    for (norm, row) in [(qn, &mut *qt), (kn, &mut *kt)] {
+                        if let Some(wn) = norm {
+                            head_norm(row, wn, eps);
+                        }
+                    }
+                    if let Some((r, tables)) = rope_of {
+                        let table = &tables[t * r.dims..(t + 1) * r.dims];
+                        rope_heads(&self.kernels, qt, hd, r.dims, r.style, table);
+                        rope_heads(&self.kernels, kt, hd, r.dims, r.style, table);
+                    }
                 });
             }
             for t in 0..n {
@@ -317,10 +350,19 @@ impl Model {
             }
             dump!(self, "Qrope-{l}", &q[..n * qd], n);
             dump!(self, "Krope-{l}", &k[..n * kvd], n);
+            let shape = AttnShape {
+                layer: l,
+                n_head: a.n_head,
+                n_head_kv: a.n_head_kv,
+                head_dim: hd,
+                scale: a.scale,
+                window: a.window,
+                softcap: a.softcap,
+            };
             attend(
                 &self.kernels,
                 &self.pool,
-                &shape(l),
+                &shape,
                 batch,
                 cache,
                 &q[..n * qd],
@@ -329,7 +371,7 @@ impl Model {
                 *max_ctx,
             )?;
             dump!(self, "kqv_out-{l}", &att[..n * qd], n);
-            self.project(acts, &att[..n * qd], n, &mut [(&w.wo, &mut proj[..n * d])])?;
+            self.project(acts, &att[..n * qd], n, &mut [(&aw.wo, &mut proj[..n * d])])?;
             dump!(self, "attn_out-{l}", &proj[..n * d], n);
             // After the last layer's attention only the rows whose logits are wanted matter
             // (as in llama.cpp, which drops the others at this point): keep those, in order.
@@ -346,9 +388,21 @@ impl Model {
             if m == 0 {
                 break;
             }
+            if let Some(norm) = &w.post_mixer_norm {
+                self.norm_in_place(norm, &mut proj[..m * d], xn);
+                dump!(self, "attn_post_norm-{l}", &proj[..m * d], m);
+            }
             self.residual(&mut x[..m * d], &proj[..m * d], d);
             dump!(self, "ffn_inp-{l}", &x[..m * d], m);
 
+            let FfnWeights::Gated {
+                w_gate,
+                w_up,
+                w_down,
+            } = &w.ffn;
+            let act = match spec.ffn {
+                crate::parts::FeedForward::Gated { act, .. } => act,
+            };
             // The feed-forward block runs over at most `FFN_CHUNK` rows at a time: its
             // intermediate rows (n_ff wide) are the largest buffers of a forward pass.
             let mut c0 = 0;
@@ -368,10 +422,7 @@ impl Model {
                     (xs, &w.ffn_norm),
                     &mut xn[..k * d],
                     k,
-                    &mut [
-                        (&w.w_gate, &mut gate[..k * ff]),
-                        (&w.w_up, &mut up[..k * ff]),
-                    ],
+                    &mut [(w_gate, &mut gate[..k * ff]), (w_up, &mut up[..k * ff])],
                 )?;
                 dump!(self, "ffn_gate-{l}", &gate[..k * ff], k);
                 dump!(self, "ffn_up-{l}", &up[..k * ff], k);
@@ -381,11 +432,18 @@ impl Model {
                     self.per_token(k, |t| {
                         // SAFETY: token `t`'s row of `gate` is touched by this call only.
                         let g = unsafe { gs.slice_mut(t * ff, ff) };
-                        swiglu(&self.kernels, g, &up[t * ff..(t + 1) * ff]);
+                        let u = &up[t * ff..(t + 1) * ff];
+                        match act {
+                            Activation::Silu => swiglu(&self.kernels, g, u),
+                            Activation::GeluTanh => geglu(g, u),
+                        }
                     });
                 }
                 let out = &mut proj[rows.start * d..rows.end * d];
-                self.project(acts, &gate[..k * ff], k, &mut [(&w.w_down, out)])?;
+                self.project(acts, &gate[..k * ff], k, &mut [(w_down, &mut *out)])?;
+                if let Some(norm) = &w.post_ffn_norm {
+                    self.norm_in_place(norm, out, xn);
+                }
                 dump!(self, "ffn_out-{l}", &proj[rows.start * d..rows.end * d], k);
                 self.residual(xs, &proj[rows.start * d..rows.end * d], d);
             }
@@ -401,10 +459,9 @@ impl Model {
         for (i, &t) in out_rows.iter().enumerate() {
             // The last layer may have left the wanted rows first, in order.
             let r = if pruned { i } else { t };
-            rms_norm(
-                &x[r * d..(r + 1) * d],
+            self.norm_rows(
                 &self.weights.output_norm,
-                c.norm_eps,
+                &x[r * d..(r + 1) * d],
                 &mut out_hidden[i * d..(i + 1) * d],
             );
         }
@@ -417,7 +474,20 @@ impl Model {
             n_out,
             &mut [(&self.weights.output, &mut logits[..n_out * c.vocab])],
         )?;
+        if let Some(cap) = plan.final_softcap {
+            softcap(&mut logits[..n_out * c.vocab], cap);
+        }
         dump!(self, "result_output", &logits[..n_out * c.vocab], n_out);
         Ok(())
+    }
+}
+
+/// RMSNorm of every head of `row` (heads as wide as `w`), in place.
+fn head_norm(row: &mut [f32], w: &[f32], eps: f32) {
+    for head in row.chunks_exact_mut(w.len().max(1)) {
+        let s = rms_scale(head, eps);
+        for (v, &g) in head.iter_mut().zip(w) {
+            *v = (*v * s) * g;
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! torchless-model: language models on the torchless kernels.
 //!
 //! - [`arch`]: the registry of architectures and their small differences;
-//! - [`config`]: hyper-parameters from GGUF metadata;
-//! - [`weights`]: tensors by role, shapes checked (the one place GGUF tensor names appear);
+//! - [`parts`]: the parts a layer is made of and the per-layer plan;
+//! - [`config`], [`hf_config`]: hyper-parameters and plan from GGUF metadata or config.json;
+//! - [`source`]: tensors by role from GGUF or safetensors files (the one table of names);
+//! - [`weights`]: the tensors of every part, shapes checked;
 //! - [`kv_cache`]: the paged KV cache (block pool, per-sequence block tables);
 //! - [`batch`], [`workspace`], [`attention`], [`forward`]: the batched forward pass;
 //! - [`sampler`], [`session`], [`generate`], [`perplexity`]: running a model.
@@ -16,11 +18,14 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod generate;
+pub mod hf_config;
 pub mod kv_cache;
 pub mod model;
+pub mod parts;
 pub mod perplexity;
 pub mod sampler;
 pub mod session;
+pub mod source;
 pub mod weights;
 pub mod workspace;
 

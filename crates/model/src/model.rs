@@ -1,5 +1,6 @@
 //! A loaded model: configuration, weights, tokenizer, and the compute context (kernels and
-//! thread pool) its forward pass runs on.
+//! thread pool) its forward pass runs on. A path to a file loads a GGUF file; a path to a
+//! directory loads a HuggingFace checkpoint (config.json + safetensors).
 
 use std::path::Path;
 
@@ -11,6 +12,8 @@ use crate::arch::Arch;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvType;
+use crate::source::gguf::GgufSource;
+use crate::source::safetensors::HfSource;
 use crate::weights::Weights;
 
 /// Which arithmetic the forward pass uses.
@@ -68,7 +71,9 @@ pub struct Model {
     pub(crate) config: ModelConfig,
     pub(crate) weights: Weights,
     tokenizer: Option<Tokenizer>,
-    file: GgufFile,
+    /// The GGUF file the model came from (None for a HuggingFace directory).
+    gguf: Option<GgufFile>,
+    file_bytes: u64,
     pub(crate) precision: Precision,
     pub(crate) kernels: Kernels,
     pub(crate) pool: ThreadPool,
@@ -103,38 +108,78 @@ pub fn physical_cores() -> usize {
     }
 }
 
+/// The architecture `--arch` names, if any.
+fn forced_arch(opts: &LoadOptions) -> Result<Option<Arch>, ModelError> {
+    opts.arch
+        .as_deref()
+        .map(|name| {
+            Arch::from_name(name).ok_or_else(|| ModelError::UnsupportedArch {
+                name: name.to_string(),
+                supported: Arch::supported(),
+            })
+        })
+        .transpose()
+}
+
 impl Model {
-    /// Opens a GGUF file and builds the model it describes.
+    /// Opens a GGUF file, or a HuggingFace directory, and builds the model it describes.
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model, ModelError> {
         let path = path.as_ref();
+        if path.is_dir() {
+            return Model::from_hf_dir(path, opts);
+        }
         let file = GgufFile::open(path, opts.mode)?;
         Model::from_gguf(file, opts)
     }
 
     pub fn from_gguf(file: GgufFile, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let config = ModelConfig::from_gguf(&file, forced_arch(opts)?)?;
+        let weights = Weights::load(&GgufSource { file: &file }, &config)?;
         let m = file.metadata();
-        let meta_arch = m.str("general.architecture")?.to_string();
-        let arch_name = opts.arch.clone().unwrap_or_else(|| meta_arch.clone());
-        let arch = Arch::from_name(&arch_name).ok_or_else(|| ModelError::UnsupportedArch {
-            name: arch_name.clone(),
-            supported: Arch::supported(),
-        })?;
-        let vocab = Weights::vocab_of(&file)?;
-        let config = ModelConfig::from_metadata(m, arch, &meta_arch, vocab)?;
-        let mut weights = Weights::load(&file, &config)?;
         let tokenizer = match Tokenizer::from_metadata(m) {
             Ok(t) => Some(t),
             Err(torchless_tokenizer::TokenizerError::Missing) => None,
             Err(e) => return Err(e.into()),
         };
         if let Some(t) = &tokenizer {
-            if t.len() > vocab {
+            if t.len() > config.vocab {
                 tracing::warn!(
-                    "the tokenizer has {} tokens but the model only {vocab} rows",
-                    t.len()
+                    "the tokenizer has {} tokens but the model only {} rows",
+                    t.len(),
+                    config.vocab
                 );
             }
         }
+        let file_bytes = file.file_size();
+        Model::assemble(config, weights, tokenizer, Some(file), file_bytes, opts)
+    }
+
+    /// Loads a HuggingFace checkpoint: `dir/config.json` and its safetensors files (F32, F16
+    /// or BF16 weights, viewed in place). The tokenizer files are not read yet: such a model
+    /// runs on token ids.
+    pub fn from_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let json = crate::hf_config::read(dir)?;
+        let arch = match forced_arch(opts)? {
+            Some(a) => a,
+            None => crate::hf_config::arch_of(&json)?.0,
+        };
+        let src = HfSource::open(dir, opts.mode, arch)?;
+        let vocab = crate::weights::vocab_of_source(&src)?;
+        let path = dir.join("config.json").display().to_string();
+        let config = crate::hf_config::config_from_json(&json, &path, Some(arch), vocab)?;
+        let weights = Weights::load(&src, &config)?;
+        let bytes = src.file_bytes();
+        Model::assemble(config, weights, None, None, bytes, opts)
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        mut weights: Weights,
+        tokenizer: Option<Tokenizer>,
+        gguf: Option<GgufFile>,
+        file_bytes: u64,
+        opts: &LoadOptions,
+    ) -> Result<Model, ModelError> {
         let kernels = match opts.isa {
             Some(isa) => Kernels::new(isa).map_err(|e| ModelError::Config(e.to_string()))?,
             None => Kernels::best(),
@@ -151,7 +196,7 @@ impl Model {
             opts.threads
         };
         tracing::info!(
-            arch = arch.name(),
+            arch = config.arch.name(),
             layers = config.n_layers,
             n_embd = config.n_embd,
             threads,
@@ -162,7 +207,8 @@ impl Model {
             config,
             weights,
             tokenizer,
-            file,
+            gguf,
+            file_bytes,
             precision: opts.precision,
             kernels,
             pool: ThreadPool::new(threads),
@@ -189,8 +235,14 @@ impl Model {
         ))
     }
 
-    pub fn file(&self) -> &GgufFile {
-        &self.file
+    /// The GGUF file the model was loaded from (None for a HuggingFace directory).
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        self.gguf.as_ref()
+    }
+
+    /// Bytes of the model's files.
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes
     }
 
     pub fn precision(&self) -> Precision {

@@ -1,20 +1,27 @@
-//! Model weights: GGUF tensor names mapped to the parts of the network, with every shape and
-//! type checked at load. Matrices stay views into the (memory-mapped) file; small vectors
-//! (norms, biases) are converted to f32 once.
+//! Model weights: the tensors of every part of the [`Plan`], taken by [`Role`] from a
+//! [`WeightSource`], with every shape and type checked at load. Matrices stay views into the
+//! (memory-mapped) file — a fused projection is split into row views, not copied; small vectors
+//! (norms, biases) are converted to f32 once, Gemma's `1 + w` norms resolved here.
 //!
-//! GGUF's naming lives here and only here (`blk.{i}.attn_q.weight` …).
+//! No file format's names appear here: they are [`crate::source`]'s.
 
 use torchless_gguf::GgufFile;
 use torchless_kernels::Tensor;
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::parts::{FeedForward, Mixer, NormKind};
+use crate::source::{Role, WeightSource};
 
-/// One transformer block.
+/// A norm's weight (and bias, for LayerNorm), `n` wide.
+pub struct Norm {
+    pub w: Vec<f32>,
+    pub b: Option<Vec<f32>>,
+}
+
+/// Grouped-query attention's tensors.
 // Shapes use GGML order: [row length (input), rows (output)].
-pub struct LayerWeights {
-    /// attn_norm: [n_embd]
-    pub attn_norm: Vec<f32>,
+pub struct AttnWeights {
     /// wq: [n_embd, n_head * head_dim]
     pub wq: Tensor,
     /// wk, wv: [n_embd, n_head_kv * head_dim]
@@ -24,15 +31,69 @@ pub struct LayerWeights {
     pub bq: Option<Vec<f32>>,
     pub bk: Option<Vec<f32>>,
     pub bv: Option<Vec<f32>>,
+    /// Per-head RMSNorm weights of queries and keys: [head_dim] (Qwen3, Gemma 3).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
     /// wo: [n_head * head_dim, n_embd]
     pub wo: Tensor,
-    /// ffn_norm: [n_embd]
-    pub ffn_norm: Vec<f32>,
-    /// w_gate, w_up: [n_embd, n_ff]
-    pub w_gate: Tensor,
-    pub w_up: Tensor,
-    /// w_down: [n_ff, n_embd]
-    pub w_down: Tensor,
+}
+
+/// The tensors of a layer's mixer.
+pub enum MixerWeights {
+    Attention(AttnWeights),
+}
+
+/// The tensors of a layer's feed-forward.
+pub enum FfnWeights {
+    /// w_gate, w_up: [n_embd, n_ff]; w_down: [n_ff, n_embd].
+    Gated {
+        w_gate: Tensor,
+        w_up: Tensor,
+        w_down: Tensor,
+    },
+}
+
+/// One layer.
+pub struct LayerWeights {
+    pub attn_norm: Norm,
+    pub mixer: MixerWeights,
+    pub post_mixer_norm: Option<Norm>,
+    pub ffn_norm: Norm,
+    pub ffn: FfnWeights,
+    pub post_ffn_norm: Option<Norm>,
+}
+
+impl LayerWeights {
+    /// The layer's matrices, in a stable order.
+    pub fn matrices_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut v: Vec<&mut Tensor> = Vec::new();
+        match &mut self.mixer {
+            MixerWeights::Attention(a) => v.extend([&mut a.wq, &mut a.wk, &mut a.wv, &mut a.wo]),
+        }
+        match &mut self.ffn {
+            FfnWeights::Gated {
+                w_gate,
+                w_up,
+                w_down,
+            } => v.extend([w_gate, w_up, w_down]),
+        }
+        v
+    }
+
+    pub fn matrices(&self) -> Vec<&Tensor> {
+        let mut v: Vec<&Tensor> = Vec::new();
+        match &self.mixer {
+            MixerWeights::Attention(a) => v.extend([&a.wq, &a.wk, &a.wv, &a.wo]),
+        }
+        match &self.ffn {
+            FfnWeights::Gated {
+                w_gate,
+                w_up,
+                w_down,
+            } => v.extend([w_gate, w_up, w_down]),
+        }
+        v
+    }
 }
 
 /// All weights of a model.
@@ -40,34 +101,34 @@ pub struct Weights {
     /// token_embd: [n_embd, vocab]; rows are looked up per token.
     pub token_embd: Tensor,
     pub layers: Vec<LayerWeights>,
-    /// output_norm: [n_embd]
-    pub output_norm: Vec<f32>,
+    pub output_norm: Norm,
     /// output: [n_embd, vocab]; the embedding table itself when the model ties them.
     pub output: Tensor,
     pub tied_output: bool,
 }
 
 struct Loader<'a> {
-    file: &'a GgufFile,
+    src: &'a dyn WeightSource,
+    norm: NormKind,
 }
 
 impl Loader<'_> {
-    fn get(&self, name: &str, dims: &[usize]) -> Result<Tensor, ModelError> {
+    fn get(&self, role: Role, dims: &[usize]) -> Result<Tensor, ModelError> {
         let t = self
-            .file
-            .tensor(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        self.check(name, t, dims)
+            .src
+            .tensor(role)
+            .ok_or_else(|| ModelError::MissingTensor(self.src.name(role)))?;
+        self.check(role, t, dims)
     }
 
-    fn get_opt(&self, name: &str, dims: &[usize]) -> Result<Option<Tensor>, ModelError> {
-        self.file
-            .tensor(name)
-            .map(|t| self.check(name, t, dims))
+    fn get_opt(&self, role: Role, dims: &[usize]) -> Result<Option<Tensor>, ModelError> {
+        self.src
+            .tensor(role)
+            .map(|t| self.check(role, t, dims))
             .transpose()
     }
 
-    fn check(&self, name: &str, t: Tensor, dims: &[usize]) -> Result<Tensor, ModelError> {
+    fn check(&self, role: Role, t: Tensor, dims: &[usize]) -> Result<Tensor, ModelError> {
         // Trailing dimensions of size 1 are insignificant.
         let mut found = t.dims().to_vec();
         while found.len() > dims.len() && found.last() == Some(&1) {
@@ -75,83 +136,199 @@ impl Loader<'_> {
         }
         if found != dims {
             return Err(ModelError::TensorShape {
-                name: name.to_string(),
+                name: self.src.name(role),
                 expected: dims.to_vec(),
                 found: t.dims().to_vec(),
             });
         }
         if !t.ty().is_supported() {
             return Err(ModelError::UnsupportedType {
-                name: name.to_string(),
+                name: self.src.name(role),
                 ty: t.ty(),
             });
         }
         Ok(t)
     }
 
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-        let t = self.get(name, &[len])?;
+    fn to_vec(&self, role: Role, t: Tensor) -> Result<Vec<f32>, ModelError> {
         t.to_f32_vec().ok_or(ModelError::UnsupportedType {
-            name: name.to_string(),
+            name: self.src.name(role),
             ty: t.ty(),
         })
     }
 
-    fn vector_opt(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
-        match self.get_opt(name, &[len])? {
-            Some(t) => t.to_f32_vec().map(Some).ok_or(ModelError::UnsupportedType {
-                name: name.to_string(),
-                ty: t.ty(),
-            }),
+    fn vector_opt(&self, role: Role, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        match self.get_opt(role, &[len])? {
+            Some(t) => self.to_vec(role, t).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// A norm's weight as the forward pass applies it (`1 + w` resolved).
+    fn norm_weight(&self, role: Role, len: usize) -> Result<Vec<f32>, ModelError> {
+        let t = self.get(role, &[len])?;
+        let mut w = self.to_vec(role, t)?;
+        if self.norm == NormKind::RmsOnePlus {
+            w.iter_mut().for_each(|v| *v += 1.0);
+        }
+        Ok(w)
+    }
+
+    fn norm(&self, w: Role, b: Option<Role>, len: usize) -> Result<Norm, ModelError> {
+        let b = match (self.norm, b) {
+            (NormKind::Layer, Some(b)) => self.vector_opt(b, len)?,
+            _ => None,
+        };
+        Ok(Norm {
+            w: self.norm_weight(w, len)?,
+            b,
+        })
+    }
+
+    /// `parts` consecutive row ranges of one fused matrix `[cols, sum(rows)]`.
+    fn split(&self, role: Role, cols: usize, rows: &[usize]) -> Result<Vec<Tensor>, ModelError> {
+        let t = self.get(role, &[cols, rows.iter().sum()])?;
+        let mut at = 0;
+        rows.iter()
+            .map(|&n| {
+                let v = t.rows_view(at, n).ok_or_else(|| ModelError::TensorShape {
+                    name: self.src.name(role),
+                    expected: vec![cols, rows.iter().sum()],
+                    found: t.dims().to_vec(),
+                });
+                at += n;
+                v
+            })
+            .collect()
+    }
+}
+
+/// The vocabulary size of a source, from its embedding table's shape.
+pub fn vocab_of_source(src: &dyn WeightSource) -> Result<usize, ModelError> {
+    let t = src
+        .tensor(Role::TokenEmbd)
+        .ok_or_else(|| ModelError::MissingTensor(src.name(Role::TokenEmbd)))?;
+    match t.dims() {
+        [_, v] | [_, v, 1] if *v > 0 => Ok(*v),
+        d => Err(ModelError::Config(format!(
+            "{} has shape {d:?}, expected [n_embd, vocab]",
+            src.name(Role::TokenEmbd)
+        ))),
     }
 }
 
 impl Weights {
-    /// The vocabulary size, from the embedding table's shape.
+    /// The vocabulary size of a GGUF file, from the embedding table's shape.
     pub fn vocab_of(file: &GgufFile) -> Result<usize, ModelError> {
+        let name = Role::TokenEmbd.gguf_name();
         let t = file
-            .tensor_info("token_embd.weight")
-            .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
+            .tensor_info(&name)
+            .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
         match t.dims.as_slice() {
             [_, v] | [_, v, 1] if *v > 0 => Ok(*v as usize),
             _ => Err(ModelError::Config(format!(
-                "token_embd.weight has shape {:?}, expected [n_embd, vocab]",
+                "{name} has shape {:?}, expected [n_embd, vocab]",
                 t.dims
             ))),
         }
     }
 
-    pub fn load(file: &GgufFile, c: &ModelConfig) -> Result<Weights, ModelError> {
-        let l = Loader { file };
-        let (d, q, kv, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
-        let token_embd = l.get("token_embd.weight", &[d, c.vocab])?;
-        let output = l.get_opt("output.weight", &[d, c.vocab])?;
+    /// Takes every tensor the plan of `c` needs from `src`.
+    pub fn load(src: &dyn WeightSource, c: &ModelConfig) -> Result<Weights, ModelError> {
+        let fused = c.arch.info().fused;
+        let l = Loader {
+            src,
+            norm: c.plan.norm,
+        };
+        let d = c.n_embd;
+        let token_embd = l.get(Role::TokenEmbd, &[d, c.vocab])?;
+        let output = l.get_opt(Role::Output, &[d, c.vocab])?;
         let tied_output = output.is_none();
         let mut layers = Vec::with_capacity(c.n_layers);
-        for i in 0..c.n_layers {
-            let n = |s: &str| format!("blk.{i}.{s}");
+        for (i, layer) in c.plan.layers.iter().enumerate() {
+            let mixer = match &layer.mixer {
+                Mixer::Attention(a) => {
+                    let (q, kv) = (a.q_dim(), a.kv_dim());
+                    let (wq, wk, wv) = if fused {
+                        let mut p = l.split(Role::Qkv(i), d, &[q, kv, kv])?.into_iter();
+                        match (p.next(), p.next(), p.next()) {
+                            (Some(a), Some(b), Some(c)) => (a, b, c),
+                            _ => return Err(ModelError::MissingTensor(src.name(Role::Qkv(i)))),
+                        }
+                    } else {
+                        (
+                            l.get(Role::Q(i), &[d, q])?,
+                            l.get(Role::K(i), &[d, kv])?,
+                            l.get(Role::V(i), &[d, kv])?,
+                        )
+                    };
+                    let (q_norm, k_norm) = if a.qk_norm {
+                        (
+                            Some(l.norm_weight(Role::QNorm(i), a.head_dim)?),
+                            Some(l.norm_weight(Role::KNorm(i), a.head_dim)?),
+                        )
+                    } else {
+                        (None, None)
+                    };
+                    MixerWeights::Attention(AttnWeights {
+                        wq,
+                        wk,
+                        wv,
+                        bq: l.vector_opt(Role::QBias(i), q)?,
+                        bk: l.vector_opt(Role::KBias(i), kv)?,
+                        bv: l.vector_opt(Role::VBias(i), kv)?,
+                        q_norm,
+                        k_norm,
+                        wo: l.get(Role::O(i), &[q, d])?,
+                    })
+                }
+            };
+            let ffn = match &layer.ffn {
+                FeedForward::Gated { n_ff, .. } => {
+                    let ff = *n_ff;
+                    let (w_gate, w_up) = if fused {
+                        let mut p = l.split(Role::GateUp(i), d, &[ff, ff])?.into_iter();
+                        match (p.next(), p.next()) {
+                            (Some(g), Some(u)) => (g, u),
+                            _ => return Err(ModelError::MissingTensor(src.name(Role::GateUp(i)))),
+                        }
+                    } else {
+                        (
+                            l.get(Role::Gate(i), &[d, ff])?,
+                            l.get(Role::Up(i), &[d, ff])?,
+                        )
+                    };
+                    FfnWeights::Gated {
+                        w_gate,
+                        w_up,
+                        w_down: l.get(Role::Down(i), &[ff, d])?,
+                    }
+                }
+            };
+            let post = |on: bool, role| -> Result<Option<Norm>, ModelError> {
+                Ok(if on {
+                    Some(Norm {
+                        w: l.norm_weight(role, d)?,
+                        b: None,
+                    })
+                } else {
+                    None
+                })
+            };
             layers.push(LayerWeights {
-                attn_norm: l.vector(&n("attn_norm.weight"), d)?,
-                wq: l.get(&n("attn_q.weight"), &[d, q])?,
-                wk: l.get(&n("attn_k.weight"), &[d, kv])?,
-                wv: l.get(&n("attn_v.weight"), &[d, kv])?,
-                bq: l.vector_opt(&n("attn_q.bias"), q)?,
-                bk: l.vector_opt(&n("attn_k.bias"), kv)?,
-                bv: l.vector_opt(&n("attn_v.bias"), kv)?,
-                wo: l.get(&n("attn_output.weight"), &[q, d])?,
-                ffn_norm: l.vector(&n("ffn_norm.weight"), d)?,
-                w_gate: l.get(&n("ffn_gate.weight"), &[d, ff])?,
-                w_up: l.get(&n("ffn_up.weight"), &[d, ff])?,
-                w_down: l.get(&n("ffn_down.weight"), &[ff, d])?,
+                attn_norm: l.norm(Role::AttnNorm(i), Some(Role::AttnNormBias(i)), d)?,
+                mixer,
+                post_mixer_norm: post(layer.post_mixer_norm, Role::PostAttnNorm(i))?,
+                ffn_norm: l.norm(Role::FfnNorm(i), Some(Role::FfnNormBias(i)), d)?,
+                ffn,
+                post_ffn_norm: post(layer.post_ffn_norm, Role::PostFfnNorm(i))?,
             });
         }
         Ok(Weights {
             output: output.unwrap_or_else(|| token_embd.clone()),
             token_embd,
             layers,
-            output_norm: l.vector("output_norm.weight", d)?,
+            output_norm: l.norm(Role::OutputNorm, Some(Role::OutputNormBias), d)?,
             tied_output,
         })
     }
@@ -175,15 +352,7 @@ impl Weights {
             }
         };
         for l in &mut self.layers {
-            for t in [
-                &mut l.wq,
-                &mut l.wk,
-                &mut l.wv,
-                &mut l.wo,
-                &mut l.w_gate,
-                &mut l.w_up,
-                &mut l.w_down,
-            ] {
+            for t in l.matrices_mut() {
                 one(t);
             }
         }
@@ -201,7 +370,7 @@ impl Weights {
     pub fn matrices(&self) -> Vec<&Tensor> {
         let mut v: Vec<&Tensor> = Vec::new();
         for l in &self.layers {
-            v.extend([&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+            v.extend(l.matrices());
         }
         v.push(&self.output);
         v

@@ -33,8 +33,11 @@ pub struct Workspace {
     /// gate, up: [min(max_batch, FFN_CHUNK), n_ff].
     pub(crate) gate: Vec<f32>,
     pub(crate) up: Vec<f32>,
-    /// rope: [max_batch, rope_dims] interleaved cos/sin per token.
+    /// rope: [n_ropes][max_batch, max_rope_dims] interleaved cos/sin per token, one table per
+    /// distinct rotary embedding of the plan.
     pub(crate) rope: Vec<f32>,
+    /// The angle parameters of each rotary embedding for this workspace's context.
+    pub(crate) rope_freqs: Vec<torchless_kernels::ops::RopeFreqs>,
     /// Attention scratch (`attention::scratch_len`).
     pub(crate) scores: Vec<f32>,
     /// Activations encoded for quantized dot products.
@@ -69,7 +72,8 @@ impl Workspace {
             proj: vec![0.0; b * c.n_embd],
             gate: vec![0.0; ffn_rows * c.n_ff],
             up: vec![0.0; ffn_rows * c.n_ff],
-            rope: vec![0.0; b * c.rope.dims],
+            rope: vec![0.0; c.plan.ropes.len() * b * c.plan.max_rope_dims()],
+            rope_freqs: c.plan.ropes.iter().map(|r| r.freqs(max_ctx)).collect(),
             scores: vec![
                 0.0;
                 crate::attention::scratch_len(max_ctx, c.head_dim, c.n_head, threads)
