@@ -44,7 +44,9 @@ fn main() {
         );
     }
     // One small matrix, over and over (in cache): the kernels' compute speed.
-    for m in [&model.weights().layers[0].w_gate, &model.weights().output] {
+    let first = model.weights().layers[0].matrices();
+    // The layer's matrices: wq, wk, wv, wo, then the feed-forward's (gate first).
+    for m in [first[4], &model.weights().output] {
         encode_constant(&mut acts, &pool, &k, m, tokens);
         let reps = (200_000_000 / m.bytes().len()).max(1);
         let t = Instant::now();

@@ -81,19 +81,19 @@ impl Settings {
     pub fn assemble(self, arch: Arch, meta_arch: &str) -> Result<ModelConfig, ModelError> {
         let s = self;
         let info = arch.info();
-        if s.n_head % s.n_head_kv != 0 {
+        if s.n_head_kv == 0 || !s.n_head.is_multiple_of(s.n_head_kv) {
             return Err(ModelError::Config(format!(
                 "{} attention heads cannot be shared by {} key/value heads",
                 s.n_head, s.n_head_kv
             )));
         }
-        if s.head_dim % 2 != 0 || s.head_dim > 1024 {
+        if !s.head_dim.is_multiple_of(2) || s.head_dim > 1024 {
             return Err(ModelError::Config(format!(
                 "head size {} is not supported",
                 s.head_dim
             )));
         }
-        if s.rope_dims > s.head_dim || s.rope_dims % 2 != 0 {
+        if s.rope_dims > s.head_dim || !s.rope_dims.is_multiple_of(2) {
             return Err(ModelError::Config(format!(
                 "rotary dimension {} does not fit head size {}",
                 s.rope_dims, s.head_dim

@@ -279,11 +279,10 @@ pub fn config_from_json(
             .and_then(Value::as_object);
         let (b, sc, _) = rope_of(&j, local, n_ctx_train)?;
         Some((b, sc))
-    } else if let Some(b) = j.f64_opt("rope_local_base_freq")? {
-        // transformers 4's Gemma 3: the local layers take no scaling.
-        Some((b as f32, RopeScaling::None))
     } else {
-        None
+        // transformers 4's Gemma 3: the local layers take no scaling.
+        j.f64_opt("rope_local_base_freq")?
+            .map(|b| (b as f32, RopeScaling::None))
     };
     let rope_dims = match partial {
         Some(p) if p > 0.0 && p <= 1.0 => ((head_dim as f64 * p) as usize) & !1,
