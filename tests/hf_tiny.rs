@@ -156,3 +156,52 @@ fn unbuilt_families_are_refused_by_name() {
         }
     }
 }
+
+/// Broken checkpoints give errors that say what is wrong, never a panic.
+#[test]
+fn broken_checkpoints_are_refused() {
+    let src = common::data("tiny/llama");
+    let dir = common::temp_dir("hf-broken");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let weights = std::fs::read(src.join("model.safetensors")).unwrap();
+    let opts = LoadOptions {
+        precision: Precision::F32,
+        threads: 1,
+        ..LoadOptions::default()
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", weights[..weights.len() / 2].to_vec()),
+        ("header only", weights[..64].to_vec()),
+        ("empty", Vec::new()),
+        ("huge header size", {
+            let mut w = weights.clone();
+            w[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+            w
+        }),
+        ("garbage header", {
+            let mut w = weights.clone();
+            w[8..40].fill(b'#');
+            w
+        }),
+    ];
+    for (what, bytes) in cases {
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        let e = Model::load(&dir, &opts).err();
+        let e = e.unwrap_or_else(|| panic!("{what}: loaded"));
+        assert!(e.to_string().contains("model.safetensors"), "{what}: {e}");
+    }
+    // Weights that do not fit the configuration are named with both shapes.
+    std::fs::write(dir.join("model.safetensors"), &weights).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["intermediate_size"] = 96.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    match Model::load(&dir, &opts) {
+        Err(ModelError::TensorShape { name, .. }) => assert!(name.contains("mlp"), "{name}"),
+        Err(e) => panic!("expected a shape error, got {e}"),
+        Ok(_) => panic!("loaded weights of the wrong shape"),
+    }
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let e = Model::load(&dir, &opts).err().unwrap().to_string();
+    assert!(e.contains("config.json"), "{e}");
+}

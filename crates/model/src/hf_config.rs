@@ -253,9 +253,18 @@ pub fn config_from_json(
             &format!("holds '{t}', a layer torchless does not run yet"),
         ));
     }
-    let sliding_layers = layer_types
-        .as_ref()
-        .map(|t| t.iter().map(|t| t == "sliding_attention").collect());
+    // Without a list, transformers 4's Gemma 3 gives the period of its global layers.
+    let pattern = match j.usize_opt("sliding_window_pattern")? {
+        Some(n) => Some(n),
+        None => j.usize_opt("_sliding_window_pattern")?,
+    };
+    let sliding_layers = match (&layer_types, pattern) {
+        (Some(t), _) => Some(t.iter().map(|t| t == "sliding_attention").collect()),
+        (None, Some(n)) if arch == Arch::Gemma3 => {
+            Some((0..n_layers).map(|i| (i + 1) % n != 0).collect())
+        }
+        _ => None,
+    };
     // Sliding windows: Mistral's "sliding_window" (null when off); Qwen2 only with
     // "use_sliding_window"; Gemma 2/3 per layer type.
     let window = match arch {
@@ -339,4 +348,196 @@ pub fn config_from_json(
         query_scale,
     };
     settings.assemble(arch, &model_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parts::Rope;
+
+    fn tiny(name: &str) -> Value {
+        let path = format!(
+            "{}/../../tests/data/tiny/{name}/config.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn config(v: &Value) -> Result<ModelConfig, ModelError> {
+        config_from_json(v, "config.json", None, 256)
+    }
+
+    /// The same checkpoint described in transformers 4's keys gives the same plan.
+    #[test]
+    fn both_schemas_give_the_same_plan() {
+        for name in ["llama", "mistral", "qwen3", "phi3", "gemma2", "gemma3"] {
+            let v5 = tiny(name);
+            let mut v4 = v5.clone();
+            let o = v4.as_object_mut().unwrap();
+            let params = o.remove("rope_parameters").unwrap();
+            o.remove("dtype");
+            o.insert("torch_dtype".into(), "float32".into());
+            o.remove("layer_types");
+            o.remove("_sliding_window_pattern");
+            match params.get("full_attention") {
+                Some(full) => {
+                    // Gemma 3: the global base on top, the local one under its own key.
+                    o.insert("rope_theta".into(), full["rope_theta"].clone());
+                    let local = params["sliding_attention"]["rope_theta"].clone();
+                    o.insert("rope_local_base_freq".into(), local);
+                    o.insert("sliding_window_pattern".into(), 4.into());
+                }
+                None => {
+                    o.insert("rope_theta".into(), params["rope_theta"].clone());
+                    if let Some(p) = params.get("partial_rotary_factor") {
+                        o.insert("partial_rotary_factor".into(), p.clone());
+                    }
+                }
+            }
+            let (a, b) = (config(&v5).unwrap(), config(&v4).unwrap());
+            assert_eq!(a, b, "{name}");
+        }
+        // What the plans say, for the families whose parts differ.
+        let g3 = config(&tiny("gemma3")).unwrap();
+        let windows: Vec<_> = g3
+            .plan
+            .layers
+            .iter()
+            .map(|l| l.attention().window)
+            .collect();
+        assert_eq!(windows, [Some(8), Some(8), Some(8), None]);
+        let ropes: Vec<_> = g3.plan.layers.iter().map(|l| l.attention().rope).collect();
+        assert_eq!(ropes, [Some(1), Some(1), Some(1), Some(0)]);
+        assert_eq!((g3.plan.ropes[0].base, g3.plan.ropes[1].base), (1e6, 1e4));
+        assert_eq!(g3.plan.embd_scale, Some(8.0));
+        let g2 = config(&tiny("gemma2")).unwrap();
+        let a = g2.plan.layers[1].attention();
+        assert_eq!(
+            (a.softcap, a.window, a.scale),
+            (Some(10.0), None, 32f32.powf(-0.5))
+        );
+        assert_eq!(g2.plan.layers[0].attention().window, Some(8));
+        assert_eq!(g2.plan.final_softcap, Some(5.0));
+        assert!(g2.plan.layers[0].post_mixer_norm && g2.plan.layers[0].post_ffn_norm);
+        let llama = config(&tiny("llama")).unwrap();
+        assert!(llama.plan.layers.iter().all(|l| !l.attention().is_masked()));
+    }
+
+    #[test]
+    fn rope_scaling_is_read_from_either_schema() {
+        let mut v = tiny("llama");
+        let o = v.as_object_mut().unwrap();
+        o.remove("rope_parameters");
+        o.insert("rope_theta".into(), 500000.0.into());
+        o.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+        );
+        let c = config(&v).unwrap();
+        let want = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_ctx: 8192,
+        };
+        assert_eq!(
+            (c.plan.ropes[0].base, &c.plan.ropes[0].scaling),
+            (5e5, &want)
+        );
+        // transformers 5 keeps the same fields inside rope_parameters.
+        let mut v5 = tiny("llama");
+        v5["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "rope_theta": 1e4,
+            "factor": 4.0, "original_max_position_embeddings": 64, "beta_fast": 32, "beta_slow": 1});
+        let c = config(&v5).unwrap();
+        assert!(matches!(
+            c.plan.ropes[0].scaling,
+            RopeScaling::Yarn {
+                factor: 4.0,
+                original_ctx: 64,
+                ..
+            }
+        ));
+        v5["rope_parameters"] = serde_json::json!({"rope_type": "dynamic", "factor": 2.0});
+        let e = config(&v5).unwrap_err().to_string();
+        assert!(e.contains("rope_type") && e.contains("dynamic"), "{e}");
+    }
+
+    /// Llama 3's divisors as transformers computes its scaled inverse frequencies, in f64.
+    #[test]
+    fn llama3_divisors_follow_transformers() {
+        let rope = Rope {
+            style: RopeStyle::Neox,
+            dims: 128,
+            base: 500000.0,
+            scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_ctx: 8192,
+            },
+        };
+        let f = rope.freqs(8192).factors.unwrap();
+        for (i, &got) in f.iter().enumerate() {
+            let inv = 1.0 / 500000f64.powf(2.0 * i as f64 / 128.0);
+            let wave = 2.0 * std::f64::consts::PI / inv;
+            let (lo, hi) = (8192.0 / 1.0, 8192.0 / 4.0);
+            let scaled = if wave < hi {
+                inv
+            } else if wave > lo {
+                inv / 8.0
+            } else {
+                let s = (8192.0 / wave - 1.0) / (4.0 - 1.0);
+                (1.0 - s) * inv / 8.0 + s * inv
+            };
+            let want = inv / scaled;
+            assert!(
+                (got as f64 - want).abs() < 1e-4 * want,
+                "pair {i}: {got} vs {want}"
+            );
+        }
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[63], 8.0);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let mut v = tiny("llama");
+        v.as_object_mut().unwrap().remove("hidden_size");
+        let e = config(&v).unwrap_err().to_string();
+        assert!(e.contains("hidden_size") && e.contains("missing"), "{e}");
+        let mut v = tiny("llama");
+        v["num_key_value_heads"] = 3.into();
+        assert!(config(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("key/value heads"));
+        let mut v = tiny("llama");
+        v["num_attention_heads"] = 0.into();
+        assert!(config(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("num_attention_heads"));
+        let mut v = tiny("gemma2");
+        v["layer_types"] = serde_json::json!([
+            "sliding_attention",
+            "linear_attention",
+            "sliding_attention",
+            "full_attention"
+        ]);
+        assert!(config(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("linear_attention"));
+        let mut v = tiny("gemma2");
+        v["attn_logit_softcapping"] = serde_json::json!({"__float__": "Infinity"});
+        assert!(config(&v).unwrap_err().to_string().contains("soft-cap"));
+        let mut v = tiny("llama");
+        v["model_type"] = "gpt_bigcode".into();
+        v["architectures"] = serde_json::json!(["GPTBigCodeForCausalLM"]);
+        assert!(matches!(
+            config(&v),
+            Err(ModelError::UnsupportedArch { .. })
+        ));
+    }
 }
