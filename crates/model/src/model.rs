@@ -13,6 +13,7 @@ use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvType;
 use crate::source::gguf::GgufSource;
+use crate::source::native;
 use crate::source::safetensors::HfSource;
 use crate::weights::Weights;
 
@@ -128,8 +129,34 @@ impl Model {
         if path.is_dir() {
             return Model::from_hf_dir(path, opts);
         }
+        // GGUF by its magic; the `.bin` export by its layout (a header size, then JSON).
+        let mut head = [0u8; 64];
+        let (n, len) = match std::fs::File::open(path) {
+            Ok(mut f) => {
+                use std::io::Read;
+                let n = f.read(&mut head).unwrap_or(0);
+                (n, f.metadata().map(|m| m.len()).unwrap_or(0))
+            }
+            Err(_) => (0, 0),
+        };
+        if &head[..4.min(n)] != b"GGUF" && native::looks_native(&head[..n], len) {
+            return Model::from_native(path, opts);
+        }
         let file = GgufFile::open(path, opts.mode)?;
         Model::from_gguf(file, opts)
+    }
+
+    /// Loads a `.bin` file of the original torchless engine (Mistral-family weights; int8
+    /// tensors dequantized to f32). Its tokenizer is not read yet: such a model runs on ids.
+    pub fn from_native(path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let file = native::NativeFile::open(path, opts.mode)?;
+        let arch = forced_arch(opts)?.unwrap_or(Arch::Mistral);
+        let src = native::NativeSource { file: &file, arch };
+        let vocab = crate::weights::vocab_of_source(&src)?;
+        let config = file.config(arch, vocab)?;
+        let weights = Weights::load(&src, &config)?;
+        let bytes = file.file_bytes();
+        Model::assemble(config, weights, None, None, bytes, opts)
     }
 
     pub fn from_gguf(file: GgufFile, opts: &LoadOptions) -> Result<Model, ModelError> {

@@ -1,13 +1,16 @@
 //! Where weights come from. A [`WeightSource`] hands out tensors by [`Role`] — what a tensor
 //! is for in the network — whatever the file calls it; the one table of names (llama.cpp's
 //! GGUF names and HuggingFace's names for the same role) is [`Role::gguf_name`] and
-//! [`Role::hf_name`]. Sources: [`gguf::GgufSource`] (a GGUF file) and
-//! [`safetensors::HfSource`] (a HuggingFace directory: config.json + safetensors shards).
+//! [`Role::hf_name`]. Sources: [`gguf::GgufSource`] (a GGUF file),
+//! [`safetensors::HfSource`] (a HuggingFace directory: config.json + safetensors shards), and
+//! [`native::NativeSource`] (the original torchless engine's `.bin` export).
 //!
-//! A source only finds and views tensors (no copies, no compute); the shapes the network needs
-//! are checked by [`crate::weights`].
+//! A source only finds and views tensors (no compute, and no copies except the `.bin` format's
+//! int8 tensors, which have no kernel type); the shapes the network needs are checked by
+//! [`crate::weights`].
 
 pub mod gguf;
+pub mod native;
 pub mod safetensors;
 
 use torchless_kernels::Tensor;
