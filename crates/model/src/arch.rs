@@ -65,7 +65,7 @@ pub struct ArchInfo {
     pub qk_norm: bool,
     /// Norms after the attention and the feed-forward as well (Gemma 2/3).
     pub sandwich_norms: bool,
-    /// q/k/v in one matrix and gate/up in one matrix.
+    /// q/k/v in one matrix and gate/up in one matrix, where the file has them so.
     pub fused: bool,
     pub sliding: SlidingLayers,
 }

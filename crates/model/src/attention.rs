@@ -6,8 +6,9 @@
 //! The reduction order follows the reference engine: a single-token batch reduces as its
 //! `vec_dot` kernels do, a larger batch as its tiled GEMM does.
 //!
-//! A layer with a sliding window or a soft-cap on its scores takes [`attend_masked`]: one job
-//! per (token, head) in the single-token order whatever the batch, over the window only.
+//! A layer with a soft-cap on its scores, or a sliding window that leaves out positions of
+//! some query of the batch, takes [`attend_masked`]: one job per (token, head) in the
+//! single-token order whatever the batch, over the window only.
 
 use std::ops::Range;
 
@@ -135,7 +136,12 @@ fn attend_typed<E: KvElem>(
     let q_dim = s.n_head * hd;
     let group = s.n_head / s.n_head_kv;
     let per_thread = scratch_per_thread(max_ctx, hd);
-    if s.window.is_some() || s.softcap.is_some() {
+    // A window that reaches back past every query's first position masks nothing: then the
+    // plain paths (and their reference orders) apply.
+    let window_cuts = s
+        .window
+        .is_some_and(|w| batch.pos.iter().any(|&p| (p + 1).min(max_ctx) > w));
+    if window_cuts || s.softcap.is_some() {
         attend_masked(call, (keys, values), q, out, scratch);
         return;
     }

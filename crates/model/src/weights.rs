@@ -235,6 +235,9 @@ impl Weights {
 
     /// Takes every tensor the plan of `c` needs from `src`.
     pub fn load(src: &dyn WeightSource, c: &ModelConfig) -> Result<Weights, ModelError> {
+        // Fused projections where the file has them (Phi-3 always in HuggingFace's files,
+        // in GGUF files as the converter chose): q/k/v in one matrix; gate/up in one matrix
+        // where there is no separate gate (GGUF keeps the pair under the up projection's name).
         let fused = c.arch.info().fused;
         let l = Loader {
             src,
@@ -249,7 +252,7 @@ impl Weights {
             let mixer = match &layer.mixer {
                 Mixer::Attention(a) => {
                     let (q, kv) = (a.q_dim(), a.kv_dim());
-                    let (wq, wk, wv) = if fused {
+                    let (wq, wk, wv) = if fused && src.tensor(Role::Qkv(i)).is_some() {
                         let mut p = l.split(Role::Qkv(i), d, &[q, kv, kv])?.into_iter();
                         match (p.next(), p.next(), p.next()) {
                             (Some(a), Some(b), Some(c)) => (a, b, c),
@@ -286,7 +289,7 @@ impl Weights {
             let ffn = match &layer.ffn {
                 FeedForward::Gated { n_ff, .. } => {
                     let ff = *n_ff;
-                    let (w_gate, w_up) = if fused {
+                    let (w_gate, w_up) = if fused && src.tensor(Role::Gate(i)).is_none() {
                         let mut p = l.split(Role::GateUp(i), d, &[ff, ff])?.into_iter();
                         match (p.next(), p.next()) {
                             (Some(g), Some(u)) => (g, u),
