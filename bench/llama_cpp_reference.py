@@ -67,13 +67,15 @@ def main():
     vocab = m.n_vocab()
     greedy = []
     for i, (kind, text) in enumerate(PROMPTS):
-        if kind == "chat":
+        tmpl = m.metadata.get("tokenizer.chat_template")
+        if kind == "chat" and tmpl:
             msgs = [{"role": "user", "content": text}]
             from jinja2 import Template
-            tmpl = m.metadata.get("tokenizer.chat_template")
             prompt = Template(tmpl).render(messages=msgs, add_generation_prompt=True,
                                            bos_token="", eos_token="")
         else:
+            # A model without a chat template gets the chat prompts as plain text.
+            kind = "plain"
             prompt = text
         ids = m.tokenize(prompt.encode(), add_bos=True, special=True)
         m.reset()

@@ -160,9 +160,13 @@ fn logits_match_llama_cpp_on_both_prompts() {
 /// llama.cpp's logits bit for bit at the last 16 prompt positions and after every step.
 #[test]
 fn long_context_matches_llama_cpp() {
-    let model = smollm2();
+    check_long(smollm2(), "smollm2-q4_1");
+}
+
+/// The long-context check of `dir`'s `long.json` (see [`long_context_matches_llama_cpp`]).
+fn check_long(model: &Model, dir: &str) {
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::data("smollm2-q4_1/long.json")).unwrap(),
+        &std::fs::read_to_string(common::data(&format!("{dir}/long.json"))).unwrap(),
     )
     .unwrap();
     let ids = common::ids(&reference["prompt_ids"]);
@@ -182,8 +186,8 @@ fn long_context_matches_llama_cpp() {
         let p = ids.len() - last16.len() + k;
         check_top20(&rows[p], want, &format!("long prompt position {p}"));
     }
-    let last = common::read_f32("smollm2-q4_1/logits/long_last_logits.f32.bin");
-    check_vector(rows.last().unwrap(), &last, "long prompt");
+    let last = common::read_f32(&format!("{dir}/logits/long_last_logits.f32.bin"));
+    check_vector(rows.last().unwrap(), &last, &format!("{dir} long prompt"));
     let generated = common::ids(&reference["generated_ids"]);
     let steps = reference["top20_after_each_step"].as_array().unwrap();
     assert_eq!(top_k(rows.last().unwrap(), 1)[0], generated[0]);
@@ -322,6 +326,32 @@ fn qwen2_logits_match_llama_cpp() {
 #[test]
 fn qwen2_greedy_generation_matches_until_the_first_near_tie() {
     check_greedy_in(qwen(), "qwen2.5-coder-0.5b-q4_k_m");
+}
+
+/// Gemma 3 270M Q4_K_M, through the parts its family takes: embeddings scaled by √d, q/k
+/// norms, queries scaled after the rotary (llama.cpp's order), GELU through ggml's f16 table,
+/// sandwich norms, local and global layers with their own rope bases (the 512-position window
+/// of the local ones masks nothing this short), tied head.
+#[test]
+fn gemma3_matches_llama_cpp() {
+    let model = Model::load(common::model("gemma-3-270m"), &LoadOptions::default()).expect("load");
+    let c = model.config();
+    assert_eq!(c.arch, torchless_model::Arch::Gemma3);
+    assert_eq!(
+        c.plan.ropes.len(),
+        2,
+        "a local and a global rotary embedding"
+    );
+    let windows = c
+        .plan
+        .layers
+        .iter()
+        .filter(|l| l.attention().window.is_some());
+    assert_eq!(windows.count(), c.n_layers - c.n_layers / 6);
+    check_logits_exact(&model, "gemma-3-270m-q4_k_m", 0);
+    check_logits_exact(&model, "gemma-3-270m-q4_k_m", 1);
+    check_greedy_in(&model, "gemma-3-270m-q4_k_m");
+    check_long(&model, "gemma-3-270m-q4_k_m");
 }
 
 /// Qwen2.5-Coder-1.5B Q4_K_M: every Q4_K matrix through llama.cpp's repacked kernels, Q6_K

@@ -219,10 +219,28 @@ fn swiglu_row(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// `gate[i] = gelu(gate[i]) * up[i]`.
+/// `gate[i] = gelu(gate[i]) * up[i]`, in f32.
 pub fn geglu(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = gelu_tanh(*g) * u;
+    }
+}
+
+/// [`geglu`] as ggml's CPU backend computes it (its `GGML_GELU_FP16` table): the input rounded
+/// to f16, GELU of that, rounded to f16, times `up`; 0 at or below -10 and the identity at or
+/// above 10.
+pub fn geglu_ggml(gate: &mut [f32], up: &[f32]) {
+    use half::f16;
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            let xr = f16::from_f32(x).to_f32();
+            f16::from_f32(gelu_tanh(xr)).to_f32() * u
+        };
     }
 }
 
@@ -242,10 +260,12 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [
     }
 }
 
-/// Soft-capping (Gemma 2): `x = cap · tanh(x / cap)`, so that |x| stays below `cap`.
+/// Soft-capping (Gemma 2): `x = cap · tanh(x · (1 / cap))`, so that |x| stays below `cap`
+/// (llama.cpp's order: a scale by the reciprocal, tanh, a scale by the cap).
 pub fn softcap(x: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
     for v in x {
-        *v = (*v / cap).tanh() * cap;
+        *v = (*v * inv).tanh() * cap;
     }
 }
 
@@ -327,6 +347,29 @@ mod tests {
                 (got[2 * i + 1] as f64 - t.sin() * m).abs() < 2e-3,
                 "sin pair {i}"
             );
+        }
+    }
+
+    #[test]
+    fn ggml_geglu_rounds_through_f16() {
+        use half::f16;
+        let xs = [
+            -12.0f32, -10.0, -3.3, -0.001, 0.0, 0.37, 1.2345, 9.99, 10.0, 25.0,
+        ];
+        let mut g = xs;
+        let up = [2.0f32; 10];
+        geglu_ggml(&mut g, &up);
+        for (i, &x) in xs.iter().enumerate() {
+            let want = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                2.0 * x
+            } else {
+                let r = f16::from_f32(x).to_f32() as f64;
+                let gelu = 0.5 * r * (1.0 + (0.7978845608 * r * (1.0 + 0.044715 * r * r)).tanh());
+                f16::from_f64(gelu).to_f32() * 2.0
+            };
+            assert_eq!(g[i], want, "x = {x}");
         }
     }
 

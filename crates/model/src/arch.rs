@@ -68,6 +68,8 @@ pub struct ArchInfo {
     /// q/k/v in one matrix and gate/up in one matrix, where the file has them so.
     pub fused: bool,
     pub sliding: SlidingLayers,
+    /// The attention scale multiplies the rotated queries, not the scores (Gemma).
+    pub scale_q: bool,
 }
 
 const fn row(arch: Arch, name: &'static str) -> ArchInfo {
@@ -85,6 +87,7 @@ const fn row(arch: Arch, name: &'static str) -> ArchInfo {
         sandwich_norms: false,
         fused: false,
         sliding: SlidingLayers::None,
+        scale_q: false,
     }
 }
 
@@ -127,6 +130,7 @@ static GEMMA: ArchInfo = ArchInfo {
     norm: NormKind::RmsOnePlus,
     act: Activation::GeluTanh,
     embd_scale: true,
+    scale_q: true,
     ..row(Arch::Gemma, "gemma")
 };
 
@@ -135,6 +139,7 @@ static GEMMA2: ArchInfo = ArchInfo {
     norm: NormKind::RmsOnePlus,
     act: Activation::GeluTanh,
     embd_scale: true,
+    scale_q: true,
     sandwich_norms: true,
     sliding: SlidingLayers::Even,
     ..row(Arch::Gemma2, "gemma2")
@@ -145,6 +150,7 @@ static GEMMA3: ArchInfo = ArchInfo {
     norm: NormKind::RmsOnePlus,
     act: Activation::GeluTanh,
     embd_scale: true,
+    scale_q: true,
     sandwich_norms: true,
     qk_norm: true,
     sliding: SlidingLayers::AllButEvery(6),

@@ -12,7 +12,8 @@
 //! logits = softcap(norm(x[wanted rows]) · Wout)
 
 use torchless_kernels::ops::{
-    geglu, layer_norm, rms_norm, rms_scale, rope_cache_freqs, rope_heads, softcap, swiglu,
+    geglu, geglu_ggml, layer_norm, rms_norm, rms_scale, rope_cache_freqs, rope_heads, softcap,
+    swiglu,
 };
 use torchless_kernels::tile::SharedOut;
 use torchless_kernels::{matmul, matmul_f32, matmul_many, Activations, GgmlType, Tensor};
@@ -312,7 +313,7 @@ impl Model {
                 let (bq, bk, bv) = (aw.bq.as_deref(), aw.bk.as_deref(), aw.bv.as_deref());
                 let (qn, kn) = (aw.q_norm.as_deref(), aw.k_norm.as_deref());
                 let rope_of = a.rope.map(|r| (&plan.ropes[r], &rope[r * table_len..]));
-                let eps = c.norm_eps;
+                let (eps, q_scale) = (c.norm_eps, a.q_scale);
                 self.per_token(n, |t| {
                     // SAFETY: token `t`'s rows of q, k and v are touched by this call only.
                     let (qt, kt, vt) = unsafe {
@@ -336,6 +337,9 @@ impl Model {
                         let table = &tables[t * r.dims..(t + 1) * r.dims];
                         rope_heads(&self.kernels, qt, hd, r.dims, r.style, table);
                         rope_heads(&self.kernels, kt, hd, r.dims, r.style, table);
+                    }
+                    if let Some(s) = q_scale {
+                        qt.iter_mut().for_each(|v| *v *= s);
                     }
                 });
             }
@@ -428,6 +432,7 @@ impl Model {
                 dump!(self, "ffn_up-{l}", &up[..k * ff], k);
                 {
                     let gs = SharedOut::new(&mut gate[..k * ff]);
+                    let reference = self.precision == Precision::Reference;
                     let up = &up[..k * ff];
                     self.per_token(k, |t| {
                         // SAFETY: token `t`'s row of `gate` is touched by this call only.
@@ -435,6 +440,7 @@ impl Model {
                         let u = &up[t * ff..(t + 1) * ff];
                         match act {
                             Activation::Silu => swiglu(&self.kernels, g, u),
+                            Activation::GeluTanh if reference => geglu_ggml(g, u),
                             Activation::GeluTanh => geglu(g, u),
                         }
                     });

@@ -412,10 +412,9 @@ mod tests {
         assert_eq!(g3.plan.embd_scale, Some(8.0));
         let g2 = config(&tiny("gemma2")).unwrap();
         let a = g2.plan.layers[1].attention();
-        assert_eq!(
-            (a.softcap, a.window, a.scale),
-            (Some(10.0), None, 32f32.powf(-0.5))
-        );
+        // Gemma scales the queries (by query_pre_attn_scalar^-½), not the scores.
+        let scaled = (a.softcap, a.window, a.q_scale, a.scale);
+        assert_eq!(scaled, (Some(10.0), None, Some(32f32.powf(-0.5)), 1.0));
         assert_eq!(g2.plan.layers[0].attention().window, Some(8));
         assert_eq!(g2.plan.final_softcap, Some(5.0));
         assert!(g2.plan.layers[0].post_mixer_norm && g2.plan.layers[0].post_ffn_norm);

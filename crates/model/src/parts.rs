@@ -171,6 +171,9 @@ pub struct Attention {
     pub head_dim: usize,
     /// Multiplies q·k (1/√head_dim, or Gemma 2's `query_pre_attn_scalar`^-½).
     pub scale: f32,
+    /// Multiplies the queries after the rotary instead (then `scale` is 1): llama.cpp's order
+    /// for the Gemma families.
+    pub q_scale: Option<f32>,
     /// Keys at most this many positions back, the query's own included (`None`: all).
     pub window: Option<usize>,
     /// `cap · tanh(s / cap)` on the scaled scores before the softmax.
