@@ -60,9 +60,10 @@ def main():
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--long", help="a text file for the long-context case")
     ap.add_argument("--long-tokens", type=int, default=400)
+    ap.add_argument("--n-ctx", type=int, default=512, help="context (and batch) size")
     a = ap.parse_args()
     os.makedirs(os.path.join(a.out, "logits"), exist_ok=True)
-    m = Llama(model_path=a.model, n_ctx=512, n_batch=512, n_threads=a.threads, logits_all=True,
+    m = Llama(model_path=a.model, n_ctx=a.n_ctx, n_batch=a.n_ctx, n_threads=a.threads, logits_all=True,
               verbose=False, flash_attn=False)
     vocab = m.n_vocab()
     greedy = []

@@ -160,21 +160,24 @@ fn logits_match_llama_cpp_on_both_prompts() {
 /// llama.cpp's logits bit for bit at the last 16 prompt positions and after every step.
 #[test]
 fn long_context_matches_llama_cpp() {
-    check_long(smollm2(), "smollm2-q4_1");
+    check_long(smollm2(), "smollm2-q4_1", "long");
 }
 
-/// The long-context check of `dir`'s `long.json` (see [`long_context_matches_llama_cpp`]).
-fn check_long(model: &Model, dir: &str) {
+/// The long-context check of `dir`'s `NAME.json` (see [`long_context_matches_llama_cpp`]),
+/// the whole prompt in one batch as llama.cpp ran it.
+fn check_long(model: &Model, dir: &str, name: &str) {
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::data(&format!("{dir}/long.json"))).unwrap(),
+        &std::fs::read_to_string(common::data(&format!("{dir}/{name}.json"))).unwrap(),
     )
     .unwrap();
     let ids = common::ids(&reference["prompt_ids"]);
     assert!(ids.len() > 384);
+    let n_ctx = (ids.len() + 64).next_power_of_two().max(512);
     let mut s = Session::new(
         model,
         SessionOptions {
-            n_ctx: 512,
+            n_ctx,
+            n_batch: ids.len(),
             ..SessionOptions::default()
         },
     );
@@ -186,7 +189,7 @@ fn check_long(model: &Model, dir: &str) {
         let p = ids.len() - last16.len() + k;
         check_top20(&rows[p], want, &format!("long prompt position {p}"));
     }
-    let last = common::read_f32(&format!("{dir}/logits/long_last_logits.f32.bin"));
+    let last = common::read_f32(&format!("{dir}/logits/{name}_last_logits.f32.bin"));
     check_vector(rows.last().unwrap(), &last, &format!("{dir} long prompt"));
     let generated = common::ids(&reference["generated_ids"]);
     let steps = reference["top20_after_each_step"].as_array().unwrap();
@@ -330,8 +333,8 @@ fn qwen2_greedy_generation_matches_until_the_first_near_tie() {
 
 /// Gemma 3 270M Q4_K_M, through the parts its family takes: embeddings scaled by √d, q/k
 /// norms, queries scaled after the rotary (llama.cpp's order), GELU through ggml's f16 table,
-/// sandwich norms, local and global layers with their own rope bases (the 512-position window
-/// of the local ones masks nothing this short), tied head.
+/// sandwich norms, local and global layers with their own rope bases and 512-position
+/// windows, tied head.
 #[test]
 fn gemma3_matches_llama_cpp() {
     let model = Model::load(common::model("gemma-3-270m"), &LoadOptions::default()).expect("load");
@@ -351,7 +354,10 @@ fn gemma3_matches_llama_cpp() {
     check_logits_exact(&model, "gemma-3-270m-q4_k_m", 0);
     check_logits_exact(&model, "gemma-3-270m-q4_k_m", 1);
     check_greedy_in(&model, "gemma-3-270m-q4_k_m");
-    check_long(&model, "gemma-3-270m-q4_k_m");
+    check_long(&model, "gemma-3-270m-q4_k_m", "long");
+    // 700 positions: the local layers' 512-position window now leaves keys out, in the prompt
+    // batch (each query its own window) and in the 24 decode steps after it.
+    check_long(&model, "gemma-3-270m-q4_k_m", "long_window");
 }
 
 /// Qwen2.5-Coder-1.5B Q4_K_M: every Q4_K matrix through llama.cpp's repacked kernels, Q6_K

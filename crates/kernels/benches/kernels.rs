@@ -7,7 +7,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use torchless_kernels::attention::{
-    attend_group, attend_head, softmax_with, HeadScratch, PagedHead, Reduce,
+    attend_group, attend_head, softmax_with, GroupQuery, HeadScratch, PagedHead, Reduce,
 };
 use torchless_kernels::ops::{rms_norm, rope_cache, rope_heads, swiglu, RopeStyle};
 use torchless_kernels::{matmul, Activations, GgmlType, Kernels, Storage, Tensor, ThreadPool};
@@ -197,10 +197,14 @@ fn bench_attention(c: &mut Criterion) {
     g.bench_function("group4_causal", |b| {
         b.iter(|| {
             for step in (0..n_kv).step_by(64) {
-                let qs: Vec<(&[f32], usize)> = queries
+                let qs: Vec<GroupQuery> = queries
                     .iter()
                     .enumerate()
-                    .map(|(i, q)| (q.as_slice(), step + 1 + i / 3))
+                    .map(|(i, q)| GroupQuery {
+                        q: q.as_slice(),
+                        first: 0,
+                        n_kv: step + 1 + i / 3,
+                    })
                     .collect();
                 let mut outs: Vec<&mut [f32]> =
                     outs_data.iter_mut().map(|o| o.as_mut_slice()).collect();

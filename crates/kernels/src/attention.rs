@@ -17,7 +17,7 @@ use std::ops::Range;
 use half::f16;
 
 use crate::lanes::{expf_ggml, hsum8, reduce4x8, LANES};
-pub use crate::paged::{HeadScratch, PagedHead, Reduce};
+pub use crate::paged::{GroupQuery, HeadScratch, PagedHead, Reduce};
 
 /// An element type of the KV cache.
 pub trait KvElem: Copy + Send + Sync + 'static {
@@ -65,7 +65,7 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     #[allow(clippy::too_many_arguments)]
     fn attend_group_simd(
         _k: &crate::Kernels,
-        _queries: &[(&[f32], usize)],
+        _queries: &[GroupQuery<'_>],
         _kv: &PagedHead<Self>,
         _scale: f32,
         _scores: &mut [f32],
@@ -126,7 +126,7 @@ impl KvElem for f16 {
 
     fn attend_group_simd(
         k: &crate::Kernels,
-        queries: &[(&[f32], usize)],
+        queries: &[GroupQuery<'_>],
         kv: &PagedHead<Self>,
         scale: f32,
         scores: &mut [f32],
@@ -332,14 +332,16 @@ pub fn values_vec<E: KvElem>(
 }
 
 /// Several queries of one KV head (same sequence), batched order: `out[i]` as
-/// [`attend_head`] with [`Reduce::Gemm`] would compute for `queries[i]`, sharing key and
-/// value conversions where a SIMD path can. `scores` holds `queries.len()` rows of `stride`
-/// floats (`stride` ≥ the largest `n_kv` rounded up to 8) and `qr` as many rows of head_dim;
-/// `acc` is scratch for the scalar path (32 × head_dim).
+/// [`attend_head`] with [`Reduce::Gemm`] would compute for `queries[i]` over its positions
+/// `first..n_kv` (the ones before `first` take no weight: exactly what a -inf mask gives, as
+/// in llama.cpp's masked softmax), sharing key and value conversions where a SIMD path can.
+/// `scores` holds `queries.len()` rows of `stride` floats (`stride` ≥ the largest `n_kv`
+/// rounded up to 8) and `qr` as many rows of head_dim; `acc` is scratch for the scalar path
+/// (32 × head_dim).
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group<E: KvElem>(
     k: &crate::Kernels,
-    queries: &[(&[f32], usize)],
+    queries: &[GroupQuery<'_>],
     kv: &PagedHead<E>,
     scale: f32,
     scores: &mut [f32],
@@ -352,13 +354,21 @@ pub fn attend_group<E: KvElem>(
     if E::attend_group_simd(k, queries, kv, scale, scores, stride, qr, outs) {
         return;
     }
-    for (i, (q, n_kv)) in queries.iter().enumerate() {
+    for (i, g) in queries.iter().enumerate() {
         let s = HeadScratch {
             scores: &mut scores[i * stride..(i + 1) * stride],
             acc: &mut *acc,
             qr: &mut qr[..hd],
         };
-        attend_head(k, q, kv, *n_kv, scale, Reduce::Gemm, s, &mut *outs[i]);
+        let out = &mut *outs[i];
+        let (q, window) = (g.q, g.first..g.n_kv);
+        #[cfg(target_arch = "x86_64")]
+        if k.has_fma() {
+            // SAFETY: `has_fma` says the CPU supports FMA.
+            unsafe { attend_head_fma(q, kv, window, scale, Reduce::Gemm, s, out) };
+            continue;
+        }
+        attend_head_impl(q, kv, window, scale, Reduce::Gemm, s, out);
     }
 }
 
@@ -389,11 +399,11 @@ pub fn attend_head<E: KvElem>(
     #[cfg(target_arch = "x86_64")]
     if k.has_fma() {
         // SAFETY: `has_fma` says the CPU supports FMA.
-        unsafe { attend_head_fma(q, kv, n_kv, scale, order, s, out) };
+        unsafe { attend_head_fma(q, kv, 0..n_kv, scale, order, s, out) };
         return;
     }
     let _ = k;
-    attend_head_impl(q, kv, n_kv, scale, order, s, out);
+    attend_head_impl(q, kv, 0..n_kv, scale, order, s, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -401,25 +411,26 @@ pub fn attend_head<E: KvElem>(
 unsafe fn attend_head_fma<E: KvElem>(
     q: &[f32],
     kv: &PagedHead<E>,
-    n_kv: usize,
+    window: Range<usize>,
     scale: f32,
     order: Reduce,
     s: HeadScratch<'_>,
     out: &mut [f32],
 ) {
-    attend_head_impl(q, kv, n_kv, scale, order, s, out);
+    attend_head_impl(q, kv, window, scale, order, s, out);
 }
 
 #[inline(always)]
 fn attend_head_impl<E: KvElem>(
     q: &[f32],
     kv: &PagedHead<E>,
-    n_kv: usize,
+    window: Range<usize>,
     scale: f32,
     order: Reduce,
     s: HeadScratch<'_>,
     out: &mut [f32],
 ) {
+    let (first, n_kv) = (window.start, window.end);
     let hd = kv.head_dim;
     let bs = kv.block_size;
     let qr = &mut s.qr[..hd];
@@ -427,7 +438,7 @@ fn attend_head_impl<E: KvElem>(
     let padded = n_kv.div_ceil(LANES) * LANES;
     let scores = &mut s.scores[..padded];
     for (p, sc) in scores.iter_mut().enumerate() {
-        *sc = match (p < n_kv).then(|| kv.start(p)).flatten() {
+        *sc = match (first <= p && p < n_kv).then(|| kv.start(p)).flatten() {
             Some(start) => {
                 let at = start + (p % bs) * hd;
                 dot(qr, &kv.keys[at..at + hd], order) * scale

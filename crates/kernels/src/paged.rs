@@ -12,6 +12,15 @@ pub enum Reduce {
     Vec,
 }
 
+/// One query of a batched attention group: its vector and the positions it sees,
+/// `first..n_kv` (a causal query sees `0..=pos`; a sliding window starts later).
+#[derive(Clone, Copy, Debug)]
+pub struct GroupQuery<'a> {
+    pub q: &'a [f32],
+    pub first: usize,
+    pub n_kv: usize,
+}
+
 /// Where one KV head's blocks are: block `b` starts at `base + b * block_stride` in both the
 /// key and the value arrays.
 #[derive(Clone, Copy, Debug)]

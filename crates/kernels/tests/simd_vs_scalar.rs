@@ -7,7 +7,7 @@ use half::f16;
 use proptest::prelude::*;
 use torchless_kernels::attention::{
     attend_group, attend_head, round_query, scores_vec, softmax, softmax_weights, values_vec,
-    HeadScratch, PagedHead, Reduce,
+    GroupQuery, HeadScratch, PagedHead, Reduce,
 };
 use torchless_kernels::matmul::{matmul, Activations};
 use torchless_kernels::quant::{self, GgmlType};
@@ -346,21 +346,45 @@ proptest! {
         let kv = PagedHead { keys: &keys, values: &values, blocks: &blocks, base: 0, block_stride: stride, block_size: bs, head_dim: hd };
         let qv: Vec<Vec<f32>> = (0..nq).map(|_| (0..hd).map(|_| unit() * 3.0).collect()).collect();
         let n_kv: Vec<usize> = (0..nq).map(|i| (n_kv_max - i.min(n_kv_max - 1)).max(1)).collect();
-        let queries: Vec<(&[f32], usize)> = qv.iter().zip(&n_kv).map(|(q, &n)| (q.as_slice(), n)).collect();
+        let queries: Vec<GroupQuery> = qv.iter().zip(&n_kv).map(|(q, &n)| GroupQuery { q: q.as_slice(), first: 0, n_kv: n }).collect();
+        // The same queries with sliding windows (every other one starting a third of the way in).
+        let windowed: Vec<GroupQuery> = queries.iter().enumerate().map(|(i, g)| GroupQuery { first: if i % 2 == 1 { g.n_kv / 3 } else { 0 }, ..*g }).collect();
         let sstride = n_kv_max.div_ceil(8) * 8;
-        for k in std::iter::once(Kernels::scalar()).chain(simd_kernels()) {
+        let run = |k: &Kernels, qs: &[GroupQuery]| {
             let mut outs_data = vec![vec![0.0f32; hd]; nq];
             let (mut sc, mut qr, mut acc) = (vec![0.0; nq * sstride], vec![0.0; nq * hd], vec![0.0; 32 * hd]);
-            {
-                let mut outs: Vec<&mut [f32]> = outs_data.iter_mut().map(|o| o.as_mut_slice()).collect();
-                attend_group(&k, &queries, &kv, 0.2, &mut sc, sstride, &mut qr, &mut acc, &mut outs);
+            let mut outs: Vec<&mut [f32]> = outs_data.iter_mut().map(|o| o.as_mut_slice()).collect();
+            attend_group(k, qs, &kv, 0.2, &mut sc, sstride, &mut qr, &mut acc, &mut outs);
+            outs_data
+        };
+        let scalar_windowed = run(&Kernels::scalar(), &windowed);
+        // The windowed scalar path against softmax over the window in f64.
+        for (i, g) in windowed.iter().enumerate() {
+            let (hf, kf) = (|x: f32| x as f64, |p: usize, d: usize| keys[p * hd + d].to_f64());
+            let qr: Vec<f64> = g.q.iter().map(|&x| f16::from_f32(x).to_f64()).collect();
+            let sc: Vec<f64> = (g.first..g.n_kv).map(|p| (0..hd).map(|d| qr[d] * kf(p, d)).sum::<f64>() * hf(0.2)).collect();
+            let m = sc.iter().copied().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..hd {
+                let want: f64 = (g.first..g.n_kv).zip(&e).map(|(p, w)| w / z * values[(p / bs) * stride + d * bs + p % bs].to_f64()).sum();
+                prop_assert!((scalar_windowed[i][d] as f64 - want).abs() < 2e-3, "query {} dim {}: {} vs {}", i, d, scalar_windowed[i][d], want);
             }
-            for (i, (q, n)) in queries.iter().enumerate() {
+        }
+        for k in std::iter::once(Kernels::scalar()).chain(simd_kernels()) {
+            let outs_data = run(&k, &queries);
+            for (i, g) in queries.iter().enumerate() {
                 let (mut sc1, mut acc1, mut qr1) = (vec![0.0; sstride], vec![0.0; 32 * hd], vec![0.0; hd]);
                 let mut want = vec![0.0f32; hd];
-                attend_head(&Kernels::scalar(), q, &kv, *n, 0.2, Reduce::Gemm, HeadScratch { scores: &mut sc1, acc: &mut acc1, qr: &mut qr1 }, &mut want);
+                attend_head(&Kernels::scalar(), g.q, &kv, g.n_kv, 0.2, Reduce::Gemm, HeadScratch { scores: &mut sc1, acc: &mut acc1, qr: &mut qr1 }, &mut want);
                 for d in 0..hd {
                     prop_assert_eq!(outs_data[i][d].to_bits(), want[d].to_bits(), "{:?} query {} dim {}", k.isa(), i, d);
+                }
+            }
+            let got = run(&k, &windowed);
+            for i in 0..nq {
+                for d in 0..hd {
+                    prop_assert_eq!(got[i][d].to_bits(), scalar_windowed[i][d].to_bits(), "{:?} windowed query {} dim {}", k.isa(), i, d);
                 }
             }
         }

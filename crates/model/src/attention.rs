@@ -6,15 +6,16 @@
 //! The reduction order follows the reference engine: a single-token batch reduces as its
 //! `vec_dot` kernels do, a larger batch as its tiled GEMM does.
 //!
-//! A layer with a soft-cap on its scores, or a sliding window that leaves out positions of
-//! some query of the batch, takes [`attend_masked`]: one job per (token, head) in the
-//! single-token order whatever the batch, over the window only.
+//! A sliding window gives each query of a batch its own first position (the batched path masks
+//! the positions before it, as llama.cpp's masked softmax does); a single token whose window
+//! leaves out positions, and any layer with a soft-cap on its scores, take [`attend_masked`]:
+//! one job per (token, head) in the single-token order, over the window only.
 
 use std::ops::Range;
 
 use torchless_kernels::attention::{
-    attend_group, attend_head, round_query, scores_vec, softmax_weights, values_vec, HeadScratch,
-    KvElem, PagedHead, Reduce,
+    attend_group, attend_head, round_query, scores_vec, softmax_weights, values_vec, GroupQuery,
+    HeadScratch, KvElem, PagedHead, Reduce,
 };
 use torchless_kernels::ops::softcap;
 use torchless_kernels::tile::SharedOut;
@@ -141,7 +142,9 @@ fn attend_typed<E: KvElem>(
     let window_cuts = s
         .window
         .is_some_and(|w| batch.pos.iter().any(|&p| (p + 1).min(max_ctx) > w));
-    if window_cuts || s.softcap.is_some() {
+    // A soft-cap, or a window on a single token: the masked per-head path. A window in a
+    // batch: the batched path, each query seeing its own window (llama.cpp's order).
+    if s.softcap.is_some() || (window_cuts && batch.len() < 2) {
         attend_masked(call, (keys, values), q, out, scratch);
         return;
     }
@@ -424,7 +427,12 @@ fn attend_batched<E: KvElem>(
             let kvh = job / per_kv.div_ceil(GROUP);
             let first = (job % per_kv.div_ceil(GROUP)) * GROUP;
             let mut seq = batch.seq[query(kvh, first).0];
-            let mut qs: [(&[f32], usize); GROUP] = [(&[], 0); GROUP];
+            let none = GroupQuery {
+                q: &[],
+                first: 0,
+                n_kv: 0,
+            };
+            let mut qs: [GroupQuery; GROUP] = [none; GROUP];
             let mut outs: [&mut [f32]; GROUP] = Default::default();
             let mut n = 0;
             let ctx = GroupCtx {
@@ -445,7 +453,12 @@ fn attend_batched<E: KvElem>(
                     n = 0;
                 }
                 let base = t * q_dim + h * hd;
-                qs[n] = (&q[base..base + hd], (batch.pos[t] + 1).min(max_ctx));
+                let n_kv = (batch.pos[t] + 1).min(max_ctx);
+                qs[n] = GroupQuery {
+                    q: &q[base..base + hd],
+                    first: s.window.map_or(0, |w| n_kv.saturating_sub(w)),
+                    n_kv,
+                };
                 // SAFETY: query (t, h) belongs to exactly one job, which alone writes its head.
                 outs[n] = unsafe { out.slice_mut(base, hd) };
                 n += 1;
@@ -471,7 +484,7 @@ impl<E: KvElem> GroupCtx<'_, E> {
     fn run(
         &self,
         seq: crate::kv_cache::SeqId,
-        qs: &[(&[f32], usize)],
+        qs: &[GroupQuery<'_>],
         scores: &mut [f32],
         qr: &mut [f32],
         acc: &mut [f32],

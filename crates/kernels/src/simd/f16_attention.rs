@@ -7,7 +7,7 @@
 use half::f16;
 use std::ops::Range;
 
-use crate::paged::{HeadScratch, PagedHead, Reduce};
+use crate::paged::{GroupQuery, HeadScratch, PagedHead, Reduce};
 
 /// The f16-cache attention kernels of one instruction set, as safe functions.
 #[derive(Clone, Copy, Debug)]
@@ -41,7 +41,7 @@ pub struct F16Attention {
     ) -> bool,
     /// [`crate::attention::attend_group`].
     pub attend_group: fn(
-        queries: &[(&[f32], usize)],
+        queries: &[GroupQuery<'_>],
         kv: &PagedHead<f16>,
         scale: f32,
         scores: &mut [f32],
@@ -142,7 +142,7 @@ fn avx2_values_vec(
 
 #[cfg(target_arch = "x86_64")]
 fn avx2_attend_group(
-    queries: &[(&[f32], usize)],
+    queries: &[GroupQuery<'_>],
     kv: &PagedHead<f16>,
     scale: f32,
     scores: &mut [f32],
@@ -151,13 +151,13 @@ fn avx2_attend_group(
     outs: &mut [&mut [f32]],
 ) -> bool {
     let hd = kv.head_dim;
-    let n_max = queries.iter().map(|q| q.1).max().unwrap_or(0);
+    let n_max = queries.iter().map(|q| q.n_kv).max().unwrap_or(0);
     let fits = kv.simd_layout()
         && stride >= n_max.div_ceil(8) * 8
         && queries.len() == outs.len()
         && scores.len() >= queries.len() * stride
         && qr.len() >= queries.len() * hd
-        && queries.iter().all(|q| q.0.len() >= hd)
+        && queries.iter().all(|q| q.q.len() >= hd)
         && outs.iter().all(|o| o.len() >= hd)
         && covered(kv, n_max);
     if !fits {
@@ -168,17 +168,21 @@ fn avx2_attend_group(
         let empty: &[f32] = &[];
         let mut qs = [empty; 4];
         let mut n_kv = [0usize; 4];
+        let mut first = [0usize; 4];
         let mut o = [std::ptr::null_mut::<f32>(); 4];
-        for (i, (q, n)) in chunk.iter().enumerate() {
-            qs[i] = q;
-            n_kv[i] = *n;
+        for (i, g) in chunk.iter().enumerate() {
+            qs[i] = g.q;
+            n_kv[i] = g.n_kv;
+            first[i] = g.first.min(g.n_kv);
             o[i] = outs[4 * c + i].as_mut_ptr();
         }
         let sc = &mut scores[4 * c * stride..(4 * c + nq) * stride];
         let q = &mut qr[4 * c * hd..(4 * c + nq) * hd];
         // SAFETY: as in `avx2_attend_head`; the output pointers come from distinct `&mut`
         // slices of at least `head_dim` elements.
-        unsafe { super::avx2::attend_group4_f16(qs, n_kv, nq, kv, scale, sc, stride, q, o) };
+        unsafe {
+            super::avx2::attend_group4_f16(qs, (first, n_kv), nq, kv, scale, sc, stride, q, o)
+        };
     }
     true
 }

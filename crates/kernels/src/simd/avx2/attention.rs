@@ -347,8 +347,8 @@ pub(super) unsafe fn values_n<const N: usize, const D: usize>(
     }
 }
 
-/// Up to four queries attending to the same f16 KV head (one head group of a batch), in the
-/// batched (`Gemm`) order: each key and value vector is converted once for all of them. Per
+/// Up to four queries attending to the same f16 KV head (one head group of a batch), each to
+/// its positions `first[i]..n_kv[i]`, in the batched (`Gemm`) order: each key and value vector is converted once for all of them. Per
 /// query, exactly the arithmetic of [`attend_head_f16`].
 ///
 /// `scores` holds 4 × `stride` floats (`stride` ≥ max `n_kv` rounded up to 8), `qr` 4 × head_dim.
@@ -356,7 +356,7 @@ pub(super) unsafe fn values_n<const N: usize, const D: usize>(
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn attend_group4_f16(
     qs: [&[f32]; 4],
-    n_kv: [usize; 4],
+    (first, n_kv): ([usize; 4], [usize; 4]),
     nq: usize,
     kv: &PagedHead<half::f16>,
     scale: f32,
@@ -414,6 +414,8 @@ pub unsafe fn attend_group4_f16(
         for v in row[n_kv[i].min(padded)..].iter_mut() {
             *v = f32::NEG_INFINITY;
         }
+        // Positions before the query's window take no weight (first ≤ n_kv).
+        row[..first[i].min(padded)].fill(f32::NEG_INFINITY);
         softmax8(row);
         for g in (0..padded).step_by(8) {
             let w = sp.add(i * stride + g);
