@@ -67,7 +67,7 @@ BUILD_FLAGS=$(grep -E '^GGML_(NATIVE|AVX|AVX2|AVX512|AVX512_VNNI|AVX_VNNI|FMA|F1
 # --- 2. models ----------------------------------------------------------------------------
 cargo build --release >&2
 TL=target/release/torchless
-for m in smollm2 qwen2.5-coder-0.5b qwen2.5-coder-1.5b; do
+for m in smollm2 qwen2.5-coder-0.5b qwen2.5-coder-1.5b gemma-3-270m; do
   [ "$QUICK" = 1 ] && [ "$m" = qwen2.5-coder-1.5b ] && continue
   $TL fetch "$m" >/dev/null
 done
@@ -80,7 +80,8 @@ done
 LIST=("SmolLM2 Q4_1|$BASE" "SmolLM2 Q8_0|$MODELS/SmolLM2-135M-Instruct.Q8_0.gguf"
       "SmolLM2 Q4_0|$MODELS/SmolLM2-135M-Instruct.Q4_0.gguf" "SmolLM2 F16|$MODELS/SmolLM2-135M-Instruct.F16.gguf"
       "SmolLM2 Q4_K_M|$MODELS/SmolLM2-135M-Instruct.Q4_K_M.gguf"
-      "Qwen2.5-Coder-0.5B Q4_K_M|$MODELS/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+      "Qwen2.5-Coder-0.5B Q4_K_M|$MODELS/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+      "Gemma-3-270M Q4_K_M|$MODELS/gemma-3-270m-q4_k_m.gguf")
 [ "$QUICK" = 1 ] || LIST+=("Qwen2.5-Coder-1.5B Q4_K_M|$MODELS/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
 
 # --- 3. measure ---------------------------------------------------------------------------
