@@ -205,3 +205,34 @@ fn broken_checkpoints_are_refused() {
     let e = Model::load(&dir, &opts).err().unwrap().to_string();
     assert!(e.contains("config.json"), "{e}");
 }
+
+/// The reference precision (llama.cpp's: f16 KV cache, its reduction orders) on the same
+/// checkpoints: every family within 0.03 of transformers' f32 logits (the f16 cache's
+/// rounding) and the same argmax at every prompt position.
+#[test]
+fn reference_precision_stays_near_transformers() {
+    for name in [
+        "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3",
+    ] {
+        let model = Model::load(
+            common::data(&format!("tiny/{name}")),
+            &LoadOptions {
+                threads: 2,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(model.precision(), Precision::Reference);
+        let ids = common::ids(&reference(name)["input_ids"]);
+        let want = rows(name, "logits.f32");
+        let mut s = session(&model, ids.len());
+        let mut got = Vec::new();
+        s.eval_with(&ids, true, |_, row| got.push(row.to_vec()))
+            .unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let d = max_diff(g, w);
+            assert!(d < 0.03, "{name}: position {i} differs by {d}");
+            assert_eq!(argmax(g), argmax(w), "{name}: position {i}");
+        }
+    }
+}
