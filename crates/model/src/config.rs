@@ -87,7 +87,7 @@ impl Settings {
                 s.n_head, s.n_head_kv
             )));
         }
-        if !s.head_dim.is_multiple_of(2) || s.head_dim > 1024 {
+        if s.head_dim == 0 || !s.head_dim.is_multiple_of(2) || s.head_dim > 1024 {
             return Err(ModelError::Config(format!(
                 "head size {} is not supported",
                 s.head_dim
@@ -257,11 +257,6 @@ fn check_scaling(scaling: &RopeScaling, dims: usize) -> Result<(), ModelError> {
     }
 }
 
-/// A small f32 vector tensor of a GGUF file, if present.
-fn gguf_vector(file: &GgufFile, role: Role) -> Option<Vec<f32>> {
-    file.tensor(&role.gguf_name())?.to_f32_vec()
-}
-
 impl ModelConfig {
     /// Reads the configuration of a GGUF file; `arch` overrides `general.architecture`.
     pub fn from_gguf(file: &GgufFile, arch: Option<Arch>) -> Result<ModelConfig, ModelError> {
@@ -277,26 +272,52 @@ impl ModelConfig {
         let vocab = crate::weights::Weights::vocab_of(file)?;
         let mut s = settings_from_metadata(m, arch, &meta_arch, vocab)?;
         // Rotary divisors stored as tensors.
-        if let Some(f) = gguf_vector(file, Role::RopeFreqs) {
+        let vector = |role: Role| -> Result<Option<Vec<f32>>, ModelError> {
+            match file.tensor(&role.gguf_name()) {
+                None => Ok(None),
+                Some(t) => t.to_f32_vec().map(Some).ok_or(ModelError::UnsupportedType {
+                    name: role.gguf_name(),
+                    ty: t.ty(),
+                }),
+            }
+        };
+        let scaled = s.rope_scaling != RopeScaling::None;
+        let tensor_scaling = |what: &str| {
+            ModelError::Config(format!(
+                "{what} together with a rope scaling type in the metadata is not supported yet"
+            ))
+        };
+        if let Some(f) = vector(Role::RopeFreqs)? {
+            if scaled {
+                return Err(tensor_scaling("rope_freqs.weight"));
+            }
             s.rope_scaling = RopeScaling::Factors(f);
         }
-        if let (Some(long), Some(short)) = (
-            gguf_vector(file, Role::RopeLong),
-            gguf_vector(file, Role::RopeShort),
-        ) {
-            let key = |k: &str| format!("{meta_arch}.{k}");
-            let original_ctx = m
-                .opt(&key("rope.scaling.original_context_length"), Metadata::u64)?
-                .unwrap_or(s.n_ctx_train as u64) as usize;
-            let attn_factor = m
-                .opt(&key("rope.scaling.attn_factor"), Metadata::f32)?
-                .unwrap_or(1.0);
-            s.rope_scaling = RopeScaling::LongRope {
-                short,
-                long,
-                original_ctx,
-                attn_factor,
-            };
+        match (vector(Role::RopeLong)?, vector(Role::RopeShort)?) {
+            (Some(long), Some(short)) => {
+                if s.rope_scaling != RopeScaling::None {
+                    return Err(tensor_scaling("rope_factors_long/short"));
+                }
+                let key = |k: &str| format!("{meta_arch}.{k}");
+                let original_ctx = m
+                    .opt(&key("rope.scaling.original_context_length"), Metadata::u64)?
+                    .unwrap_or(s.n_ctx_train as u64) as usize;
+                let attn_factor = m
+                    .opt(&key("rope.scaling.attn_factor"), Metadata::f32)?
+                    .unwrap_or(1.0);
+                s.rope_scaling = RopeScaling::LongRope {
+                    short,
+                    long,
+                    original_ctx,
+                    attn_factor,
+                };
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ModelError::Config(
+                    "the file has only one of rope_factors_long and rope_factors_short".into(),
+                ))
+            }
         }
         s.assemble(arch, &meta_arch)
     }
@@ -381,8 +402,10 @@ fn settings_from_metadata(
         )),
         _ => None,
     };
+    // llama.cpp runs Phi-3 without its window (the reference this engine follows).
     let window = match arch.info().sliding {
         SlidingLayers::None => None,
+        _ if arch == Arch::Phi3 => None,
         _ => opt("attention.sliding_window")?,
     };
     let sliding_layers = match (arch, opt("attention.sliding_window_pattern")?) {

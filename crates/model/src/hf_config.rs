@@ -178,7 +178,12 @@ fn rope_of(
             original_ctx: original,
             beta_fast: f("beta_fast", 32.0)?,
             beta_slow: f("beta_slow", 1.0)?,
-            attn_factor: f("attention_factor", 1.0)?,
+            // transformers' attention_factor replaces its default 0.1 ln(factor) + 1, which
+            // the kernels apply themselves (as ggml does): divide it back out.
+            attn_factor: match s.f64_opt("attention_factor")? {
+                Some(a) => (a / (1.0 + 0.1 * (factor as f64).ln())) as f32,
+                None => 1.0,
+            },
         },
         "longrope" => {
             // transformers: sqrt(1 + ln(s) / ln(original)), s = max positions / original.
@@ -457,6 +462,13 @@ mod tests {
                 ..
             }
         ));
+        // An explicit attention_factor replaces transformers' default 0.1 ln(factor) + 1,
+        // which the kernels apply: the default given explicitly leaves a factor of 1.
+        v5["rope_parameters"]["attention_factor"] = (1.0 + 0.1 * 4f64.ln()).into();
+        match config(&v5).unwrap().plan.ropes[0].scaling {
+            RopeScaling::Yarn { attn_factor, .. } => assert!((attn_factor - 1.0).abs() < 1e-6),
+            ref other => panic!("{other:?}"),
+        }
         v5["rope_parameters"] = serde_json::json!({"rope_type": "dynamic", "factor": 2.0});
         let e = config(&v5).unwrap_err().to_string();
         assert!(e.contains("rope_type") && e.contains("dynamic"), "{e}");
@@ -517,6 +529,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("num_attention_heads"));
+        let mut v = tiny("llama");
+        v.as_object_mut().unwrap().remove("head_dim");
+        v["hidden_size"] = 2.into();
+        let e = config(&v).unwrap_err().to_string();
+        assert!(e.contains("head size 0"), "{e}");
         let mut v = tiny("gemma2");
         v["layer_types"] = serde_json::json!([
             "sliding_attention",

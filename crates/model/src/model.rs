@@ -195,6 +195,15 @@ impl Model {
         let path = dir.join("config.json").display().to_string();
         let config = crate::hf_config::config_from_json(&json, &path, Some(arch), vocab)?;
         let weights = Weights::load(&src, &config)?;
+        let untied = json
+            .get("tie_word_embeddings")
+            .and_then(serde_json::Value::as_bool)
+            == Some(false);
+        if untied && weights.tied_output {
+            return Err(ModelError::MissingTensor(
+                "lm_head.weight (config.json says tie_word_embeddings: false)".into(),
+            ));
+        }
         let bytes = src.file_bytes();
         Model::assemble(config, weights, None, None, bytes, opts)
     }

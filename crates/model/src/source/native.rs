@@ -100,6 +100,9 @@ impl NativeFile {
             .ok_or_else(|| bad("the header has no \"tensors\" object".into()))?;
         let data_len = all.len() - payload;
         let mut tensors = HashMap::new();
+        // int8 values are dequantized into memory: their total may not exceed the payload (each
+        // value is a byte of it), so that overlapping entries cannot ask for more than 4× the file.
+        let mut int8_total = 0usize;
         for (tname, e) in entries {
             let tbad = |what: &str| bad(format!("tensor {tname}: {what}"));
             let num = |k: &str| -> Result<usize, ModelError> {
@@ -144,6 +147,10 @@ impl NativeFile {
                 "int8" => {
                     if !count.is_multiple_of(GROUP) {
                         return Err(tbad("its size is not a whole number of 64-value groups"));
+                    }
+                    int8_total = int8_total.saturating_add(count);
+                    if int8_total > data_len {
+                        return Err(tbad("the int8 tensors together exceed the payload"));
                     }
                     let q = &all[range(offset, count)?];
                     let (soff, ssize) = (num("scale_offset")?, num("scale_size")?);

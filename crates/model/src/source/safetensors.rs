@@ -129,10 +129,16 @@ impl HfSource {
     }
 
     fn find(&self, name: &str) -> Option<&Tensor> {
-        // Decoder tensors sit under "model." in causal-LM checkpoints; lm_head does not.
-        self.tensors
-            .get(&format!("model.{name}"))
-            .or_else(|| self.tensors.get(name))
+        // Decoder tensors sit under "model." in causal-LM checkpoints (under the language
+        // model's prefix in multimodal ones); lm_head does not.
+        [
+            "model.",
+            "language_model.model.",
+            "model.language_model.",
+            "",
+        ]
+        .iter()
+        .find_map(|p| self.tensors.get(&format!("{p}{name}")))
     }
 }
 
