@@ -13,9 +13,14 @@ pub mod gguf;
 pub mod native;
 pub mod safetensors;
 
-use torchless_kernels::Tensor;
+use std::collections::HashMap;
+use std::path::Path;
+
+use torchless_gguf::LoadMode;
+use torchless_kernels::{Storage, Tensor};
 
 use crate::arch::Arch;
+use crate::error::ModelError;
 
 /// What a tensor is for. Layer roles carry the layer's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -141,4 +146,31 @@ pub trait WeightSource {
     fn tensor(&self, role: Role) -> Option<Tensor>;
     /// The source's own name of `role`, for messages.
     fn name(&self, role: Role) -> String;
+}
+
+/// The bytes of a model file, memory-mapped or read, as `mode` says.
+pub(crate) fn open_storage(path: &Path, mode: LoadMode) -> Result<Storage, ModelError> {
+    let io = |e: std::io::Error| ModelError::Config(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(io)?;
+    Ok(match mode {
+        LoadMode::Mmap => {
+            // SAFETY: the map is read-only; as with every memory-mapped reader, the file must
+            // not be truncated or rewritten by another process while it is open.
+            Storage::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
+        }
+        LoadMode::Read => Storage::from_bytes(&std::fs::read(path).map_err(io)?),
+    })
+}
+
+/// The tensor HuggingFace calls `name` among `tensors`: decoder tensors sit under "model." in
+/// causal-LM checkpoints (under the language model's prefix in multimodal ones); lm_head not.
+pub(crate) fn find_hf<'a>(tensors: &'a HashMap<String, Tensor>, name: &str) -> Option<&'a Tensor> {
+    [
+        "model.",
+        "language_model.model.",
+        "model.language_model.",
+        "",
+    ]
+    .iter()
+    .find_map(|p| tensors.get(&format!("{p}{name}")))
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use torchless_gguf::LoadMode;
 use torchless_kernels::ops::RopeStyle;
-use torchless_kernels::{GgmlType, Storage, Tensor};
+use torchless_kernels::{GgmlType, Tensor};
 
 use super::{Role, WeightSource};
 use crate::arch::Arch;
@@ -59,14 +59,7 @@ impl NativeFile {
     pub fn open(path: &Path, mode: LoadMode) -> Result<NativeFile, ModelError> {
         let name = path.display().to_string();
         let bad = |what: String| ModelError::Config(format!("{name}: {what}"));
-        let io = |e: std::io::Error| bad(e.to_string());
-        let file = std::fs::File::open(path).map_err(io)?;
-        let storage = match mode {
-            // SAFETY: the map is read-only; as with every memory-mapped reader, the file must
-            // not be truncated or rewritten by another process while it is open.
-            LoadMode::Mmap => Storage::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?),
-            LoadMode::Read => Storage::from_bytes(&std::fs::read(path).map_err(io)?),
-        };
+        let storage = super::open_storage(path, mode)?;
         let storage = Arc::new(storage);
         let all = storage.bytes();
         let h = all

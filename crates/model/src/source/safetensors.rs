@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use torchless_gguf::LoadMode;
-use torchless_kernels::{GgmlType, Storage, Tensor};
+use torchless_kernels::{GgmlType, Tensor};
 
 use super::{Role, WeightSource};
 use crate::arch::Arch;
@@ -63,19 +63,6 @@ pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Ok(found)
 }
 
-fn open_storage(path: &Path, mode: LoadMode) -> Result<Storage, ModelError> {
-    let io = |e: std::io::Error| bad(path, e);
-    let file = std::fs::File::open(path).map_err(io)?;
-    Ok(match mode {
-        LoadMode::Mmap => {
-            // SAFETY: the map is read-only; as with every memory-mapped reader, the file must
-            // not be truncated or rewritten by another process while it is open.
-            Storage::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
-        }
-        LoadMode::Read => Storage::from_bytes(&std::fs::read(path).map_err(io)?),
-    })
-}
-
 impl HfSource {
     /// Opens every shard of `dir` for a model of family `arch`.
     pub fn open(dir: &Path, mode: LoadMode, arch: Arch) -> Result<HfSource, ModelError> {
@@ -83,7 +70,7 @@ impl HfSource {
         let mut skipped = HashMap::new();
         let mut bytes = 0u64;
         for path in shard_paths(dir)? {
-            let storage = Arc::new(open_storage(&path, mode)?);
+            let storage = Arc::new(super::open_storage(&path, mode)?);
             let all = storage.bytes();
             bytes += all.len() as u64;
             let st = safetensors::SafeTensors::deserialize(all).map_err(|e| bad(&path, e))?;
@@ -127,24 +114,11 @@ impl HfSource {
     pub fn tensors(&self) -> &HashMap<String, Tensor> {
         &self.tensors
     }
-
-    fn find(&self, name: &str) -> Option<&Tensor> {
-        // Decoder tensors sit under "model." in causal-LM checkpoints (under the language
-        // model's prefix in multimodal ones); lm_head does not.
-        [
-            "model.",
-            "language_model.model.",
-            "model.language_model.",
-            "",
-        ]
-        .iter()
-        .find_map(|p| self.tensors.get(&format!("{p}{name}")))
-    }
 }
 
 impl WeightSource for HfSource {
     fn tensor(&self, role: Role) -> Option<Tensor> {
-        self.find(&role.hf_name(self.arch)?).cloned()
+        super::find_hf(&self.tensors, &role.hf_name(self.arch)?).cloned()
     }
 
     fn name(&self, role: Role) -> String {
