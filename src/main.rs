@@ -7,7 +7,7 @@ mod options;
 
 use clap::{Parser, Subcommand};
 
-use commands::{bench, fetch, generate, info, perplexity, tokenize};
+use commands::{bench, convert, fetch, generate, info, perplexity, tokenize};
 
 #[derive(Parser)]
 #[command(name = "torchless", version, about = "Run open-weight language models on the CPU.", long_about = None)]
@@ -28,6 +28,8 @@ enum Command {
     Perplexity(perplexity::Args),
     /// Measure prompt and generation speed (llama-bench style).
     Bench(bench::Args),
+    /// Write a model as GGUF, a HuggingFace directory or a `.bin` export.
+    Convert(convert::Args),
     /// Download a known model into the cache (or list the known models).
     Fetch(fetch::Args),
 }
@@ -58,6 +60,7 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Fetch(a) => fetch::run(a),
     };
     if let Err(e) = result {

@@ -31,14 +31,30 @@ pub enum CliError {
 /// File formats `--format` accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// Decide from the file's contents.
+    /// Decide from the file's contents (magic bytes, layout, extension, or a directory).
     Auto,
     Gguf,
+    /// A HuggingFace directory (config.json, safetensors, tokenizer.json).
+    Safetensors,
+    /// The original torchless engine's `.bin` export.
+    Bin,
+}
+
+impl Format {
+    pub fn forced(self) -> Option<torchless_model::Format> {
+        match self {
+            Format::Auto => None,
+            Format::Gguf => Some(torchless_model::Format::Gguf),
+            Format::Safetensors => Some(torchless_model::Format::Safetensors),
+            Format::Bin => Some(torchless_model::Format::Bin),
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelOpts {
-    /// Model: a GGUF file, or a known model name (fetched on first use). Default: SmolLM2-135M-Instruct.
+    /// Model: a GGUF file, a HuggingFace directory, a `.bin` export, or a known model name
+    /// (fetched on first use). Default: SmolLM2-135M-Instruct.
     #[arg(short = 'm', long = "model")]
     pub model: Option<String>,
     /// Force an architecture instead of the one the file names (e.g. llama, qwen2).
@@ -90,6 +106,7 @@ impl ModelOpts {
                 LoadMode::Mmap
             },
             arch: self.arch.clone(),
+            format: self.format.forced(),
             threads: self.threads,
             precision: if self.precise {
                 Precision::F32

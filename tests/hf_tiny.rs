@@ -63,20 +63,25 @@ fn session(model: &Model, n_batch: usize) -> Session<'_> {
 
 fn check(name: &str) {
     let model = load(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    check_model(name, &model, TOLERANCE);
+}
+
+/// `model` (the tiny `name` checkpoint, however loaded) against transformers' logits.
+fn check_model(name: &str, model: &Model, tolerance: f32) {
     let r = reference(name);
     let ids = common::ids(&r["input_ids"]);
     let want = rows(name, "logits.f32");
     assert_eq!(want.len(), ids.len());
     // The whole prompt in one batch, and one token at a time.
     for n_batch in [ids.len(), 1] {
-        let mut s = session(&model, n_batch);
+        let mut s = session(model, n_batch);
         let mut got = Vec::new();
         s.eval_with(&ids, true, |_, row| got.push(row.to_vec()))
             .unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let d = max_diff(g, w);
             assert!(
-                d < TOLERANCE,
+                d < tolerance,
                 "{name}, batch {n_batch}: position {i} differs by {d}"
             );
         }
@@ -86,13 +91,70 @@ fn check(name: &str) {
     // Greedy decoding through the cache.
     let new = common::ids(&r["greedy_new_tokens"]);
     let decode = rows(name, "decode_logits.f32");
-    let mut s = session(&model, 32);
+    let mut s = session(model, 32);
     let mut last = s.eval(&ids).unwrap().to_vec();
     for (k, &tok) in new.iter().enumerate() {
         let d = max_diff(&last, &decode[k]);
-        assert!(d < TOLERANCE, "{name}: decode step {k} differs by {d}");
+        assert!(d < tolerance, "{name}: decode step {k} differs by {d}");
         assert_eq!(argmax(&last), tok, "{name}: decode step {k}");
         last = s.eval(&[tok]).unwrap().to_vec();
+    }
+}
+
+/// The eight dense families written by `torchless convert` as GGUF (f32) and as `.bin`, read
+/// back, and run against transformers' logits (within 1e-3: f32 arithmetic, with Gemma's norms
+/// stored as 1 + w in GGUF) with the same greedy tokens.
+#[test]
+fn every_family_survives_conversion_to_gguf_and_bin() {
+    use torchless_gguf::LoadMode;
+    use torchless_model::convert::{convert, ConvertOptions, OutType};
+    use torchless_model::{Checkpoint, Format};
+    let out = common::temp_dir("hf_tiny_convert");
+    for name in [
+        "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3",
+    ] {
+        let src = Checkpoint::open(
+            &common::data(&format!("tiny/{name}")),
+            None,
+            None,
+            LoadMode::Mmap,
+        )
+        .unwrap();
+        let arch = src.config.arch;
+        for (to, file) in [(Format::Gguf, "gguf"), (Format::Bin, "bin")] {
+            let path = out.join(format!("{name}.{file}"));
+            let opts = ConvertOptions {
+                to,
+                dtype: Some(OutType::F32),
+            };
+            convert(&src, &opts, &path, &mut |_, _| {}).unwrap();
+            let model = Model::load(
+                &path,
+                &LoadOptions {
+                    precision: Precision::F32,
+                    threads: 2,
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{name} as {file}: {e}"));
+            assert_eq!(model.config().arch, arch, "{name} as {file}");
+            // The same layers (GGUF's own rotary layout and 1 + w norms aside).
+            let (got, want) = (&model.config().plan, &src.config.plan);
+            assert_eq!(got.layers, want.layers, "{name} as {file}");
+            assert_eq!(
+                (got.embd_scale, got.final_softcap, got.norm_eps),
+                (want.embd_scale, want.final_softcap, want.norm_eps),
+                "{name} as {file}"
+            );
+            let bases = |p: &torchless_model::parts::Plan| {
+                p.ropes
+                    .iter()
+                    .map(|r| (r.base, r.dims, r.scaling.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bases(got), bases(want), "{name} as {file}");
+            check_model(name, &model, 1e-3);
+        }
     }
 }
 

@@ -60,41 +60,61 @@ impl GgufWriter {
 
     /// The file image.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let align = self.alignment() as usize;
         let mut out = Vec::new();
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = self.write_to(&mut out);
+        out
+    }
+
+    /// Writes the file image to `w`; returns its length.
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
+        let align = self.alignment() as usize;
+        let mut head = Vec::new();
+        head.extend_from_slice(&MAGIC);
+        head.extend_from_slice(&3u32.to_le_bytes());
+        head.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
         for (k, v) in &self.metadata {
-            put_str(&mut out, k);
-            out.extend_from_slice(&(v.value_type() as u32).to_le_bytes());
-            put_value(&mut out, v);
+            put_str(&mut head, k);
+            head.extend_from_slice(&(v.value_type() as u32).to_le_bytes());
+            put_value(&mut head, v);
         }
         let mut offset = 0usize;
         let mut offsets = Vec::with_capacity(self.tensors.len());
         for (name, ty, dims, data) in &self.tensors {
-            put_str(&mut out, name);
-            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            put_str(&mut head, name);
+            head.extend_from_slice(&(dims.len() as u32).to_le_bytes());
             for d in dims {
-                out.extend_from_slice(&d.to_le_bytes());
+                head.extend_from_slice(&d.to_le_bytes());
             }
-            out.extend_from_slice(&(*ty as u32).to_le_bytes());
-            out.extend_from_slice(&(offset as u64).to_le_bytes());
+            head.extend_from_slice(&(*ty as u32).to_le_bytes());
+            head.extend_from_slice(&(offset as u64).to_le_bytes());
             offsets.push(offset);
             offset = (offset + data.len()).div_ceil(align) * align;
         }
-        let data_start = out.len().div_ceil(align) * align;
-        out.resize(data_start, 0);
+        let data_start = head.len().div_ceil(align) * align;
+        head.resize(data_start, 0);
+        w.write_all(&head)?;
+        let mut at = 0usize;
+        let zeros = vec![0u8; align];
         for ((_, _, _, data), off) in self.tensors.iter().zip(offsets) {
-            out.resize(data_start + off, 0);
-            out.extend_from_slice(data);
+            w.write_all(&zeros[..off - at])?;
+            w.write_all(data)?;
+            at = off + data.len();
         }
-        out
+        Ok((data_start + at) as u64)
     }
 
     pub fn write(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
-        std::fs::write(path, self.to_bytes())
+        self.write_file(path).map(|_| ())
+    }
+
+    /// Writes the file at `path` without building its image in memory; returns its length.
+    pub fn write_file(&self, path: impl AsRef<Path>) -> std::io::Result<u64> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let n = self.write_to(&mut f)?;
+        std::io::Write::flush(&mut f)?;
+        Ok(n)
     }
 }
 

@@ -31,10 +31,12 @@ pub struct ModelConfig {
     pub n_ctx_train: usize,
     pub norm_eps: f32,
     pub plan: Plan,
+    /// What the file said, in the one vocabulary of every format (for writing it back out).
+    pub(crate) settings: Settings,
 }
 
 /// What a model file says about the network, in one vocabulary for every format.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Settings {
     pub name: Option<String>,
     pub n_layers: usize,
@@ -184,6 +186,7 @@ impl Settings {
         Ok(ModelConfig {
             arch,
             meta_arch: meta_arch.to_string(),
+            settings: s.clone(),
             name: s.name,
             n_layers: s.n_layers,
             n_embd: s.n_embd,
@@ -264,6 +267,10 @@ impl ModelConfig {
         let meta_arch = m.str("general.architecture")?.to_string();
         let arch = match arch {
             Some(a) => a,
+            // llama.cpp runs Mistral as `llama`; a file that states a window is one.
+            None if meta_arch == "llama" && m.contains("llama.attention.sliding_window") => {
+                Arch::Mistral
+            }
             None => Arch::from_name(&meta_arch).ok_or_else(|| ModelError::UnsupportedArch {
                 name: meta_arch.clone(),
                 supported: Arch::supported(),
@@ -389,8 +396,11 @@ fn settings_from_metadata(
     let n_layers = get("block_count")?;
     // llama.cpp's rule for Gemma 2/3 (the GGUF keeps no query_pre_attn_scalar): 1/√head_dim,
     // except the 27B models, whose scalar is n_embd / n_head.
-    let query_scale = match arch {
-        Arch::Gemma2 | Arch::Gemma3 if matches!(n_embd, 4608 | 5376) => {
+    // `attention.scale` where a file gives it (torchless's converter writes it where a
+    // checkpoint's query_pre_attn_scalar departs from the rule below).
+    let query_scale = match (arch, optf("attention.scale")?) {
+        (_, Some(scale)) => Some(scale),
+        (Arch::Gemma2 | Arch::Gemma3, None) if matches!(n_embd, 4608 | 5376) => {
             Some(1.0 / ((n_embd / n_head) as f32).sqrt())
         }
         _ => None,

@@ -3,6 +3,8 @@
 //! - [`arch`]: the registry of architectures and their small differences;
 //! - [`parts`]: the parts a layer is made of and the per-layer plan;
 //! - [`config`], [`hf_config`]: hyper-parameters and plan from GGUF metadata or config.json;
+//! - [`checkpoint`]: a model's files opened: format, config, tokenizer, tensors;
+//! - [`convert`]: a checkpoint written as GGUF, a HuggingFace directory or a `.bin`;
 //! - [`source`]: tensors by role from GGUF or safetensors files (the one table of names);
 //! - [`weights`]: the tensors of every part, shapes checked;
 //! - [`kv_cache`]: the paged KV cache (block pool, per-sequence block tables);
@@ -14,7 +16,9 @@
 pub mod arch;
 pub mod attention;
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod forward;
 pub mod generate;
@@ -31,6 +35,7 @@ pub mod workspace;
 
 pub use arch::Arch;
 pub use batch::Batch;
+pub use checkpoint::{Checkpoint, Format};
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use generate::{generate, GenerateOptions, Generation, StopReason, Timings};

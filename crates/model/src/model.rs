@@ -1,6 +1,6 @@
 //! A loaded model: configuration, weights, tokenizer, and the compute context (kernels and
-//! thread pool) its forward pass runs on. A path to a file loads a GGUF file; a path to a
-//! directory loads a HuggingFace checkpoint (config.json + safetensors).
+//! thread pool) its forward pass runs on, built from an opened [`Checkpoint`] (a GGUF file, a
+//! HuggingFace directory or a `.bin` export).
 
 use std::path::Path;
 
@@ -8,13 +8,10 @@ use torchless_gguf::{GgufFile, LoadMode};
 use torchless_kernels::{Isa, Kernels, ThreadPool};
 use torchless_tokenizer::Tokenizer;
 
-use crate::arch::Arch;
+use crate::checkpoint::{parse_arch, Checkpoint, Files, Format};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvType;
-use crate::source::gguf::GgufSource;
-use crate::source::native;
-use crate::source::safetensors::HfSource;
 use crate::weights::Weights;
 
 /// Which arithmetic the forward pass uses.
@@ -41,8 +38,10 @@ impl Precision {
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     pub mode: LoadMode,
-    /// Force an architecture instead of `general.architecture`.
+    /// Force an architecture instead of the one the files name (`--arch`).
     pub arch: Option<String>,
+    /// Force a file format instead of detecting it (`--format`).
+    pub format: Option<Format>,
     /// Threads of the compute pool (0 = physical cores).
     pub threads: usize,
     pub precision: Precision,
@@ -109,66 +108,30 @@ pub fn physical_cores() -> usize {
     }
 }
 
-/// The architecture `--arch` names, if any.
-fn forced_arch(opts: &LoadOptions) -> Result<Option<Arch>, ModelError> {
-    opts.arch
-        .as_deref()
-        .map(|name| {
-            Arch::from_name(name).ok_or_else(|| ModelError::UnsupportedArch {
-                name: name.to_string(),
-                supported: Arch::supported(),
-            })
-        })
-        .transpose()
-}
-
 impl Model {
-    /// Opens a GGUF file, or a HuggingFace directory, and builds the model it describes.
+    /// Opens a model — a GGUF file, a HuggingFace directory, or a `.bin` export, as
+    /// [`Checkpoint::open`] detects (or `opts.format` says) — and builds it.
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model, ModelError> {
-        let path = path.as_ref();
-        if path.is_dir() {
-            return Model::from_hf_dir(path, opts);
-        }
-        // GGUF by its magic; the `.bin` export by its layout (a header size, then JSON).
-        let mut head = [0u8; 64];
-        let (n, len) = match std::fs::File::open(path) {
-            Ok(mut f) => {
-                use std::io::Read;
-                let n = f.read(&mut head).unwrap_or(0);
-                (n, f.metadata().map(|m| m.len()).unwrap_or(0))
-            }
-            Err(_) => (0, 0),
-        };
-        if &head[..4.min(n)] != b"GGUF" && native::looks_native(&head[..n], len) {
-            return Model::from_native(path, opts);
-        }
-        let file = GgufFile::open(path, opts.mode)?;
-        Model::from_gguf(file, opts)
-    }
-
-    /// Loads a `.bin` file of the original torchless engine (Mistral-family weights; int8
-    /// tensors dequantized to f32). Its tokenizer is not read yet: such a model runs on ids.
-    pub fn from_native(path: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
-        let file = native::NativeFile::open(path, opts.mode)?;
-        let arch = forced_arch(opts)?.unwrap_or(Arch::Mistral);
-        let src = native::NativeSource { file: &file, arch };
-        let vocab = crate::weights::vocab_of_source(&src)?;
-        let config = file.config(arch, vocab)?;
-        let weights = Weights::load(&src, &config)?;
-        let bytes = file.file_bytes();
-        Model::assemble(config, weights, None, None, bytes, opts)
+        let arch = parse_arch(opts.arch.as_deref())?;
+        let ck = Checkpoint::open(path.as_ref(), opts.format, arch, opts.mode)?;
+        Model::from_checkpoint(ck, opts)
     }
 
     pub fn from_gguf(file: GgufFile, opts: &LoadOptions) -> Result<Model, ModelError> {
-        let config = ModelConfig::from_gguf(&file, forced_arch(opts)?)?;
-        let weights = Weights::load(&GgufSource { file: &file }, &config)?;
-        let m = file.metadata();
-        let tokenizer = match Tokenizer::from_metadata(m) {
-            Ok(t) => Some(t),
-            Err(torchless_tokenizer::TokenizerError::Missing) => None,
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(t) = &tokenizer {
+        let arch = parse_arch(opts.arch.as_deref())?;
+        Model::from_checkpoint(Checkpoint::gguf(file, arch)?, opts)
+    }
+
+    /// Prepares the weights of an opened checkpoint for compute.
+    pub fn from_checkpoint(ck: Checkpoint, opts: &LoadOptions) -> Result<Model, ModelError> {
+        let config = ck.config.clone();
+        let weights = Weights::load(&*ck.source(), &config)?;
+        if ck.untied && weights.tied_output {
+            return Err(ModelError::MissingTensor(
+                "lm_head.weight (config.json says tie_word_embeddings: false)".into(),
+            ));
+        }
+        if let Some(t) = &ck.tokenizer {
             if t.len() > config.vocab {
                 tracing::warn!(
                     "the tokenizer has {} tokens but the model only {} rows",
@@ -177,35 +140,11 @@ impl Model {
                 );
             }
         }
-        let file_bytes = file.file_size();
-        Model::assemble(config, weights, tokenizer, Some(file), file_bytes, opts)
-    }
-
-    /// Loads a HuggingFace checkpoint: `dir/config.json` and its safetensors files (F32, F16
-    /// or BF16 weights, viewed in place). The tokenizer files are not read yet: such a model
-    /// runs on token ids.
-    pub fn from_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model, ModelError> {
-        let json = crate::hf_config::read(dir)?;
-        let arch = match forced_arch(opts)? {
-            Some(a) => a,
-            None => crate::hf_config::arch_of(&json)?.0,
+        let gguf = match ck.files {
+            Files::Gguf(file) => Some(file),
+            _ => None,
         };
-        let src = HfSource::open(dir, opts.mode, arch)?;
-        let vocab = crate::weights::vocab_of_source(&src)?;
-        let path = dir.join("config.json").display().to_string();
-        let config = crate::hf_config::config_from_json(&json, &path, Some(arch), vocab)?;
-        let weights = Weights::load(&src, &config)?;
-        let untied = json
-            .get("tie_word_embeddings")
-            .and_then(serde_json::Value::as_bool)
-            == Some(false);
-        if untied && weights.tied_output {
-            return Err(ModelError::MissingTensor(
-                "lm_head.weight (config.json says tie_word_embeddings: false)".into(),
-            ));
-        }
-        let bytes = src.file_bytes();
-        Model::assemble(config, weights, None, None, bytes, opts)
+        Model::assemble(config, weights, ck.tokenizer, gguf, ck.file_bytes, opts)
     }
 
     fn assemble(

@@ -19,6 +19,18 @@ use crate::TokenizerError;
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// GPT-2's pattern without its last `\s+` (as llama.cpp's tables write it when other
+/// patterns follow; whitespace it leaves unmatched is a piece of its own either way).
+const GPT2_INNER: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// DeepSeek LLM's Latin/Greek/Cyrillic/… letter runs (the ranges of its tokenizer.json;
+/// code points that Unicode normalization would change are written as escapes).
+const DEEPSEEK_LETTERS: &str = r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\x{1f7d}ᾀ-ᾴᾶ-ᾼ\x{1fbe}ῂ-ῄῆ-ῌῐ-\x{1fd3}ῖ-\x{1fdb}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\x{2126}ℨ\x{212a}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ\x{10400}-\x{1044f}𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+";
+const DEEPSEEK_CJK: &str = r"[一-龥ࠀ-一가-퟿]+";
+const DEEPSEEK_V3: &str = r"[!\x22#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Tekken (Mistral NeMo and later), in llama.cpp's spelling: upper-case runs as letters that
+/// are not a-z, lower-case runs as letters that are not A-Z.
+const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// How a named pre-tokenizer splits text before BPE: regexes applied in turn (each splitting
 /// the pieces of the previous one), then whether GPT-2's own pattern runs last.
 struct PreSplit {
@@ -27,6 +39,22 @@ struct PreSplit {
     ignore_merges: bool,
 }
 
+/// Every pre-tokenizer name this crate knows, one per split (aliases in [`pre_split`]).
+const NAMES: &[&str] = &[
+    "gpt2",
+    "smollm",
+    "qwen2",
+    "llama3",
+    "tekken",
+    "deepseek-llm",
+    "deepseek-coder",
+    "deepseek-v3",
+    "falcon",
+    "default",
+];
+
+/// llama.cpp's splits for a `tokenizer.ggml.pre` name (the regex tables of its vocabulary
+/// code).
 fn pre_split(pre: &str) -> Option<PreSplit> {
     let p = |patterns, gpt2_last, ignore_merges| PreSplit {
         patterns,
@@ -34,21 +62,79 @@ fn pre_split(pre: &str) -> Option<PreSplit> {
         ignore_merges,
     };
     Some(match pre {
-        "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" | "phi-2" | "stablelm2" => p(&[], true, false),
+        "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" | "phi-2" | "stablelm2" | "trillion" => {
+            p(&[], true, false)
+        }
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
             p(&[r"\p{N}"], true, false)
         }
-        "qwen2" | "deepseek-r1-qwen" | "qwen35" => p(&[QWEN2], false, false),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "lfm2" => {
-            p(&[LLAMA3], false, true)
-        }
-        "tekken" => p(&[LLAMA3], false, true),
+        "qwen2" | "deepseek-r1-qwen" | "qwen35" | "hunyuan" | "grok-2" => p(&[QWEN2], false, false),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "lfm2" | "dbrx"
+        | "smaug-bpe" | "chatglm-bpe" => p(&[LLAMA3], false, true),
+        "tekken" => p(&[TEKKEN], false, true),
+        "deepseek-llm" => p(
+            &[
+                r"[\r\n]",
+                DEEPSEEK_LETTERS,
+                r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
+                r"\s+$",
+                DEEPSEEK_CJK,
+                r"\p{N}+",
+            ],
+            false,
+            false,
+        ),
+        "deepseek-coder" => p(
+            &[
+                r"[\r\n]",
+                r"\s?\p{L}+",
+                r"\s?\p{P}+",
+                DEEPSEEK_CJK,
+                r"\p{N}",
+            ],
+            false,
+            false,
+        ),
+        "deepseek-v3" | "hunyuan-dense" => p(
+            &[r"\p{N}{1,3}", r"[一-龥぀-ゟ゠-ヿ]+", DEEPSEEK_V3],
+            false,
+            false,
+        ),
+        "falcon" => p(
+            &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_INNER, r"[0-9][0-9][0-9]"],
+            false,
+            false,
+        ),
         "default" => p(
             &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
             false,
             false,
         ),
         _ => return None,
+    })
+}
+
+/// The splits of a pre-tokenizer name: its regexes, whether GPT-2's pattern runs last, and
+/// whether whole words found in the vocabulary skip the merges.
+pub fn pre_split_public(pre: &str) -> Option<(&'static [&'static str], bool, bool)> {
+    pre_split(pre).map(|s| (s.patterns, s.gpt2_last, s.ignore_merges))
+}
+
+/// The pre-tokenizer name whose splits are `patterns` (tokenizer.json's regexes, in order)
+/// followed, when `gpt2_last`, by GPT-2's pattern; `None` when no known name splits so.
+/// tokenizer.json spells case-insensitive contractions `(?i:'s|…)` where llama.cpp's tables
+/// spell out `'[sS]|…`; both are taken as the same.
+pub fn pre_of_patterns(patterns: &[&str], gpt2_last: bool) -> Option<&'static str> {
+    const CI: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)";
+    const SPELLED: &str = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])";
+    let norm = |s: &str| s.replace(CI, SPELLED);
+    let given: Vec<String> = patterns.iter().map(|p| norm(p)).collect();
+    NAMES.iter().copied().find(|name| {
+        pre_split(name).is_some_and(|s| {
+            s.gpt2_last == gpt2_last
+                && s.patterns.len() == given.len()
+                && s.patterns.iter().zip(&given).all(|(a, b)| norm(a) == *b)
+        })
     })
 }
 
@@ -183,7 +269,7 @@ mod tests {
 
     #[test]
     fn every_named_pre_tokenizer_compiles() {
-        for pre in ["gpt2", "smollm", "qwen2", "llama3", "llama-bpe", "default"] {
+        for pre in NAMES.iter().chain(&["command-r", "llama-bpe", "dbrx"]) {
             let p = pre_split(pre).unwrap();
             for pat in p.patterns {
                 Split::new(
@@ -191,7 +277,7 @@ mod tests {
                     SplitDelimiterBehavior::Isolated,
                     false,
                 )
-                .unwrap_or_else(|e| panic!("{pre}: {e}"));
+                .unwrap_or_else(|e| panic!("{pre}: {pat}: {e:?}"));
             }
         }
         assert!(pre_split("no-such-thing").is_none());

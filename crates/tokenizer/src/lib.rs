@@ -4,15 +4,20 @@
 //! - [`special`]: cutting text at special tokens before tokenization;
 //! - [`bpe`]: byte-level BPE on the HuggingFace `tokenizers` crate, with llama.cpp's
 //!   pre-tokenizer splits by name;
+//! - [`hf`]: a HuggingFace directory's tokenizer files, described as GGUF describes a
+//!   vocabulary (its text is encoded by the `tokenizers` crate with the directory's own
+//!   tokenizer.json);
 //! - [`spm`]: SentencePiece-style score merging with byte fallback (hand-written: GGUF gives
 //!   scores, not merges);
 //! - [`stream`]: streaming detokenization that never splits a character;
 //! - [`template`]: chat templates (minijinja).
 //!
-//! Behaviour follows llama.cpp's tokenizer, the reference the tests compare with. This crate
-//! knows nothing of model weights or compute.
+//! Behaviour follows llama.cpp's tokenizer for GGUF files and the `tokenizers` crate (the
+//! transformers tokenizer) for HuggingFace directories: the references the tests compare
+//! with. This crate knows nothing of model weights or compute.
 
 pub mod bpe;
+pub mod hf;
 pub mod special;
 pub mod spm;
 pub mod stream;
@@ -48,6 +53,8 @@ pub enum TokenizerError {
 enum Model {
     Bpe(Box<bpe::ByteLevelBpe>),
     Spm,
+    /// A directory's own tokenizer.json (special tokens are cut out before it sees text).
+    Hf(Box<tokenizers::Tokenizer>),
 }
 
 /// A tokenizer built from a model file's metadata.
@@ -56,6 +63,8 @@ pub struct Tokenizer {
     model: Model,
     model_name: String,
     pre: Option<String>,
+    /// Token texts use `▁` for spaces (SentencePiece-style) rather than GPT-2's byte map.
+    spm_style: bool,
     specials: Vec<u32>,
     /// Bytes of every token's text as it reads in output, concatenated; see `offsets`.
     pieces: Vec<u8>,
@@ -99,34 +108,167 @@ impl Tokenizer {
             "llama" => (Model::Spm, None),
             other => return Err(TokenizerError::UnknownModel(other.to_string())),
         };
+        let chat_template = m
+            .opt("tokenizer.chat_template", Metadata::str)?
+            .map(str::to_string);
+        Ok(Tokenizer::assemble(
+            vocab,
+            model,
+            model_name,
+            pre,
+            chat_template,
+        ))
+    }
+
+    /// The tokenizer of a HuggingFace model directory (`tokenizer.json` and the files beside
+    /// it), or `None` when the directory has no `tokenizer.json`. Text is encoded by the
+    /// `tokenizers` crate with that file; `generation_config.json`'s `eos_token_id`s join the
+    /// end-of-generation set.
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Option<Tokenizer>, TokenizerError> {
+        let Some(files) = hf::HfTokenizerFiles::read(dir)? else {
+            return Ok(None);
+        };
+        Tokenizer::from_files(&files).map(|(t, _)| Some(t))
+    }
+
+    /// The tokenizer a `.bin` export carries (`vocab`: token → id, `merges`), read at `path`,
+    /// and its GGUF-style description. SentencePiece-style when the vocabulary has byte
+    /// tokens (`<0x00>` …, as Mistral's has), byte-level otherwise.
+    pub fn from_tokenizer_json(
+        tok: &serde_json::Value,
+        path: &std::path::Path,
+    ) -> Result<(Tokenizer, Metadata), TokenizerError> {
+        let bad =
+            |what: &str| TokenizerError::Invalid(format!("{}: tokenizer {what}", path.display()));
+        let map = tok["vocab"]
+            .as_object()
+            .ok_or_else(|| bad("vocab is not an object of token → id"))?;
+        let n = map
+            .values()
+            .filter_map(|v| v.as_u64())
+            .max()
+            .map_or(0, |m| m as usize + 1);
+        if n == 0 || n > 1 << 24 || map.values().any(|v| v.as_u64().is_none()) {
+            return Err(bad("vocab ids are not token ids"));
+        }
+        let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
+        for (t, id) in map {
+            tokens[id.as_u64().unwrap_or(0) as usize] = t.clone();
+        }
+        let merges: Vec<String> = match tok["merges"].as_array() {
+            None => Vec::new(),
+            Some(list) => list
+                .iter()
+                .map(|m| match m {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Array(p) => match (p.first(), p.get(1)) {
+                        (Some(a), Some(b)) => Some(format!("{} {}", a.as_str()?, b.as_str()?)),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("merges are neither \"a b\" strings nor pairs"))?,
+        };
+        let spm = tokens.iter().any(|t| t == "<0x00>");
+        let is_control = |t: &str| {
+            (t.starts_with('<') && t.ends_with('>') && !t.starts_with("<0x") && t.len() > 2)
+                || (t.starts_with("[")
+                    && t.ends_with(']')
+                    && t.len() > 2
+                    && t[1..t.len() - 1]
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c == '_'))
+        };
+        let added: Vec<(u32, bool)> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| is_control(t) && !t.starts_with("[PAD"))
+            .map(|(i, _)| (i as u32, true))
+            .collect();
+        let find = |text: &str| tokens.iter().position(|t| t == text).map(|i| i as u32);
+        let bos = find("<s>");
+        let json = hf::tokenizer_json(&hf::JsonVocab {
+            tokens: &tokens,
+            added: &added,
+            merges: &merges,
+            spm,
+            pre: None,
+            bos,
+            add_bos: spm && bos.is_some(),
+            add_space_prefix: spm,
+            unk: find("<unk>").map(|_| "<unk>"),
+        })?;
+        let config =
+            serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"});
+        let files = hf::HfTokenizerFiles::from_json(json, path, Some(config));
+        Tokenizer::from_files(&files)
+    }
+
+    fn from_files(files: &hf::HfTokenizerFiles) -> Result<(Tokenizer, Metadata), TokenizerError> {
+        let (inner, meta) = hf_parts(files)?;
+        let model_name = meta.str("tokenizer.ggml.model")?.to_string();
+        let mut vocab = Vocab::from_metadata(&meta, &model_name)?;
+        for id in files.generation_eos() {
+            if (id as usize) < vocab.len() {
+                vocab.eog.insert(id);
+            }
+        }
+        let chat_template = files.chat_template();
+        let mut t = Tokenizer::assemble(
+            vocab,
+            Model::Hf(Box::new(inner)),
+            model_name,
+            None,
+            chat_template,
+        );
+        t.pre = Some("tokenizer.json".into());
+        Ok((t, meta))
+    }
+
+    /// The `tokenizer.ggml.*` keys a GGUF file would carry for the tokenizer of directory
+    /// `dir` (None when it has no tokenizer.json).
+    pub fn hf_dir_metadata(dir: &std::path::Path) -> Result<Option<Metadata>, TokenizerError> {
+        let Some(files) = hf::HfTokenizerFiles::read(dir)? else {
+            return Ok(None);
+        };
+        Ok(Some(hf_parts(&files)?.1))
+    }
+
+    fn assemble(
+        vocab: Vocab,
+        model: Model,
+        model_name: String,
+        pre: Option<String>,
+        chat_template: Option<String>,
+    ) -> Tokenizer {
+        let spm_style = model_name == "llama";
         let mut pieces = Vec::new();
         let mut offsets = Vec::with_capacity(vocab.len() + 1);
         offsets.push(0u32);
         for (i, text) in vocab.tokens.iter().enumerate() {
-            let bytes: Vec<u8> = match (vocab.kinds[i], &model) {
-                (TokenKind::Byte, _) => parse_byte_token(text).map(|b| vec![b]).unwrap_or_default(),
-                (TokenKind::Normal, Model::Bpe(_)) => bpe::token_bytes(text),
-                (TokenKind::Normal, Model::Spm) => text.replace('\u{2581}', " ").into_bytes(),
-                (TokenKind::Unused, _) => Vec::new(),
+            let bytes: Vec<u8> = match vocab.kinds[i] {
+                TokenKind::Byte => parse_byte_token(text).map(|b| vec![b]).unwrap_or_default(),
+                TokenKind::Normal if spm_style => text.replace('\u{2581}', " ").into_bytes(),
+                TokenKind::Normal => bpe::token_bytes(text),
+                TokenKind::Unused => Vec::new(),
                 _ => text.as_bytes().to_vec(),
             };
             pieces.extend_from_slice(&bytes);
             offsets.push(pieces.len() as u32);
         }
         let specials = vocab.special_tokens();
-        let chat_template = m
-            .opt("tokenizer.chat_template", Metadata::str)?
-            .map(str::to_string);
-        Ok(Tokenizer {
+        Tokenizer {
             vocab,
             model,
             model_name,
             pre,
+            spm_style,
             specials,
             pieces,
             offsets,
             chat_template,
-        })
+        }
     }
 
     pub fn vocab(&self) -> &Vocab {
@@ -144,10 +286,11 @@ impl Tokenizer {
     /// "byte-level BPE (pre-tokenizer smollm)" or "SentencePiece (llama)".
     pub fn describe(&self) -> String {
         match &self.pre {
-            Some(pre) => format!(
+            Some(pre) if !self.spm_style => format!(
                 "byte-level BPE ({} model, pre-tokenizer {pre})",
                 self.model_name
             ),
+            Some(pre) => format!("SentencePiece-style BPE with byte fallback ({pre})"),
             None => format!("SentencePiece ({} model)", self.model_name),
         }
     }
@@ -202,6 +345,12 @@ impl Tokenizer {
                             };
                             spm::encode(&self.vocab, &escape_spaces(t), &mut out);
                         }
+                        Model::Hf(h) => {
+                            let enc = h
+                                .encode_fast(t, false)
+                                .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+                            out.extend_from_slice(enc.get_ids());
+                        }
                     }
                     prev_special = false;
                 }
@@ -232,8 +381,7 @@ impl Tokenizer {
         for (k, &id) in ids.iter().enumerate() {
             let piece = self.token_bytes(id, render_special);
             // SentencePiece models that prefix a space strip it from the first token.
-            let piece = if k == 0 && self.vocab.add_space_prefix && matches!(self.model, Model::Spm)
-            {
+            let piece = if k == 0 && self.vocab.add_space_prefix && self.spm_style {
                 piece.strip_prefix(b" ").unwrap_or(piece)
             } else {
                 piece
@@ -251,6 +399,35 @@ impl Tokenizer {
     pub fn is_eog(&self, id: u32) -> bool {
         self.vocab.is_eog(id)
     }
+}
+
+/// The `tokenizers` crate's tokenizer of `files` (told to leave special-token texts to this
+/// crate's own partition) and the GGUF-style description of its vocabulary, with BOS/EOS as
+/// its post-processor adds them.
+fn hf_parts(
+    files: &hf::HfTokenizerFiles,
+) -> Result<(tokenizers::Tokenizer, Metadata), TokenizerError> {
+    let mut inner: tokenizers::Tokenizer = files
+        .json_text
+        .parse()
+        .map_err(|e| TokenizerError::Invalid(format!("{}: {e}", files.path.display())))?;
+    let encode = |t: &tokenizers::Tokenizer, add: bool| -> Result<Vec<u32>, TokenizerError> {
+        t.encode_fast("a", add)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
+    };
+    let plain = encode(&inner, false)?;
+    let with = encode(&inner, true)?;
+    // The ids the post-processor puts around a text: where `plain` sits inside `with`.
+    let (before, after) = match (0..=with.len().saturating_sub(plain.len()))
+        .find(|&i| with[i..].starts_with(&plain))
+    {
+        Some(i) => (with[..i].to_vec(), with[i + plain.len()..].to_vec()),
+        None => (Vec::new(), Vec::new()),
+    };
+    let meta = files.to_metadata((&before, &after))?;
+    inner.set_encode_special_tokens(true);
+    Ok((inner, meta))
 }
 
 fn parse_byte_token(text: &str) -> Option<u8> {

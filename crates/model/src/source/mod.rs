@@ -148,6 +148,16 @@ pub trait WeightSource {
     fn name(&self, role: Role) -> String;
 }
 
+impl<T: WeightSource + ?Sized> WeightSource for &T {
+    fn tensor(&self, role: Role) -> Option<Tensor> {
+        (**self).tensor(role)
+    }
+
+    fn name(&self, role: Role) -> String {
+        (**self).name(role)
+    }
+}
+
 /// The bytes of a model file, memory-mapped or read, as `mode` says.
 pub(crate) fn open_storage(path: &Path, mode: LoadMode) -> Result<Storage, ModelError> {
     let io = |e: std::io::Error| ModelError::Config(format!("{}: {e}", path.display()));

@@ -36,6 +36,8 @@ pub const GROUP: usize = 64;
 pub struct NativeFile {
     path: String,
     metadata: BTreeMap<String, String>,
+    /// The header's `tokenizer` object, when its vocabulary is not empty.
+    tokenizer: Option<Value>,
     tensors: HashMap<String, Tensor>,
     bytes: u64,
 }
@@ -88,6 +90,13 @@ impl NativeFile {
                 (k.clone(), s)
             })
             .collect();
+        let tokenizer = field(&header, "tokenizer")
+            .filter(|t| {
+                t.get("vocab")
+                    .and_then(Value::as_object)
+                    .is_some_and(|v| !v.is_empty())
+            })
+            .cloned();
         let entries = field(&header, "tensors")
             .and_then(Value::as_object)
             .ok_or_else(|| bad("the header has no \"tensors\" object".into()))?;
@@ -169,6 +178,7 @@ impl NativeFile {
         Ok(NativeFile {
             path: name,
             metadata,
+            tokenizer,
             tensors,
             bytes: all.len() as u64,
         })
@@ -183,6 +193,11 @@ impl NativeFile {
     }
 
     /// The model configuration the metadata describes, as family `arch` (normally Mistral).
+    /// The header's tokenizer (`vocab`, `merges`), if it has one.
+    pub fn tokenizer_json(&self) -> Result<Option<&Value>, ModelError> {
+        Ok(self.tokenizer.as_ref())
+    }
+
     pub fn config(&self, arch: Arch, vocab: usize) -> Result<ModelConfig, ModelError> {
         let bad = |k: &str, what: &str| {
             ModelError::Config(format!("{}: metadata \"{k}\" {what}", self.path))
