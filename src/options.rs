@@ -78,6 +78,10 @@ pub struct ModelOpts {
     /// (faster start, slower generation).
     #[arg(long)]
     pub no_repack: bool,
+    /// Quantize float matrices while loading (q8_0, q4_0 or q4_k), e.g. a HuggingFace
+    /// checkpoint's bf16 weights, with llama-quantize's reference quantizers.
+    #[arg(long)]
+    pub quantize: Option<String>,
 }
 
 impl ModelOpts {
@@ -107,6 +111,17 @@ impl ModelOpts {
             },
             arch: self.arch.clone(),
             format: self.format.forced(),
+            quantize: self
+                .quantize
+                .as_deref()
+                .map(|q| {
+                    torchless_kernels::GgmlType::from_name(q)
+                        .filter(|t| torchless_model::source::quantizing::TYPES.contains(t))
+                        .ok_or_else(|| {
+                            CliError::Usage(format!("--quantize {q}: expected q8_0, q4_0 or q4_k"))
+                        })
+                })
+                .transpose()?,
             threads: self.threads,
             precision: if self.precise {
                 Precision::F32

@@ -126,6 +126,39 @@ fn smollm2_as_bf16_directory_matches_transformers() {
         hf_tok.chat_template_source(),
         gguf_tok.chat_template_source()
     );
+    // --quantize q8_0 on the directory runs what a Q8_0 GGUF made from it runs (the same
+    // reference quantizer; the GGUF's q/k rows permuted for its rotary layout).
+    let q8_dir = Model::load(
+        &dir,
+        &LoadOptions {
+            quantize: Some(torchless_kernels::GgmlType::Q8_0),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let q8_path = dir.with_extension("q8_0.gguf");
+    let ck = Checkpoint::open(&dir, None, None, LoadMode::Mmap).unwrap();
+    write(&ck, Format::Gguf, OutType::Q8_0, &q8_path);
+    let q8_gguf = Model::load(&q8_path, &LoadOptions::default()).unwrap();
+    let (a, _) = greedy(&q8_dir, &prompt, 16);
+    let (b, lb) = greedy(&q8_gguf, &prompt, 16);
+    assert_eq!(a, b);
+    assert_eq!(&a[..8], &common::ids(&reference["greedy_new_ids"])[..8]);
+    // In one layout the two are the same bytes: a bf16 GGUF quantized while loading gives the
+    // Q8_0 file's logits bit for bit.
+    let bf16_path = dir.with_extension("bf16.gguf");
+    write(&ck, Format::Gguf, OutType::BF16, &bf16_path);
+    let q8_load = Model::load(
+        &bf16_path,
+        &LoadOptions {
+            quantize: Some(torchless_kernels::GgmlType::Q8_0),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let (c, lc) = greedy(&q8_load, &prompt, 16);
+    assert_eq!(c, b);
+    assert_eq!(lc, lb, "quantized while loading vs the Q8_0 file");
 }
 
 #[test]

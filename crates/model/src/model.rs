@@ -42,6 +42,8 @@ pub struct LoadOptions {
     pub arch: Option<String>,
     /// Force a file format instead of detecting it (`--format`).
     pub format: Option<Format>,
+    /// Quantize float matrices while loading (`--quantize`: Q8_0, Q4_0 or Q4_K).
+    pub quantize: Option<torchless_kernels::GgmlType>,
     /// Threads of the compute pool (0 = physical cores).
     pub threads: usize,
     pub precision: Precision,
@@ -125,7 +127,22 @@ impl Model {
     /// Prepares the weights of an opened checkpoint for compute.
     pub fn from_checkpoint(ck: Checkpoint, opts: &LoadOptions) -> Result<Model, ModelError> {
         let config = ck.config.clone();
-        let weights = Weights::load(&*ck.source(), &config)?;
+        let weights = match opts.quantize {
+            Some(ty) => {
+                if !crate::source::quantizing::TYPES.contains(&ty) {
+                    return Err(ModelError::Invalid(format!(
+                        "--quantize {} is not one of q8_0, q4_0, q4_k",
+                        ty.name()
+                    )));
+                }
+                let src = crate::source::quantizing::Quantizing {
+                    inner: ck.source(),
+                    ty,
+                };
+                Weights::load(&src, &config)?
+            }
+            None => Weights::load(&*ck.source(), &config)?,
+        };
         if ck.untied && weights.tied_output {
             return Err(ModelError::MissingTensor(
                 "lm_head.weight (config.json says tie_word_embeddings: false)".into(),

@@ -11,6 +11,7 @@
 
 pub mod gguf;
 pub mod native;
+pub mod quantizing;
 pub mod safetensors;
 
 use std::collections::HashMap;
@@ -149,6 +150,16 @@ pub trait WeightSource {
 }
 
 impl<T: WeightSource + ?Sized> WeightSource for &T {
+    fn tensor(&self, role: Role) -> Option<Tensor> {
+        (**self).tensor(role)
+    }
+
+    fn name(&self, role: Role) -> String {
+        (**self).name(role)
+    }
+}
+
+impl<T: WeightSource + ?Sized> WeightSource for Box<T> {
     fn tensor(&self, role: Role) -> Option<Tensor> {
         (**self).tensor(role)
     }
