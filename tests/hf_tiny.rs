@@ -298,3 +298,111 @@ fn reference_precision_stays_near_transformers() {
         }
     }
 }
+
+/// Directories with missing shards, config.json values of the wrong types, and broken
+/// tokenizer files give one-sentence errors that name the file (and the field), never a panic.
+#[test]
+fn hostile_configs_shards_and_tokenizers_are_refused() {
+    let src = common::data("tiny/llama");
+    let dir = common::temp_dir("hf-hostile");
+    let opts = LoadOptions {
+        precision: Precision::F32,
+        threads: 1,
+        ..LoadOptions::default()
+    };
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let reset = || {
+        std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+        std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+        for f in [
+            "model.safetensors.index.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+    };
+    let refused = |what: &str, needle: &str| {
+        let e = match Model::load(&dir, &opts) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{what}: loaded"),
+        };
+        assert!(e.contains(needle), "{what}: {e}");
+        assert!(!e.contains('\n'), "{what}: not one sentence: {e}");
+    };
+    // Config values of the wrong types or out of range.
+    for (field, value) in [
+        ("num_hidden_layers", serde_json::json!("two")),
+        ("num_hidden_layers", serde_json::json!(-1)),
+        ("hidden_size", serde_json::json!(1e30)),
+        ("num_attention_heads", serde_json::json!(0)),
+        ("num_key_value_heads", serde_json::json!(3)),
+        ("rms_norm_eps", serde_json::json!("small")),
+        ("rope_parameters", serde_json::json!([1, 2])),
+        ("max_position_embeddings", serde_json::json!(null)),
+        ("model_type", serde_json::json!(7)),
+    ] {
+        reset();
+        let mut c = config.clone();
+        c[field] = value.clone();
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        let e = match Model::load(&dir, &opts) {
+            Err(e) => e.to_string(),
+            // A null context length falls back to a default; nothing else may load.
+            Ok(_) if field == "max_position_embeddings" => continue,
+            Ok(_) => panic!("{field} = {value}: loaded"),
+        };
+        assert!(!e.contains('\n'), "{field}: {e}");
+        assert!(
+            e.contains("config.json") || e.contains("architecture") || e.contains("heads"),
+            "{field} = {value}: {e}"
+        );
+    }
+    reset();
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"llama\", ").unwrap();
+    refused("truncated config.json", "config.json");
+    // An index naming a shard that is not there.
+    reset();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    refused("missing shard", "model-00001-of-00002.safetensors");
+    reset();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"model.embed_tokens.weight": "../../etc/passwd"}}"#,
+    )
+    .unwrap();
+    refused("shard outside the directory", "index.json");
+    reset();
+    std::fs::write(dir.join("model.safetensors.index.json"), "[]").unwrap();
+    refused("index without a weight map", "weight_map");
+    // Broken tokenizer files.
+    for (what, text) in [
+        ("garbage", "not json"),
+        ("no model", r#"{"added_tokens": []}"#),
+        (
+            "vocab of strings",
+            r#"{"model": {"type": "BPE", "vocab": {"a": "b"}, "merges": []}}"#,
+        ),
+        (
+            "huge id",
+            r#"{"model": {"type": "BPE", "vocab": {"a": 4294967295}, "merges": []}}"#,
+        ),
+        (
+            "unigram",
+            r#"{"model": {"type": "Unigram", "vocab": [["a", 0.0]]}}"#,
+        ),
+        (
+            "bad merge",
+            r#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [[1, 2, 3]]}}"#,
+        ),
+    ] {
+        reset();
+        std::fs::write(dir.join("tokenizer.json"), text).unwrap();
+        refused(what, "tokenizer.json");
+    }
+}

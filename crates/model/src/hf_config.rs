@@ -75,11 +75,15 @@ impl Json<'_> {
 
 /// The family a config.json describes: `model_type`, or failing that `architectures[0]`.
 pub fn arch_of(config: &Value) -> Result<(Arch, String), ModelError> {
-    let model_type = config
-        .get("model_type")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let model_type = match config.get("model_type") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(ModelError::Config(format!(
+                "config.json: field \"model_type\" is {other}, not a name"
+            )))
+        }
+    };
     if let Some(a) = Arch::from_name(&model_type) {
         return Ok((a, model_type));
     }
@@ -122,7 +126,11 @@ fn rope_of(
     let p = params.map(|map| Json { map, path: j.path });
     let scaling_map = match &p {
         Some(p) => Some(p.map),
-        None => top.present("rope_scaling").and_then(Value::as_object),
+        None => match top.present("rope_scaling") {
+            None => None,
+            Some(Value::Object(m)) => Some(m),
+            Some(_) => return Err(top.bad("rope_scaling", "is not an object")),
+        },
     };
     let base = match &p {
         Some(p) => p.f64_opt("rope_theta")?,
@@ -280,7 +288,11 @@ pub fn config_from_json(
         _ => j.usize_opt("sliding_window")?,
     };
     // Rotary: transformers 5 may give one rope_parameters per layer type.
-    let params = j.present("rope_parameters").and_then(Value::as_object);
+    let params = match j.present("rope_parameters") {
+        None => None,
+        Some(Value::Object(p)) => Some(p),
+        Some(_) => return Err(j.bad("rope_parameters", "is not an object")),
+    };
     let per_type = params.is_some_and(|p| p.contains_key("full_attention"));
     let global_params = match params {
         Some(p) if per_type => p.get("full_attention").and_then(Value::as_object),
