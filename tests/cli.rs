@@ -293,3 +293,93 @@ fn bench_reports_each_test_at_the_asked_depth() {
     }
     assert!(j["peak_rss_bytes"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn convert_and_info_work_on_every_format() {
+    let dir = common::temp_dir("cli-convert");
+    let hf = common::data("tiny/gemma2");
+    let gguf = dir.join("gemma2.gguf");
+    let bin = dir.join("gemma2.bin");
+    for (to, out) in [("gguf", &gguf), ("bin", &bin)] {
+        let run = torchless(&[
+            "convert",
+            "-m",
+            hf.to_str().unwrap(),
+            "--to",
+            to,
+            "--dtype",
+            "f32",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let back = dir.join("back");
+    let run = torchless(&[
+        "convert",
+        "-m",
+        gguf.to_str().unwrap(),
+        "--to",
+        "safetensors",
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // Every form describes the same Gemma 2: window, soft-caps, per-family norm.
+    for (path, format) in [
+        (hf.clone(), "HuggingFace safetensors"),
+        (gguf.clone(), "GGUF v3"),
+        (bin.clone(), "torchless .bin"),
+        (back.clone(), "HuggingFace safetensors"),
+    ] {
+        let out = torchless(&["info", "-m", path.to_str().unwrap(), "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = &j["config"];
+        assert_eq!(j["format"], format, "{}", path.display());
+        assert_eq!(c["layers"], 4, "{}", path.display());
+        assert_eq!(c["sliding_window"], 8, "{}", path.display());
+        assert_eq!(c["sliding_layers"], 2, "{}", path.display());
+        assert_eq!(c["attn_softcap"], 10.0, "{}", path.display());
+        assert_eq!(c["final_softcap"], 5.0, "{}", path.display());
+    }
+    // Overrides and their errors.
+    let out = torchless(&["info", "-m", gguf.to_str().unwrap(), "--format", "bin"]);
+    assert_clean_error(&out, &["gemma2.gguf"]);
+    let out = torchless(&["info", "-m", hf.to_str().unwrap(), "--arch", "nonsense"]);
+    assert_clean_error(&out, &["nonsense", "gemma3", "qwen2"]);
+    let out = torchless(&[
+        "convert",
+        "-m",
+        hf.to_str().unwrap(),
+        "--to",
+        "onnx",
+        "-o",
+        "x",
+    ]);
+    assert_clean_error(&out, &["--to onnx"]);
+    let out = torchless(&[
+        "convert",
+        "-m",
+        hf.to_str().unwrap(),
+        "--to",
+        "safetensors",
+        "--dtype",
+        "q4_0",
+        "-o",
+        dir.join("q").to_str().unwrap(),
+    ]);
+    assert_clean_error(&out, &["q4_0"]);
+}

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use torchless_model::{Arch, ModelConfig};
+use torchless_model::checkpoint::parse_arch;
+use torchless_model::{Arch, Checkpoint, Format, ModelConfig};
 use torchless_tokenizer::Tokenizer;
 
 use crate::options::{CliError, ModelOpts};
@@ -20,32 +21,95 @@ fn mib(b: u64) -> f64 {
     b as f64 / 1048576.0
 }
 
-pub fn run(a: Args) -> Result<(), CliError> {
-    let (path, file) = a.model.open_file()?;
+/// What `info` reports of a model, whatever its format.
+struct Summary {
+    format: String,
+    file_bytes: u64,
+    name: Option<String>,
+    meta_arch: String,
+    config: Option<ModelConfig>,
+    types: BTreeMap<&'static str, (usize, u64, u64)>,
+    tokenizer: Option<Tokenizer>,
+}
+
+fn summarize(a: &Args, path: &std::path::Path) -> Result<Summary, CliError> {
     let load = |e| CliError::Load {
         path: path.display().to_string(),
         source: e,
     };
-    let m = file.metadata();
-    let meta_arch = m
-        .str("general.architecture")
-        .map_err(|e| load(e.into()))?
-        .to_string();
-    let arch = Arch::from_name(a.model.arch.as_deref().unwrap_or(&meta_arch));
-    let config: Option<ModelConfig> = match arch {
-        Some(arch) => Some(ModelConfig::from_gguf(&file, Some(arch)).map_err(load)?),
-        None => None,
+    let forced = a.model.format.forced();
+    let format = match forced {
+        Some(f) => f,
+        None => Format::detect(path).map_err(load)?,
     };
     let mut types: BTreeMap<&'static str, (usize, u64, u64)> = BTreeMap::new();
-    for t in file.tensors() {
-        let e = types.entry(t.ty.name()).or_default();
-        e.0 += 1;
-        e.1 += t.n_elements();
-        e.2 += t.size;
+    if format == Format::Gguf {
+        // GGUF: described even when its architecture is not one torchless runs.
+        let file = torchless_gguf::GgufFile::open(path, torchless_gguf::LoadMode::Mmap)
+            .map_err(|e| load(e.into()))?;
+        let m = file.metadata();
+        let meta_arch = m
+            .str("general.architecture")
+            .map_err(|e| load(e.into()))?
+            .to_string();
+        let arch = Arch::from_name(a.model.arch.as_deref().unwrap_or(&meta_arch));
+        let config = match arch {
+            Some(arch) => Some(ModelConfig::from_gguf(&file, Some(arch)).map_err(load)?),
+            None => None,
+        };
+        for t in file.tensors() {
+            let e = types.entry(t.ty.name()).or_default();
+            e.0 += 1;
+            e.1 += t.n_elements();
+            e.2 += t.size;
+        }
+        return Ok(Summary {
+            format: format!("GGUF v{}", file.version()),
+            file_bytes: file.file_size(),
+            name: m.str("general.name").ok().map(str::to_string),
+            meta_arch,
+            config,
+            types,
+            tokenizer: Tokenizer::from_metadata(m).ok(),
+        });
     }
+    let arch = parse_arch(a.model.arch.as_deref())?;
+    let ck =
+        Checkpoint::open(path, Some(format), arch, torchless_gguf::LoadMode::Mmap).map_err(load)?;
+    for (_, ty, n, bytes) in ck.tensor_list() {
+        let e = types.entry(ty.name()).or_default();
+        e.0 += 1;
+        e.1 += n;
+        e.2 += bytes;
+    }
+    Ok(Summary {
+        format: match format {
+            Format::Safetensors => "HuggingFace safetensors".into(),
+            _ => "torchless .bin".into(),
+        },
+        file_bytes: ck.file_bytes,
+        name: ck.config.name.clone(),
+        meta_arch: ck.config.meta_arch.clone(),
+        config: Some(ck.config.clone()),
+        types,
+        tokenizer: ck.tokenizer,
+    })
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let path = a.model.path()?;
+    let Summary {
+        format,
+        file_bytes,
+        name,
+        meta_arch,
+        config,
+        types,
+        tokenizer,
+    } = summarize(&a, &path)?;
+    let arch = config.as_ref().map(|c| c.arch);
     let params: u64 = types.values().map(|v| v.1).sum();
     let weight_bytes: u64 = types.values().map(|v| v.2).sum();
-    let tokenizer = Tokenizer::from_metadata(m).ok();
     let kv_f16 = config
         .as_ref()
         .map(|c| (c.n_ctx_train as u64) * c.kv_bytes_per_token(2) as u64);
@@ -53,9 +117,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if a.json {
         let j = serde_json::json!({
             "file": path.display().to_string(),
-            "file_bytes": file.file_size(),
-            "gguf_version": file.version(),
-            "name": m.str("general.name").ok(),
+            "file_bytes": file_bytes,
+            "format": format,
+            "name": name,
             "architecture": meta_arch,
             "supported": arch.is_some(),
             "config": config.as_ref().map(|c| serde_json::json!({
@@ -86,12 +150,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "file            {} ({:.1} MiB, GGUF v{})",
+        "file            {} ({:.1} MiB, {format})",
         path.display(),
-        mib(file.file_size()),
-        file.version()
+        mib(file_bytes),
     );
-    if let Ok(n) = m.str("general.name") {
+    if let Some(n) = &name {
         println!("name            {n}");
     }
     match &config {

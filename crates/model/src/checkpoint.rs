@@ -263,6 +263,33 @@ impl Checkpoint {
         }
     }
 
+    /// Every tensor of the files as (name, type, elements, bytes), sorted by name.
+    pub fn tensor_list(&self) -> Vec<(String, torchless_kernels::GgmlType, u64, u64)> {
+        let from_map = |m: &std::collections::HashMap<String, torchless_kernels::Tensor>| {
+            m.iter()
+                .map(|(n, t)| {
+                    (
+                        n.clone(),
+                        t.ty(),
+                        t.n_elements() as u64,
+                        t.bytes().len() as u64,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut v = match &self.files {
+            Files::Gguf(f) => f
+                .tensors()
+                .iter()
+                .map(|t| (t.name.clone(), t.ty, t.n_elements(), t.size))
+                .collect(),
+            Files::Hf { source, .. } => from_map(source.tensors()),
+            Files::Bin(f) => from_map(f.tensors()),
+        };
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// The tensors, by role.
     pub fn source(&self) -> Box<dyn WeightSource + '_> {
         match &self.files {

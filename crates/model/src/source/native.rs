@@ -193,6 +193,11 @@ impl NativeFile {
     }
 
     /// The model configuration the metadata describes, as family `arch` (normally Mistral).
+    /// Every tensor, by its (HuggingFace) name; int8 ones already dequantized.
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+
     /// The header's tokenizer (`vocab`, `merges`), if it has one.
     pub fn tokenizer_json(&self) -> Result<Option<&Value>, ModelError> {
         Ok(self.tokenizer.as_ref())
