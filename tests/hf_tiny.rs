@@ -406,3 +406,52 @@ fn hostile_configs_shards_and_tokenizers_are_refused() {
         refused(what, "tokenizer.json");
     }
 }
+
+/// A config.json that names no architecture: the tensor names choose it (the last resort),
+/// and `--arch` overrides any choice.
+#[test]
+fn architecture_from_tensor_names_and_arch_override() {
+    use torchless_model::Arch;
+    for (name, arch) in [
+        ("llama", Arch::Llama),
+        ("qwen2", Arch::Qwen2),
+        ("qwen3", Arch::Qwen3),
+        ("phi3", Arch::Phi3),
+        ("gemma2", Arch::Gemma2),
+        ("gemma3", Arch::Gemma3),
+    ] {
+        let src = common::data(&format!("tiny/{name}"));
+        let dir = common::temp_dir(&format!("hf-nameless-{name}"));
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        let o = config.as_object_mut().unwrap();
+        o.remove("model_type");
+        o.remove("architectures");
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+        let model = Model::load(
+            &dir,
+            &LoadOptions {
+                precision: Precision::F32,
+                threads: 2,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(model.config().arch, arch, "{name}");
+        check_model(name, &model, TOLERANCE);
+    }
+    // Gemma's tensors are LLaMA's names: only --arch tells them apart.
+    let forced = Model::load(
+        common::data("tiny/gemma"),
+        &LoadOptions {
+            arch: Some("gemma".into()),
+            precision: Precision::F32,
+            threads: 2,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    check_model("gemma", &forced, TOLERANCE);
+}

@@ -120,3 +120,82 @@ fn special_ids_and_bos_come_from_the_metadata() {
         "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     );
 }
+
+/// The pre-tokenizers checked against llama.cpp's splits (tests/data/pre-tokenizers/).
+const PRES: &[&str] = &[
+    "gpt2",
+    "smollm",
+    "qwen2",
+    "llama3",
+    "default",
+    "deepseek-llm",
+    "deepseek-coder",
+    "deepseek-v3",
+    "falcon",
+    "command-r",
+    "tekken",
+];
+
+/// SmolLM2's vocabulary and merges under another `tokenizer.ggml.pre` (a vocabulary-only
+/// GGUF: the metadata, no tensors), so that only the pre-tokenizer's splits differ.
+fn vocab_with_pre(pre: &str) -> torchless_gguf::GgufWriter {
+    let f = GgufFile::open(common::model("smollm2"), LoadMode::Mmap).unwrap();
+    let mut w = torchless_gguf::GgufWriter::new();
+    for (k, v) in f.metadata().iter() {
+        if k == "tokenizer.ggml.pre" {
+            continue;
+        }
+        w.meta(k, v.clone());
+    }
+    w.meta(
+        "tokenizer.ggml.pre",
+        torchless_gguf::Value::String(pre.into()),
+    );
+    w
+}
+
+/// Writes the vocabulary-only files that `bench/pre_tokenizer_reference.sh` tokenizes with
+/// llama.cpp: `TORCHLESS_PRE_VOCAB_DIR=DIR cargo test --release --test tokenizer_golden
+/// write_pre_tokenizer_vocabs -- --ignored`.
+#[test]
+#[ignore]
+fn write_pre_tokenizer_vocabs() {
+    let dir = std::path::PathBuf::from(std::env::var_os("TORCHLESS_PRE_VOCAB_DIR").unwrap());
+    for pre in PRES {
+        vocab_with_pre(pre)
+            .write(dir.join(format!("{pre}.gguf")))
+            .unwrap();
+    }
+}
+
+/// Every named pre-tokenizer splits as llama.cpp does: SmolLM2's vocabulary under each name
+/// gives llama.cpp's ids on texts of many scripts, digits, contractions and whitespace runs.
+#[test]
+fn pre_tokenizers_split_as_llama_cpp() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    let mut tokenizers = std::collections::HashMap::new();
+    for case in common::read_jsonl("pre-tokenizers/reference.jsonl") {
+        let pre = case["pre"].as_str().unwrap().to_string();
+        let text = case["text"].as_str().unwrap();
+        let want = common::ids(&case["ids"]);
+        let tok = tokenizers.entry(pre.clone()).or_insert_with(|| {
+            let bytes = vocab_with_pre(&pre).to_bytes();
+            let storage = std::sync::Arc::new(torchless_kernels::Storage::from_bytes(&bytes));
+            let f = GgufFile::from_storage(storage).unwrap();
+            Tokenizer::from_metadata(f.metadata()).unwrap()
+        });
+        let got = tok.encode(text, false, false).unwrap();
+        if got != want {
+            failures.push(format!("{pre} {text:?}: got {got:?}, want {want:?}"));
+        }
+        checked += 1;
+    }
+    assert!(checked >= PRES.len() * 20, "{checked} cases");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -170,11 +170,24 @@ impl Checkpoint {
 
     fn hf(dir: &Path, arch: Option<Arch>, mode: LoadMode) -> Result<Checkpoint, ModelError> {
         let json = crate::hf_config::read(dir)?;
-        let arch = match arch {
-            Some(a) => a,
-            None => crate::hf_config::arch_of(&json)?.0,
+        let names_arch = json.get("model_type").is_none() && json.get("architectures").is_none();
+        let (arch, source) = match arch {
+            Some(a) => (a, HfSource::open(dir, mode, a)?),
+            // No name at all in config.json: the tensor names tell.
+            None if names_arch => {
+                let s = HfSource::open(dir, mode, Arch::Llama)?;
+                let a = s.arch_from_names();
+                tracing::warn!(
+                    arch = a.name(),
+                    "config.json names no architecture; chosen from the tensor names"
+                );
+                (a, s.with_arch(a))
+            }
+            None => {
+                let a = crate::hf_config::arch_of(&json)?.0;
+                (a, HfSource::open(dir, mode, a)?)
+            }
         };
-        let source = HfSource::open(dir, mode, arch)?;
         let vocab = crate::weights::vocab_of_source(&source)?;
         let path = dir.join("config.json").display().to_string();
         let config = crate::hf_config::config_from_json(&json, &path, Some(arch), vocab)?;

@@ -226,8 +226,21 @@ pub fn config_from_json(
     arch: Option<Arch>,
     vocab: usize,
 ) -> Result<ModelConfig, ModelError> {
-    let (detected, model_type) = arch_of(config)?;
-    let arch = arch.unwrap_or(detected);
+    let (arch, model_type) = match arch {
+        // A forced family needs no name in the file.
+        Some(a) => (
+            a,
+            arch_of(config)
+                .map(|(_, t)| t)
+                .unwrap_or_else(|_| a.name().to_string()),
+        ),
+        None => arch_of(config)?,
+    };
+    let model_type = if model_type.is_empty() {
+        arch.name().to_string()
+    } else {
+        model_type
+    };
     // Multimodal Gemma 3 keeps the language model's settings under "text_config".
     let root = config
         .as_object()

@@ -105,6 +105,31 @@ impl HfSource {
         })
     }
 
+    /// The same tensors read as a model of family `arch`.
+    pub fn with_arch(self, arch: Arch) -> HfSource {
+        HfSource { arch, ..self }
+    }
+
+    /// The family whose tensor names these are, as far as names tell (the last resort when
+    /// config.json names no architecture): fused projections → Phi-3; sandwich norms →
+    /// Gemma 2, with q/k norms Gemma 3; q/k norms → Qwen3; q/k/v biases → Qwen2; else LLaMA.
+    pub fn arch_from_names(&self) -> Arch {
+        let has = |part: &str| self.tensors.keys().any(|n| n.contains(part));
+        match (
+            has("qkv_proj"),
+            has("pre_feedforward_layernorm"),
+            has("q_norm"),
+            has("q_proj.bias"),
+        ) {
+            (true, ..) => Arch::Phi3,
+            (_, true, true, _) => Arch::Gemma3,
+            (_, true, false, _) => Arch::Gemma2,
+            (_, _, true, _) => Arch::Qwen3,
+            (_, _, _, true) => Arch::Qwen2,
+            _ => Arch::Llama,
+        }
+    }
+
     /// Bytes of every shard together.
     pub fn file_bytes(&self) -> u64 {
         self.bytes
