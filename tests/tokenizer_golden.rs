@@ -123,7 +123,7 @@ fn special_ids_and_bos_come_from_the_metadata() {
 
 /// The pre-tokenizers checked against llama.cpp's splits (tests/data/pre-tokenizers/).
 const PRES: &[&str] = &[
-    "gpt2",
+    "gpt-2",
     "smollm",
     "qwen2",
     "llama3",
