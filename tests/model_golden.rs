@@ -360,6 +360,27 @@ fn gemma3_matches_llama_cpp() {
     check_long(&model, "gemma-3-270m-q4_k_m", "long_window");
 }
 
+/// Gemma 3's perplexity on the GPL-2 text, chunks of 512, against llama.cpp's perplexity tool
+/// on the same file (AVX2 reference build: 11.6082 ± 0.72902 over 7 chunks).
+#[test]
+fn gemma3_perplexity_matches_llama_cpp_within_one_percent() {
+    let model = Model::load(common::model("gemma-3-270m"), &LoadOptions::default()).unwrap();
+    let text = std::fs::read_to_string(common::data("smollm2-q4_1/ppl_text_GPL-2.txt")).unwrap();
+    let tokens = model
+        .require_tokenizer()
+        .unwrap()
+        .encode(&text, true, false)
+        .unwrap();
+    let r =
+        torchless_model::perplexity::perplexity(&model, &tokens, 512, 512, |_, _, _| {}).unwrap();
+    eprintln!(
+        "gemma 3 perplexity {:.4} ± {:.4} over {} chunks (llama.cpp 11.6082 ± 0.72902, 7)",
+        r.ppl, r.ppl_err, r.chunks
+    );
+    assert_eq!(r.chunks, 7);
+    assert!((r.ppl / 11.6082 - 1.0).abs() < 0.01, "perplexity {}", r.ppl);
+}
+
 /// Qwen2.5-Coder-1.5B Q4_K_M: every Q4_K matrix through llama.cpp's repacked kernels, Q6_K
 /// through its eight-lane `vec_dot`.
 #[test]
