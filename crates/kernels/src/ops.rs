@@ -226,11 +226,34 @@ pub fn geglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GELU of `x` as the entries of ggml's `GGML_GELU_FP16` table come out of the reference
+/// build: the compiler contracts `1 + a·x·x` into one fused multiply-add there (ggml's C is
+/// built with contraction on and FMA enabled), which moves some entries by one f16 step (the
+/// one at x = −1.999 among them).
+fn gelu_tanh_table_entry(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let inner = (0.044_715 * x).mul_add(x, 1.0);
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh())
+}
+
+/// ggml's GELU table: the f16 result for every f16 input.
+fn gelu_table() -> &'static [half::f16] {
+    static TABLE: std::sync::OnceLock<Vec<half::f16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| {
+                half::f16::from_f32(gelu_tanh_table_entry(half::f16::from_bits(bits).to_f32()))
+            })
+            .collect()
+    })
+}
+
 /// [`geglu`] as ggml's CPU backend computes it (its `GGML_GELU_FP16` table): the input rounded
-/// to f16, GELU of that, rounded to f16, times `up`; 0 at or below -10 and the identity at or
-/// above 10.
+/// to f16, the table's GELU of that (see [`gelu_tanh_table_entry`]), times `up`; 0 at or below
+/// -10 and the identity at or above 10.
 pub fn geglu_ggml(gate: &mut [f32], up: &[f32]) {
     use half::f16;
+    let table = gelu_table();
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
         *g = if x <= -10.0 {
@@ -238,8 +261,7 @@ pub fn geglu_ggml(gate: &mut [f32], up: &[f32]) {
         } else if x >= 10.0 {
             x * u
         } else {
-            let xr = f16::from_f32(x).to_f32();
-            f16::from_f32(gelu_tanh(xr)).to_f32() * u
+            table[f16::from_f32(x).to_bits() as usize].to_f32() * u
         };
     }
 }
@@ -290,6 +312,25 @@ pub fn argmax(x: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gelu_table_has_the_reference_builds_entries() {
+        // llama.cpp's AVX2 build (its table, read back through ffn_geglu of Gemma 3 270M):
+        // GELU(-1.9990234) is f16 0xA9D3; without the fused multiply-add it would be 0xA9D2.
+        let x = half::f16::from_bits(0xBFFF);
+        assert_eq!(x.to_f32(), -1.999_023_4);
+        assert_eq!(gelu_table()[0xBFFF].to_bits(), 0xA9D3);
+        let plain = half::f16::from_f32(gelu_tanh(x.to_f32()));
+        assert_eq!(plain.to_bits(), 0xA9D2, "the entry this table exists for");
+        // geglu_ggml: thresholds and the table.
+        let mut g = [-10.0f32, -1.9995, 10.0, 0.0, 1.0];
+        geglu_ggml(&mut g, &[2.0; 5]);
+        assert_eq!(g[0], 0.0);
+        assert_eq!(g[1], 2.0 * -0.045_501_709);
+        assert_eq!(g[2], 20.0);
+        assert_eq!(g[3], 0.0);
+        assert_eq!(g[4], 2.0 * half::f16::from_f32(gelu_tanh(1.0)).to_f32());
+    }
 
     #[test]
     fn rms_norm_of_constant_row_is_the_weight() {
