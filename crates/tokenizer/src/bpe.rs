@@ -41,7 +41,7 @@ struct PreSplit {
 
 /// Every pre-tokenizer name this crate knows, one per split (aliases in [`pre_split`]).
 const NAMES: &[&str] = &[
-    "gpt2",
+    "gpt-2",
     "smollm",
     "qwen2",
     "llama3",
@@ -281,5 +281,17 @@ mod tests {
             }
         }
         assert!(pre_split("no-such-thing").is_none());
+    }
+
+    #[test]
+    fn tokenizer_json_splits_are_named_as_llama_cpp_names_them() {
+        // llama.cpp refuses "gpt2"; its name is "gpt-2".
+        assert_eq!(pre_of_patterns(&[], true), Some("gpt-2"));
+        assert_eq!(pre_of_patterns(&[r"\p{N}"], true), Some("smollm"));
+        // Qwen2's tokenizer.json spells the contractions case-insensitively.
+        let qwen = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        assert_eq!(pre_of_patterns(&[qwen], false), Some("qwen2"));
+        assert_eq!(pre_of_patterns(&[qwen], true), None);
+        assert_eq!(pre_of_patterns(&["x"], false), None);
     }
 }

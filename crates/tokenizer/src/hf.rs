@@ -351,7 +351,8 @@ fn is_byte_token(t: &str) -> bool {
 pub fn detect_pre(p: &Json) -> Option<&'static str> {
     let byte_level = |v: &Json| v["type"] == "ByteLevel";
     if byte_level(p) && p["use_regex"].as_bool() != Some(false) {
-        return Some("gpt2");
+        // llama.cpp's spelling (it refuses "gpt2").
+        return Some("gpt-2");
     }
     let steps = p["pretokenizers"].as_array()?;
     let regexes: Vec<&str> = steps
