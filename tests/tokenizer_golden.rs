@@ -199,3 +199,44 @@ fn pre_tokenizers_split_as_llama_cpp() {
         failures.join("\n")
     );
 }
+
+/// GGUF vocabularies written as tokenizer.json (what `convert --to safetensors` writes) and run
+/// by the `tokenizers` crate give the reference ids: Gemma 3's SentencePiece-style vocabulary
+/// (merges ranked by its scores) and SmolLM2's byte-level one.
+#[test]
+fn tokenizer_json_from_gguf_encodes_as_the_references() {
+    for (model, dir) in [
+        ("gemma-3-270m", "gemma-3-270m"),
+        ("smollm2", "smollm2-135m-instruct"),
+    ] {
+        let f = GgufFile::open(common::model(model), LoadMode::Mmap).unwrap();
+        let out = common::temp_dir(&format!("tokenizer-json-{model}"));
+        let json = torchless_tokenizer::hf::tokenizer_json_from_metadata(f.metadata()).unwrap();
+        std::fs::write(out.join("tokenizer.json"), json.to_string()).unwrap();
+        let config = torchless_tokenizer::hf::tokenizer_config_from_metadata(f.metadata()).unwrap();
+        std::fs::write(out.join("tokenizer_config.json"), config.to_string()).unwrap();
+        let tok = Tokenizer::from_hf_dir(&out).unwrap().unwrap();
+        let gguf = Tokenizer::from_metadata(f.metadata()).unwrap();
+        assert_eq!(tok.vocab().add_bos, gguf.vocab().add_bos, "{model}");
+        assert_eq!(tok.vocab().bos, gguf.vocab().bos, "{model}");
+        for case in common::read_jsonl(&format!("tokenizers/{dir}/encodings.jsonl")) {
+            let text = case["text"].as_str().unwrap();
+            let want = common::ids(&case["ids"]);
+            assert_eq!(
+                tok.encode(text, false, true).unwrap(),
+                want,
+                "{model} {text:?}"
+            );
+            assert_eq!(
+                tok.encode(text, true, true).unwrap(),
+                gguf.encode(text, true, true).unwrap(),
+                "{model} {text:?} with BOS"
+            );
+            assert_eq!(
+                tok.decode(&want, true),
+                case["decoded"].as_str().unwrap(),
+                "{model} decoding {text:?}"
+            );
+        }
+    }
+}

@@ -2,6 +2,10 @@
 
 use torchless_tokenizer::Tokenizer;
 
+use torchless_gguf::LoadMode;
+use torchless_model::checkpoint::parse_arch;
+use torchless_model::{Checkpoint, Format};
+
 use crate::options::{CliError, ModelOpts};
 
 #[derive(clap::Args, Debug)]
@@ -23,12 +27,26 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<(), CliError> {
     // Only the metadata is needed: no weights are touched.
-    let (path, file) = a.model.open_file()?;
+    let path = a.model.path()?;
     let load = |e| CliError::Load {
         path: path.display().to_string(),
         source: e,
     };
-    let tok = Tokenizer::from_metadata(file.metadata()).map_err(|e| load(e.into()))?;
+    let format = match a.model.format.forced() {
+        Some(f) => f,
+        None => Format::detect(&path).map_err(load)?,
+    };
+    let tok = if format == Format::Gguf {
+        let (_, file) = a.model.open_file()?;
+        Tokenizer::from_metadata(file.metadata()).map_err(|e| load(e.into()))?
+    } else {
+        // A directory's or export's tokenizer (the tensors are only mapped, not read).
+        let arch = parse_arch(a.model.arch.as_deref())?;
+        Checkpoint::open(&path, Some(format), arch, LoadMode::Mmap)
+            .map_err(load)?
+            .tokenizer
+            .ok_or_else(|| load(torchless_tokenizer::TokenizerError::Missing.into()))?
+    };
     let ids = tok.encode(&a.text, !a.no_bos, a.special)?;
     if a.json {
         let pieces: Vec<String> = ids
