@@ -195,10 +195,9 @@ impl Checkpoint {
             .get("tie_word_embeddings")
             .and_then(serde_json::Value::as_bool)
             == Some(false);
-        let tokenizer = Tokenizer::from_hf_dir(dir)?;
-        let tokenizer_metadata = match &tokenizer {
-            Some(_) => Tokenizer::hf_dir_metadata(dir)?,
-            None => None,
+        let (tokenizer, tokenizer_metadata) = match Tokenizer::from_hf_dir_described(dir)? {
+            Some((t, m)) => (Some(t), Some(m)),
+            None => (None, None),
         };
         let file_bytes = source.file_bytes();
         Ok(Checkpoint {
@@ -245,7 +244,7 @@ impl Checkpoint {
             )?,
             None => file.config(arch, vocab)?,
         };
-        let (tokenizer, tokenizer_metadata) = match file.tokenizer_json()? {
+        let (tokenizer, tokenizer_metadata) = match file.tokenizer_json() {
             Some(json) => {
                 let (t, m) = Tokenizer::from_tokenizer_json(json, path)?;
                 (Some(t), Some(m))

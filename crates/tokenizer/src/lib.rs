@@ -125,10 +125,18 @@ impl Tokenizer {
     /// `tokenizers` crate with that file; `generation_config.json`'s `eos_token_id`s join the
     /// end-of-generation set.
     pub fn from_hf_dir(dir: &std::path::Path) -> Result<Option<Tokenizer>, TokenizerError> {
+        Ok(Tokenizer::from_hf_dir_described(dir)?.map(|(t, _)| t))
+    }
+
+    /// [`Tokenizer::from_hf_dir`], and the `tokenizer.ggml.*` keys a GGUF file would carry for
+    /// that tokenizer (the files read and parsed once).
+    pub fn from_hf_dir_described(
+        dir: &std::path::Path,
+    ) -> Result<Option<(Tokenizer, Metadata)>, TokenizerError> {
         let Some(files) = hf::HfTokenizerFiles::read(dir)? else {
             return Ok(None);
         };
-        Tokenizer::from_files(&files).map(|(t, _)| Some(t))
+        Tokenizer::from_files(&files).map(Some)
     }
 
     /// The tokenizer a `.bin` export carries (`vocab`: token → id, `merges`), read at `path`,
@@ -224,15 +232,6 @@ impl Tokenizer {
         );
         t.pre = Some("tokenizer.json".into());
         Ok((t, meta))
-    }
-
-    /// The `tokenizer.ggml.*` keys a GGUF file would carry for the tokenizer of directory
-    /// `dir` (None when it has no tokenizer.json).
-    pub fn hf_dir_metadata(dir: &std::path::Path) -> Result<Option<Metadata>, TokenizerError> {
-        let Some(files) = hf::HfTokenizerFiles::read(dir)? else {
-            return Ok(None);
-        };
-        Ok(Some(hf_parts(&files)?.1))
     }
 
     fn assemble(

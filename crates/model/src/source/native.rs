@@ -199,8 +199,8 @@ impl NativeFile {
     }
 
     /// The header's tokenizer (`vocab`, `merges`), if it has one.
-    pub fn tokenizer_json(&self) -> Result<Option<&Value>, ModelError> {
-        Ok(self.tokenizer.as_ref())
+    pub fn tokenizer_json(&self) -> Option<&Value> {
+        self.tokenizer.as_ref()
     }
 
     pub fn config(&self, arch: Arch, vocab: usize) -> Result<ModelConfig, ModelError> {
