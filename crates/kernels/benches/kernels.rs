@@ -88,11 +88,31 @@ fn bench_matmul(c: &mut Criterion) {
             let mut out = vec![0.0f32; rows * tokens];
             g.throughput(Throughput::Bytes(w.bytes().len() as u64));
             g.bench_with_input(BenchmarkId::from_parameter(ty), &ty, |b, _| {
-                b.iter(|| matmul(&pool, &k, &w, &acts, &mut out).unwrap())
+                b.iter(|| {
+                    matmul(
+                        &pool,
+                        &k,
+                        torchless_kernels::Numerics::LlamaCpp,
+                        &w,
+                        &acts,
+                        &mut out,
+                    )
+                    .unwrap()
+                })
             });
             if let Some(packed) = w.interleaved() {
                 g.bench_with_input(BenchmarkId::new("rows8", ty), &ty, |b, _| {
-                    b.iter(|| matmul(&pool, &k, &packed, &acts, &mut out).unwrap())
+                    b.iter(|| {
+                        matmul(
+                            &pool,
+                            &k,
+                            torchless_kernels::Numerics::LlamaCpp,
+                            &packed,
+                            &acts,
+                            &mut out,
+                        )
+                        .unwrap()
+                    })
                 });
             }
         }

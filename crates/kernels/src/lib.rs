@@ -34,6 +34,7 @@ pub mod tile;
 pub use dispatch::Kernels;
 pub use isa::Isa;
 pub use matmul::{matmul, matmul_f32, matmul_many, Activations, MatmulError};
+pub use order::Numerics;
 pub use pool::ThreadPool;
 pub use quant::GgmlType;
 pub use tensor::{Layout, Storage, Tensor, TensorError};

@@ -11,7 +11,7 @@ use crate::dispatch::Kernels;
 use crate::pool::ThreadPool;
 use std::ops::Range;
 
-use crate::order::{self, Order};
+use crate::order::{self, Numerics, Order};
 use crate::quant::{GgmlType, VecDotFn};
 use crate::tensor::{Layout, Tensor};
 use crate::tile::{GemmFn, SharedOut, Tile, TileShape};
@@ -205,15 +205,17 @@ pub fn gemm_by_dots(dot: VecDotFn, t: &Tile) {
     }
 }
 
-/// `out[t * W.rows() + r] = W[r] · x[t]` with the activations encoded as the weight type needs.
+/// `out[t * W.rows() + r] = W[r] · x[t]` with the activations encoded as the weight type needs,
+/// each token in the arithmetic order `numerics` chooses.
 pub fn matmul(
     pool: &ThreadPool,
     kernels: &Kernels,
+    numerics: Numerics,
     w: &Tensor,
     x: &Activations,
     out: &mut [f32],
 ) -> Result<(), MatmulError> {
-    matmul_many(pool, kernels, x, &mut [(w, out)])
+    matmul_many(pool, kernels, numerics, x, &mut [(w, out)])
 }
 
 /// Most products [`matmul_many`] runs as one job.
@@ -225,6 +227,7 @@ const MAX_PRODUCTS: usize = 4;
 pub fn matmul_many(
     pool: &ThreadPool,
     kernels: &Kernels,
+    numerics: Numerics,
     x: &Activations,
     products: &mut [(&Tensor, &mut [f32])],
 ) -> Result<(), MatmulError> {
@@ -232,7 +235,7 @@ pub fn matmul_many(
         let mut plans: [Option<Plan<'_>>; MAX_PRODUCTS] = Default::default();
         let mut pieces = [0usize; MAX_PRODUCTS];
         for (i, (w, out)) in group.iter_mut().enumerate() {
-            let p = Plan::new(kernels, w, x, out, pool.n_threads())?;
+            let p = Plan::new(kernels, numerics, w, x, out, pool.n_threads())?;
             pieces[i] = p.n.div_ceil(p.grain);
             plans[i] = Some(p);
         }
@@ -282,6 +285,7 @@ struct Part<'a> {
 impl<'a> Plan<'a> {
     fn new(
         kernels: &Kernels,
+        numerics: Numerics,
         w: &'a Tensor,
         x: &Activations,
         out: &'a mut [f32],
@@ -317,7 +321,7 @@ impl<'a> Plan<'a> {
                 layout: w.layout(),
             });
         }
-        let mut schedule = order::llama_cpp(ty, n, cols, tokens);
+        let mut schedule = order::schedule(numerics, ty, n, cols, tokens);
         if schedule.head == schedule.tail {
             // One arithmetic for every token: one run.
             schedule.split = tokens;

@@ -117,6 +117,65 @@ pub fn llama_cpp(ty: GgmlType, rows: usize, cols: usize, tokens: usize) -> Sched
     }
 }
 
+/// Which rule chooses the arithmetic order of a product: the numerics policy, passed
+/// explicitly to every matrix product and attention call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Numerics {
+    /// llama.cpp's rule ([`llama_cpp`]): the order depends on the number of tokens in the
+    /// micro-batch, as the reference engine's does, so results equal its bits.
+    #[default]
+    LlamaCpp,
+    /// One order per matrix whatever the batch ([`batch_invariant`]): a row's result does not
+    /// depend on how many other rows share its product (serving, reproducible runs).
+    BatchInvariant,
+}
+
+impl Numerics {
+    pub fn name(self) -> &'static str {
+        match self {
+            Numerics::LlamaCpp => "llama.cpp",
+            Numerics::BatchInvariant => "batch-invariant",
+        }
+    }
+}
+
+/// The one order a `ty` matrix of `rows` × `cols` takes under [`Numerics::BatchInvariant`],
+/// whatever the number of tokens: the order llama.cpp gives a large batch (its prompt
+/// processing), which every kernel of the type also computes for a single token.
+pub fn batch_invariant(ty: GgmlType, rows: usize, cols: usize) -> Order {
+    if repacked_by_llama_cpp(ty, rows) {
+        return Order::Gemm.canonical(ty);
+    }
+    if tiled_by_llama_cpp(ty) {
+        return Order::Tiled;
+    }
+    if rows.is_multiple_of(4) && cols.is_multiple_of(8) {
+        return Order::Sgemm.canonical(ty);
+    }
+    Order::VecDot
+}
+
+/// The schedule of a product under `numerics`.
+pub fn schedule(
+    numerics: Numerics,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+) -> Schedule {
+    match numerics {
+        Numerics::LlamaCpp => llama_cpp(ty, rows, cols, tokens),
+        Numerics::BatchInvariant => {
+            let order = batch_invariant(ty, rows, cols);
+            Schedule {
+                split: tokens,
+                head: order,
+                tail: order,
+            }
+        }
+    }
+}
+
 /// The scalar definition of `ty`'s dot product in `order` (`None`: the engine cannot
 /// compute with `ty`). SIMD kernels for that order are tested to equal it bit for bit.
 pub fn reference_dot(ty: GgmlType, order: Order) -> Option<VecDotFn> {
@@ -165,6 +224,18 @@ mod tests {
         );
         assert_eq!(llama_cpp(T::F16, 64, 256, 1).head, Order::VecDot);
         assert_eq!(llama_cpp(T::Q8_0, 64, 256, 8).head, Order::VecDot);
+    }
+
+    #[test]
+    fn the_batch_invariant_order_is_llama_cpps_large_batch_order() {
+        for t in crate::quant::TRAITS.iter().filter(|t| t.ty.is_supported()) {
+            for (rows, cols) in [(896, 896), (64, 576), (12, 256), (30, 100)] {
+                let big = llama_cpp(t.ty, rows, cols, 64);
+                let one = schedule(Numerics::BatchInvariant, t.ty, rows, cols, 1);
+                assert_eq!(one.head, big.head, "{} {rows}x{cols}", t.ty);
+                assert_eq!((one.split, one.tail), (1, one.head));
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use torchless_kernels::attention::{
 };
 use torchless_kernels::matmul::{matmul, Activations};
 use torchless_kernels::quant::{self, GgmlType};
-use torchless_kernels::{Isa, Kernels, Layout, Storage, Tensor, ThreadPool};
+use torchless_kernels::{Isa, Kernels, Layout, Numerics, Storage, Tensor, ThreadPool};
 
 const WEIGHT_TYPES: [GgmlType; 16] = [
     GgmlType::F32,
@@ -112,7 +112,7 @@ fn product(pool: &ThreadPool, k: &Kernels, t: &Tensor, xs: &[f32], tokens: usize
     )
     .unwrap();
     let mut out = vec![0.0f32; rows * tokens];
-    matmul(pool, k, t, &acts, &mut out).unwrap();
+    matmul(pool, k, Numerics::LlamaCpp, t, &acts, &mut out).unwrap();
     out
 }
 
@@ -481,16 +481,17 @@ proptest! {
         }
         let mut acts = Activations::new();
         acts.encode(&pool, &k, GgmlType::Q8_K, &xs[..tokens * 512], tokens, 512).unwrap();
+        for numerics in [Numerics::LlamaCpp, Numerics::BatchInvariant] {
         let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; m.rows() * tokens]).collect();
         {
             let mut products: Vec<(&Tensor, &mut [f32])> = mats.iter().zip(outs.iter_mut()).map(|(m, o)| (m, o.as_mut_slice())).collect();
-            torchless_kernels::matmul_many(&pool, &k, &acts, &mut products).unwrap();
+            torchless_kernels::matmul_many(&pool, &k, numerics, &acts, &mut products).unwrap();
         }
         // The reference: one scalar dot product per (row, token) of the plain matrices, in
-        // the order llama.cpp gives that token (Q4_K: its repacked kernels, four tokens at a
-        // time and then one by one).
+        // the order the policy gives that token (llama.cpp's Q4_K: its repacked kernels, four
+        // tokens at a time and then one by one; batch-invariant: one order for all).
         for (m, got) in plain.iter().zip(&outs) {
-            let s = torchless_kernels::order::llama_cpp(m.ty(), m.rows(), 512, tokens);
+            let s = torchless_kernels::order::schedule(numerics, m.ty(), m.rows(), 512, tokens);
             for t in 0..tokens {
                 let order = if t < s.split { s.head } else { s.tail };
                 let dot = torchless_kernels::order::reference_dot(m.ty(), order).unwrap();
@@ -500,6 +501,7 @@ proptest! {
                 }
             }
         }
+    }
     }
 }
 

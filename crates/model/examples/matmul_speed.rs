@@ -33,7 +33,15 @@ fn main() {
         let t = Instant::now();
         for m in &mats {
             encode_constant(&mut acts, &pool, &k, m, tokens);
-            matmul(&pool, &k, m, &acts, &mut out[..m.rows() * tokens]).unwrap();
+            matmul(
+                &pool,
+                &k,
+                torchless_kernels::Numerics::LlamaCpp,
+                m,
+                &acts,
+                &mut out[..m.rows() * tokens],
+            )
+            .unwrap();
         }
         let s = t.elapsed().as_secs_f64();
         println!(
@@ -51,7 +59,15 @@ fn main() {
         let reps = (200_000_000 / m.bytes().len()).max(1);
         let t = Instant::now();
         for _ in 0..reps {
-            matmul(&pool, &k, m, &acts, &mut out[..m.rows() * tokens]).unwrap();
+            matmul(
+                &pool,
+                &k,
+                torchless_kernels::Numerics::LlamaCpp,
+                m,
+                &acts,
+                &mut out[..m.rows() * tokens],
+            )
+            .unwrap();
         }
         let s = t.elapsed().as_secs_f64();
         println!(

@@ -3,8 +3,10 @@
 //! of one KV head; a single token one job per head, or past `PHASED_FROM` positions in
 //! phases that split each head's work among the threads.
 //!
-//! The reduction order follows the reference engine: a single-token batch reduces as its
-//! `vec_dot` kernels do, a larger batch as its tiled GEMM does.
+//! The reduction order follows the numerics policy. llama.cpp's: a single-token batch reduces
+//! as its `vec_dot` kernels do, a larger batch as its tiled GEMM does. Batch-invariant: every
+//! query as the batched path does (a soft-capped layer: every query in the single-token
+//! order), whatever else is in the batch.
 //!
 //! A sliding window gives each query of a batch its own first position (the batched path masks
 //! the positions before it, as llama.cpp's masked softmax does); a single token whose window
@@ -19,7 +21,7 @@ use torchless_kernels::attention::{
 };
 use torchless_kernels::ops::softcap;
 use torchless_kernels::tile::SharedOut;
-use torchless_kernels::{Kernels, ThreadPool};
+use torchless_kernels::{Kernels, Numerics, ThreadPool};
 
 use crate::batch::Batch;
 use crate::error::ModelError;
@@ -67,6 +69,7 @@ pub fn scratch_len(max_ctx: usize, head_dim: usize, n_head: usize, threads: usiz
 /// of `batch` and head h. `scratch` holds at least [`scratch_len`] floats.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
+    numerics: Numerics,
     kernels: &Kernels,
     pool: &ThreadPool,
     s: &AttnShape,
@@ -78,11 +81,13 @@ pub fn attend(
     max_ctx: usize,
 ) -> Result<(), ModelError> {
     let io = (q, out, scratch, max_ctx);
-    attend_from(kernels, pool, s, batch, cache, io, PHASED_FROM)
+    attend_from(numerics, kernels, pool, s, batch, cache, io, PHASED_FROM)
 }
 
 /// [`attend`], a single token going through the phased path from `phased_from` positions on.
+#[allow(clippy::too_many_arguments)]
 fn attend_from(
+    numerics: Numerics,
     kernels: &Kernels,
     pool: &ThreadPool,
     s: &AttnShape,
@@ -93,6 +98,7 @@ fn attend_from(
 ) -> Result<(), ModelError> {
     let (q, out, scratch, max_ctx) = io;
     let call = Call {
+        numerics,
         kernels,
         pool,
         s,
@@ -115,6 +121,7 @@ fn attend_from(
 
 /// What one attention call works on, whatever the cache's element type.
 struct Call<'a> {
+    numerics: Numerics,
     kernels: &'a Kernels,
     pool: &'a ThreadPool,
     s: &'a AttnShape,
@@ -144,11 +151,16 @@ fn attend_typed<E: KvElem>(
         .is_some_and(|w| batch.pos.iter().any(|&p| (p + 1).min(max_ctx) > w));
     // A soft-cap, or a window on a single token: the masked per-head path. A window in a
     // batch: the batched path, each query seeing its own window (llama.cpp's order).
-    if s.softcap.is_some() || (window_cuts && batch.len() < 2) {
+    // Batch-invariant numerics: a soft-cap takes the masked path (one job per query in the
+    // single-token order, whatever the batch); everything else the batched path, a lone token
+    // too, so that every query reduces in the batched order.
+    let invariant = call.numerics == Numerics::BatchInvariant;
+    let masked = s.softcap.is_some() || (window_cuts && batch.len() < 2 && !invariant);
+    if masked {
         attend_masked(call, (keys, values), q, out, scratch);
         return;
     }
-    if batch.len() >= 2 {
+    if batch.len() >= 2 || invariant {
         let (shared_out, shared_scratch) = (SharedOut::new(out), SharedOut::new(scratch));
         attend_batched(
             kernels,
@@ -573,7 +585,8 @@ mod tests {
             let run = |phased_from: usize, scratch: &mut [f32]| {
                 let mut out = vec![0.0f32; n_head * hd];
                 let io = (&q[..], &mut out[..], scratch, max_ctx);
-                attend_from(&kernels, &pool, &s, &batch, &cache, io, phased_from).unwrap();
+                let nm = Numerics::LlamaCpp;
+                attend_from(nm, &kernels, &pool, &s, &batch, &cache, io, phased_from).unwrap();
                 out
             };
             let per_head = run(usize::MAX, &mut scratch);

@@ -1,6 +1,9 @@
 //! A batch of tokens for one forward pass: each entry is (token, position, sequence, whether
 //! its logits are wanted). Prompt prefill, single-token decode and many sequences at once are
-//! all batches; the forward pass does not distinguish them.
+//! all batches; the forward pass does not distinguish them. The batch also names the numerics
+//! policy its pass follows.
+
+use torchless_kernels::Numerics;
 
 use crate::kv_cache::SeqId;
 
@@ -10,6 +13,9 @@ pub struct Batch {
     pub pos: Vec<usize>,
     pub seq: Vec<SeqId>,
     pub logits: Vec<bool>,
+    /// The arithmetic-order policy of every operation of this pass (llama.cpp's by default;
+    /// [`Numerics::BatchInvariant`] makes each entry's results independent of the others).
+    pub numerics: Numerics,
 }
 
 impl Batch {
@@ -23,6 +29,7 @@ impl Batch {
             pos: Vec::with_capacity(n),
             seq: Vec::with_capacity(n),
             logits: Vec::with_capacity(n),
+            numerics: Numerics::default(),
         }
     }
 

@@ -16,7 +16,7 @@ use torchless_kernels::ops::{
     swiglu,
 };
 use torchless_kernels::tile::SharedOut;
-use torchless_kernels::{matmul, matmul_f32, matmul_many, Activations, GgmlType, Tensor};
+use torchless_kernels::{matmul, matmul_f32, matmul_many, Activations, GgmlType, Numerics, Tensor};
 
 use crate::attention::{attend, AttnShape};
 use crate::batch::Batch;
@@ -97,6 +97,7 @@ impl Model {
     /// reference precision the input is encoded once per activation format.
     fn project(
         &self,
+        nm: Numerics,
         acts: &mut Activations,
         input: &[f32],
         n: usize,
@@ -104,7 +105,7 @@ impl Model {
     ) -> Result<(), ModelError> {
         if let (Some(need), Some((first, _))) = (self.shared_format(outputs), outputs.first()) {
             acts.encode(&self.pool, &self.kernels, need, input, n, first.cols())?;
-            matmul_many(&self.pool, &self.kernels, acts, outputs)?;
+            matmul_many(&self.pool, &self.kernels, nm, acts, outputs)?;
             return Ok(());
         }
         let mut encoded: Option<GgmlType> = None;
@@ -117,7 +118,7 @@ impl Model {
                         acts.encode(&self.pool, &self.kernels, need, input, n, w.cols())?;
                         encoded = Some(need);
                     }
-                    matmul(&self.pool, &self.kernels, w, acts, out)?;
+                    matmul(&self.pool, &self.kernels, nm, w, acts, out)?;
                 }
             }
         }
@@ -130,6 +131,7 @@ impl Model {
     /// always when dumping, so that the caller can dump `xn`) they go through `xn`.
     fn project_normed(
         &self,
+        nm: Numerics,
         acts: &mut Activations,
         input: (&[f32], &Norm),
         xn: &mut [f32],
@@ -144,11 +146,11 @@ impl Model {
             .filter(|_| self.dump == Dump::Off && rms)
         {
             acts.encode_rms_norm(&self.pool, &self.kernels, need, x, &norm.w, eps, n, d)?;
-            matmul_many(&self.pool, &self.kernels, acts, outputs)?;
+            matmul_many(&self.pool, &self.kernels, nm, acts, outputs)?;
             return Ok(());
         }
         self.norm_rows(norm, &x[..n * d], &mut xn[..n * d]);
-        self.project(acts, &xn[..n * d], n, outputs)
+        self.project(nm, acts, &xn[..n * d], n, outputs)
     }
 
     /// `out[t] = norm(x[t])` for rows of `n_embd`, with the model's kind of norm.
@@ -206,19 +208,45 @@ impl Model {
                     vocab: self.config.vocab,
                 });
             }
-            let need = batch.pos[i] + 1;
-            if need > ws.max_ctx {
+            let (seq, pos) = (batch.seq[i], batch.pos[i]);
+            if pos + 1 > ws.max_ctx {
                 return Err(ModelError::ContextFull {
-                    need,
+                    need: pos + 1,
                     max: ws.max_ctx,
                 });
             }
-            cache
-                .reserve(batch.seq[i], need)
-                .map_err(|_| ModelError::ContextFull {
-                    need,
+            // Each sequence's positions continue where it stands, in order and without gaps
+            // (a gap would attend to whatever a block held before).
+            let expected = match (0..i).rev().find(|&j| batch.seq[j] == seq) {
+                Some(j) => batch.pos[j] + 1,
+                None => cache.seq_len(seq),
+            };
+            if pos != expected {
+                return Err(ModelError::Invalid(format!(
+                    "batch entry {i} puts sequence {seq} at position {pos}, but it continues \
+                     at {expected}"
+                )));
+            }
+        }
+        // Room for every sequence's last position, all or nothing.
+        let last_of = |i: usize| !batch.seq[i + 1..].contains(&batch.seq[i]);
+        let mut need = 0;
+        for i in (0..n).filter(|&i| last_of(i)) {
+            let len = batch.pos[i] + 1;
+            if len > cache.capacity() {
+                return Err(ModelError::ContextFull {
+                    need: len,
                     max: cache.capacity(),
-                })?;
+                });
+            }
+            need += cache.blocks_needed(batch.seq[i], len);
+        }
+        let free = cache.free_blocks();
+        if need > free {
+            return Err(crate::kv_cache::CacheError::PoolExhausted { need, free }.into());
+        }
+        for i in (0..n).filter(|&i| last_of(i)) {
+            cache.reserve(batch.seq[i], batch.pos[i] + 1)?;
         }
         Ok(())
     }
@@ -235,6 +263,7 @@ impl Model {
         let c = &self.config;
         let plan = &c.plan;
         let n = batch.len();
+        let nm = batch.numerics;
         let (d, ff) = (c.n_embd, c.n_ff);
         let Workspace {
             x,
@@ -294,6 +323,7 @@ impl Model {
             let MixerWeights::Attention(aw) = &w.mixer;
             let (qd, kvd, hd) = (a.q_dim(), a.kv_dim(), a.head_dim);
             self.project_normed(
+                nm,
                 acts,
                 (&x[..n * d], &w.attn_norm),
                 &mut xn[..n * d],
@@ -364,6 +394,7 @@ impl Model {
                 softcap: a.softcap,
             };
             attend(
+                nm,
                 &self.kernels,
                 &self.pool,
                 &shape,
@@ -375,7 +406,13 @@ impl Model {
                 *max_ctx,
             )?;
             dump!(self, "kqv_out-{l}", &att[..n * qd], n);
-            self.project(acts, &att[..n * qd], n, &mut [(&aw.wo, &mut proj[..n * d])])?;
+            self.project(
+                nm,
+                acts,
+                &att[..n * qd],
+                n,
+                &mut [(&aw.wo, &mut proj[..n * d])],
+            )?;
             dump!(self, "attn_out-{l}", &proj[..n * d], n);
             // After the last layer's attention only the rows whose logits are wanted matter
             // (as in llama.cpp, which drops the others at this point): keep those, in order.
@@ -411,8 +448,9 @@ impl Model {
             // intermediate rows (n_ff wide) are the largest buffers of a forward pass.
             let mut c0 = 0;
             while c0 < m {
-                // No chunk of one row out of a batch: a lone row would take the single-token
-                // kernels, whose reduction order differs from the batched one.
+                // No chunk of one row out of a batch: in llama.cpp's numerics a lone row would
+                // take the single-token kernels, whose reduction order differs from the batched
+                // one (batch-invariant numerics give every row one order anyway).
                 let mut end = (c0 + FFN_CHUNK).min(m);
                 if m - end == 1 {
                     end -= 1;
@@ -422,6 +460,7 @@ impl Model {
                 let k = rows.len();
                 let xs = &mut x[rows.start * d..rows.end * d];
                 self.project_normed(
+                    nm,
                     acts,
                     (xs, &w.ffn_norm),
                     &mut xn[..k * d],
@@ -446,7 +485,7 @@ impl Model {
                     });
                 }
                 let out = &mut proj[rows.start * d..rows.end * d];
-                self.project(acts, &gate[..k * ff], k, &mut [(w_down, &mut *out)])?;
+                self.project(nm, acts, &gate[..k * ff], k, &mut [(w_down, &mut *out)])?;
                 if let Some(norm) = &w.post_ffn_norm {
                     self.norm_in_place(norm, out, xn);
                 }
@@ -475,6 +514,7 @@ impl Model {
             logits.resize(n_out * c.vocab, 0.0);
         }
         self.project(
+            nm,
             acts,
             &out_hidden[..n_out * d],
             n_out,

@@ -23,6 +23,7 @@ pub mod error;
 pub mod forward;
 pub mod generate;
 pub mod hf_config;
+pub mod kv_blocks;
 pub mod kv_cache;
 pub mod model;
 pub mod parts;
