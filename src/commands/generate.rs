@@ -69,30 +69,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
         (Some(ids), _) => parse_ids(ids)?,
         (None, Some(text)) => {
             let tok = model.require_tokenizer()?;
-            let text = if a.chat {
-                let template = tok.chat_template()?.ok_or_else(|| {
-                    CliError::Usage(
-                        "this model has no chat template (tokenizer.chat_template); drop --chat"
-                            .into(),
-                    )
-                })?;
+            if a.chat {
                 let mut msgs = Vec::new();
                 if let Some(s) = &a.system {
                     msgs.push(Message::new("system", s.as_str()));
                 }
                 msgs.push(Message::new("user", text.as_str()));
-                template.render(&msgs, true)?
+                tok.encode_chat(&msgs)?
             } else {
-                text.clone()
-            };
-            // A template that writes the BOS token itself must not get a second one.
-            let bos_text = tok
-                .vocab()
-                .bos
-                .and_then(|b| tok.token_text(b))
-                .unwrap_or_default();
-            let add_special = !(a.chat && !bos_text.is_empty() && text.starts_with(bos_text));
-            tok.encode(&text, add_special, true)?
+                tok.encode(text, true, true)?
+            }
         }
         (None, None) => Vec::new(),
     };

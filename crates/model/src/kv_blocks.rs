@@ -146,6 +146,15 @@ impl BlockPool {
         Some((b, hash))
     }
 
+    /// The chain hash of the registered block holding `tokens` after chain `parent`, if any
+    /// (nothing is taken).
+    pub fn peek(&self, parent: u64, tokens: &[u32]) -> Option<u64> {
+        let hash = chain_hash(parent, tokens);
+        let &b = self.index.get(&hash)?;
+        let c = self.content[b as usize].as_ref()?;
+        (c.parent == parent && *c.tokens == *tokens).then_some(hash)
+    }
+
     /// Registers used block `b` as holding `tokens` after chain `parent`; returns the chain
     /// hash through it. Another block already registered with that content keeps the place
     /// (then `b` stays unregistered).

@@ -296,6 +296,29 @@ impl KvCache {
         Ok(held)
     }
 
+    /// Positions [`KvCache::attach_prefix`] would give a new sequence of `tokens` now.
+    pub fn cached_prefix_len(&self, tokens: &[u32]) -> usize {
+        let bs = self.cfg.block_size;
+        let mut parent = crate::kv_blocks::ROOT;
+        let mut n = 0;
+        for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(bs) {
+            match self.pool.peek(parent, chunk) {
+                Some(h) => parent = h,
+                None => break,
+            }
+            n += bs;
+        }
+        n
+    }
+
+    /// Blocks of `seq` that no other sequence holds (given back if it were dropped).
+    pub fn exclusive_blocks(&self, seq: SeqId) -> usize {
+        self.blocks(seq)
+            .iter()
+            .filter(|&&b| self.pool.refs(b) == 1)
+            .count()
+    }
+
     /// Tells the cache which tokens `seq` holds (`tokens[i]` at position i, at least its
     /// length): its full blocks become findable by later sequences that begin the same way.
     pub fn commit(&mut self, seq: SeqId, tokens: &[u32]) {
@@ -498,7 +521,9 @@ mod tests {
         fill(&mut c, 1, 0, 10, |p| p as f32);
         c.commit(1, &tokens);
         // Two full blocks are findable; the last token is always left to compute.
+        assert_eq!(c.cached_prefix_len(&tokens[..9]), 8);
         assert_eq!(c.attach_prefix(2, &tokens[..9]), Ok(8));
+        assert_eq!((c.exclusive_blocks(1), c.exclusive_blocks(2)), (1, 0));
         assert_eq!(c.blocks(2), &c.blocks(1)[..2]);
         assert_eq!(c.attach_prefix(3, &tokens[..8]), Ok(4));
         assert_eq!(

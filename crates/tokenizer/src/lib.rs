@@ -311,6 +311,25 @@ impl Tokenizer {
             .transpose()
     }
 
+    /// The ids of a conversation rendered with the model's chat template, ending where the
+    /// assistant's reply begins (special-token texts parsed; BOS added unless the template
+    /// writes it itself). An error when the model has no template.
+    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>, TokenizerError> {
+        let template = self.chat_template()?.ok_or_else(|| {
+            TokenizerError::Template(
+                "the model has no chat template (tokenizer.chat_template)".into(),
+            )
+        })?;
+        let text = template.render(messages, true)?;
+        let bos_text = self
+            .vocab
+            .bos
+            .and_then(|b| self.token_text(b))
+            .unwrap_or_default();
+        let add_special = bos_text.is_empty() || !text.starts_with(bos_text);
+        self.encode(&text, add_special, true)
+    }
+
     /// Token ids for `text`. `add_special` adds BOS/EOS where the model asks for them;
     /// `parse_special` turns control-token texts such as `<|im_start|>` into their ids.
     pub fn encode(
