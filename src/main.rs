@@ -7,7 +7,7 @@ mod options;
 
 use clap::{Parser, Subcommand};
 
-use commands::{bench, convert, fetch, generate, info, perplexity, tokenize};
+use commands::{bench, convert, fetch, generate, info, perplexity, serve, tokenize};
 
 #[derive(Parser)]
 #[command(name = "torchless", version, about = "Run open-weight language models on the CPU.", long_about = None)]
@@ -30,6 +30,8 @@ enum Command {
     Bench(bench::Args),
     /// Write a model as GGUF, a HuggingFace directory or a `.bin` export.
     Convert(convert::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API, many requests at once.
+    Serve(serve::Args),
     /// Download a known model into the cache (or list the known models).
     Fetch(fetch::Args),
 }
@@ -62,6 +64,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Fetch(a) => fetch::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

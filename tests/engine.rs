@@ -181,7 +181,10 @@ fn check_invariance(name: &str) {
             assert!(preemptions > 0, "{what}: no preemption happened");
         }
         for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
-            assert_eq!(g, a, "{name}, {what}: request {i} differs from its solo run");
+            assert_eq!(
+                g, a,
+                "{name}, {what}: request {i} differs from its solo run"
+            );
         }
     }
 }

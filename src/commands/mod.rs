@@ -7,4 +7,5 @@ pub mod fetch;
 pub mod generate;
 pub mod info;
 pub mod perplexity;
+pub mod serve;
 pub mod tokenize;

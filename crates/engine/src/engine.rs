@@ -37,7 +37,7 @@ pub struct EngineOptions {
     pub batch_tokens: usize,
     pub block_size: usize,
     /// Blocks in the KV pool (`None`: from `kv_memory`, else enough for `max_running` full
-    /// contexts within 1 GiB, and never less than one full context).
+    /// contexts within 512 MiB, and never less than one full context).
     pub n_blocks: Option<usize>,
     /// Bytes the KV pool may take.
     pub kv_memory: Option<usize>,
@@ -70,7 +70,9 @@ impl Default for EngineOptions {
 pub enum SubmitError {
     #[error("the prompt is empty")]
     EmptyPrompt,
-    #[error("the prompt has {tokens} tokens but a sequence holds at most {max} positions; shorten it")]
+    #[error(
+        "the prompt has {tokens} tokens but a sequence holds at most {max} positions; shorten it"
+    )]
     TooLong { tokens: usize, max: usize },
     #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
     InvalidToken { id: u32, vocab: usize },
@@ -133,7 +135,7 @@ impl Engine {
             (Some(n), _) => n,
             (None, Some(bytes)) => bytes / block_bytes,
             (None, None) => (opts.max_running * one_ctx)
-                .min((1 << 30) / block_bytes)
+                .min((512 << 20) / block_bytes)
                 .max(one_ctx + 1),
         };
         if cfg.n_blocks == 0 {
@@ -425,8 +427,10 @@ impl Core {
         let m = &self.shared.metrics;
         m.queue_depth.store(self.waiting.len() as u64, Relaxed);
         m.running.store(self.running.len() as u64, Relaxed);
-        m.kv_blocks_used.store(self.cache.used_blocks() as u64, Relaxed);
-        m.kv_blocks_free.store(self.cache.free_blocks() as u64, Relaxed);
+        m.kv_blocks_used
+            .store(self.cache.used_blocks() as u64, Relaxed);
+        m.kv_blocks_free
+            .store(self.cache.free_blocks() as u64, Relaxed);
         m.kv_blocks_cached
             .store(self.cache.cached_blocks() as u64, Relaxed);
     }
@@ -537,9 +541,12 @@ impl Core {
             tracing::error!(error = %msg, "forward pass failed; its requests fail");
             let mut ids: Vec<u64> = work.iter().map(|&(i, _)| self.running[i].id).collect();
             ids.sort_unstable();
-            self.finish_where(|s| ids.binary_search(&s.id).is_ok(), |s| {
-                let _ = s.req.events.send(Event::Error(msg.clone()));
-            });
+            self.finish_where(
+                |s| ids.binary_search(&s.id).is_ok(),
+                |s| {
+                    let _ = s.req.events.send(Event::Error(msg.clone()));
+                },
+            );
             m.requests_server_error
                 .fetch_add(work.len() as u64, Relaxed);
             return;
@@ -631,8 +638,7 @@ fn emit(
         let r = s.filter.push(bytes);
         (r.text, r.stopped.then_some(Finish::Stop))
     };
-    if finish.is_none() && (s.generated() >= s.req.params.max_tokens || s.tokens.len() >= n_ctx)
-    {
+    if finish.is_none() && (s.generated() >= s.req.params.max_tokens || s.tokens.len() >= n_ctx) {
         text.push_str(&s.filter.finish());
         finish = Some(Finish::Length);
     }

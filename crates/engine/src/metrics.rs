@@ -93,19 +93,73 @@ impl Metrics {
             );
         }
         let plain = [
-            ("torchless_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", &self.prompt_tokens),
-            ("torchless_generated_tokens_total", "counter", "Tokens generated.", &self.generated_tokens),
-            ("torchless_prefix_cache_hit_tokens_total", "counter", "Prompt positions taken from the prefix cache instead of computed.", &self.prefix_hit_tokens),
-            ("torchless_preemptions_total", "counter", "Sequences preempted (their blocks given back, recomputed later).", &self.preemptions),
-            ("torchless_engine_steps_total", "counter", "Forward passes run.", &self.steps),
-            ("torchless_queue_depth", "gauge", "Requests waiting for admission.", &self.queue_depth),
-            ("torchless_running_sequences", "gauge", "Sequences being prefilled or decoded.", &self.running),
-            ("torchless_kv_blocks_used", "gauge", "KV cache blocks held by sequences.", &self.kv_blocks_used),
-            ("torchless_kv_blocks_free", "gauge", "KV cache blocks free (including cached ones).", &self.kv_blocks_free),
-            ("torchless_kv_blocks_cached", "gauge", "Free KV cache blocks the prefix cache still holds.", &self.kv_blocks_cached),
+            (
+                "torchless_prompt_tokens_total",
+                "counter",
+                "Prompt tokens of admitted requests.",
+                &self.prompt_tokens,
+            ),
+            (
+                "torchless_generated_tokens_total",
+                "counter",
+                "Tokens generated.",
+                &self.generated_tokens,
+            ),
+            (
+                "torchless_prefix_cache_hit_tokens_total",
+                "counter",
+                "Prompt positions taken from the prefix cache instead of computed.",
+                &self.prefix_hit_tokens,
+            ),
+            (
+                "torchless_preemptions_total",
+                "counter",
+                "Sequences preempted (their blocks given back, recomputed later).",
+                &self.preemptions,
+            ),
+            (
+                "torchless_engine_steps_total",
+                "counter",
+                "Forward passes run.",
+                &self.steps,
+            ),
+            (
+                "torchless_queue_depth",
+                "gauge",
+                "Requests waiting for admission.",
+                &self.queue_depth,
+            ),
+            (
+                "torchless_running_sequences",
+                "gauge",
+                "Sequences being prefilled or decoded.",
+                &self.running,
+            ),
+            (
+                "torchless_kv_blocks_used",
+                "gauge",
+                "KV cache blocks held by sequences.",
+                &self.kv_blocks_used,
+            ),
+            (
+                "torchless_kv_blocks_free",
+                "gauge",
+                "KV cache blocks free (including cached ones).",
+                &self.kv_blocks_free,
+            ),
+            (
+                "torchless_kv_blocks_cached",
+                "gauge",
+                "Free KV cache blocks the prefix cache still holds.",
+                &self.kv_blocks_cached,
+            ),
         ];
         for (name, kind, help, v) in plain {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", g(v));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                g(v)
+            );
         }
         self.ttft.render(
             &mut out,

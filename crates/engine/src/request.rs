@@ -96,7 +96,10 @@ pub enum Event {
         text: String,
         logprobs: Option<Logprobs>,
     },
-    Done { finish: Finish, usage: Usage },
+    Done {
+        finish: Finish,
+        usage: Usage,
+    },
     /// The request failed (the others go on).
     Error(String),
 }

@@ -80,7 +80,11 @@ pub fn schedule(running: &[Running], waiting: &[Waiting], limits: &Limits) -> St
     let bs = limits.block_size.max(1);
     let mut step = Step::default();
     let mut order: Vec<Running> = running.to_vec();
-    order.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.admitted.cmp(&b.admitted)));
+    order.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.admitted.cmp(&b.admitted))
+    });
     let mut free = limits.free_blocks;
     if !limits.preemption {
         // Room promised to running sequences for their worst case is not free.
@@ -130,7 +134,13 @@ pub fn schedule(running: &[Running], waiting: &[Waiting], limits: &Limits) -> St
         if left <= 1 || budget == 0 {
             continue;
         }
-        let k = fit(r.computed, left.min(budget), &mut free, bs, limits.preemption);
+        let k = fit(
+            r.computed,
+            left.min(budget),
+            &mut free,
+            bs,
+            limits.preemption,
+        );
         if k > 0 {
             budget -= k;
             step.work.push((r.id, k));
