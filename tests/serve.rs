@@ -376,7 +376,7 @@ fn a_bounded_load_test_loses_and_mixes_up_nothing() {
                     h as usize % prompts.len(),
                     limits[(h >> 8) as usize % limits.len()],
                 );
-                let stream = h % 2 == 0;
+                let stream = h.is_multiple_of(2);
                 if h % 10 == 3 {
                     http::stream_and_hang_up(p, "/v1/completions", &body(i, m, true), 2);
                     hung_up.fetch_add(1, Relaxed);
