@@ -466,3 +466,53 @@ fn sigterm_lets_the_stream_finish_then_exits_0() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// The official `openai` Python client against the binary (TORCHLESS_PYTHON_OPENAI=1, set by
+/// `.ci/run` after `pip install openai`; skipped otherwise).
+#[test]
+fn the_openai_python_client_talks_to_the_server() {
+    if std::env::var("TORCHLESS_PYTHON_OPENAI").as_deref() != Ok("1") {
+        eprintln!("skipped: set TORCHLESS_PYTHON_OPENAI=1 with the openai package installed");
+        return;
+    }
+    let path = common::model("smollm2");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_torchless"))
+        .args([
+            "serve",
+            "-m",
+            path.to_str().unwrap(),
+            "-t",
+            "2",
+            "-c",
+            "512",
+            "--api-key",
+            "k3y",
+            "--port",
+            &port.to_string(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed().as_secs() < 60, "the server did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = std::process::Command::new("python3")
+        .arg(common::data("../scripts/openai_client.py"))
+        .args([format!("http://127.0.0.1:{port}/v1"), "k3y".into()])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
