@@ -516,3 +516,59 @@ fn the_openai_python_client_talks_to_the_server() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A sampled answer of the server is reproduced locally, token for token, by `generate
+/// --batch-invariant` with the same prompt, settings and seed.
+#[test]
+fn generate_batch_invariant_reproduces_a_served_answer() {
+    let s = server(smollm2(), engine_opts(), server_options());
+    let prompt = "Once upon a time";
+    // Other requests alongside do not change it.
+    let (served, _) = std::thread::scope(|sc| {
+        for i in 0..3 {
+            let p = s.port;
+            sc.spawn(move || {
+                post(
+                    p,
+                    "/v1/completions",
+                    &json!({"prompt": format!("Other request {i}"), "max_tokens": 20}),
+                )
+            });
+        }
+        text_of(&post(
+            s.port,
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 24, "seed": 11, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "ignore_eos": true}),
+        ))
+    });
+    let path = common::model("smollm2");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_torchless"))
+        .args([
+            "generate",
+            "-m",
+            path.to_str().unwrap(),
+            "-t",
+            "2",
+            "-p",
+            prompt,
+            "-n",
+            "24",
+            "--seed",
+            "11",
+            "--temp",
+            "0.9",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.95",
+            "--min-p",
+            "0.05",
+            "--ignore-eos",
+            "--batch-invariant",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let local = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(local.strip_suffix('\n').unwrap_or(&local), served);
+}

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use torchless_kernels::Numerics;
 use torchless_model::{Model, Session, SessionOptions};
 
 use crate::options::{CliError, ModelOpts};
@@ -31,6 +32,10 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Measure the batch-invariant arithmetic order (what `serve` computes) instead of
+    /// llama.cpp's.
+    #[arg(long)]
+    pub batch_invariant: bool,
 }
 
 fn stats(xs: &[f64]) -> (f64, f64) {
@@ -72,12 +77,14 @@ fn session_at_depth(
     depth: usize,
     n: usize,
     batch: usize,
+    numerics: torchless_kernels::Numerics,
 ) -> Result<Session<'_>, CliError> {
     let mut s = Session::new(
         model,
         SessionOptions {
             n_ctx: depth + n + 1,
             n_batch: batch,
+            numerics,
             ..SessionOptions::default()
         },
     );
@@ -93,19 +100,19 @@ fn session_at_depth(
     Ok(s)
 }
 
-fn pp(model: &Model, n: usize, depth: usize, batch: usize) -> Result<f64, CliError> {
+fn pp(model: &Model, n: usize, depth: usize, batch: usize, nm: Numerics) -> Result<f64, CliError> {
     let toks = tokens(n, model.config().vocab);
-    let mut s = session_at_depth(model, depth, n, batch)?;
+    let mut s = session_at_depth(model, depth, n, batch, nm)?;
     let t = Instant::now();
     s.eval(&toks)?;
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-fn tg(model: &Model, n: usize, depth: usize, batch: usize) -> Result<f64, CliError> {
+fn tg(model: &Model, n: usize, depth: usize, batch: usize, nm: Numerics) -> Result<f64, CliError> {
     let toks = tokens(n, model.config().vocab);
     // Without a depth to fill, the workspace is sized for one token, as generation needs.
     let batch = if depth == 0 { 1 } else { batch };
-    let mut s = session_at_depth(model, depth, n, batch)?;
+    let mut s = session_at_depth(model, depth, n, batch, nm)?;
     let t = Instant::now();
     for tok in &toks {
         s.eval(std::slice::from_ref(tok))?;
@@ -116,6 +123,11 @@ fn tg(model: &Model, n: usize, depth: usize, batch: usize) -> Result<f64, CliErr
 pub fn run(a: Args) -> Result<(), CliError> {
     let model = a.model.load()?;
     let path = a.model.path()?;
+    let nm = if a.batch_invariant {
+        Numerics::BatchInvariant
+    } else {
+        Numerics::LlamaCpp
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -143,12 +155,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
     };
     if a.n_prompt > 0 {
         run_test(format!("pp{}{at}", a.n_prompt), &|| {
-            pp(&model, a.n_prompt, a.depth, a.batch)
+            pp(&model, a.n_prompt, a.depth, a.batch, nm)
         })?;
     }
     if a.n_gen > 0 {
         run_test(format!("tg{}{at}", a.n_gen), &|| {
-            tg(&model, a.n_gen, a.depth, a.batch)
+            tg(&model, a.n_gen, a.depth, a.batch, nm)
         })?;
     }
     // Peak memory of the tests themselves, before the bandwidth probe allocates its buffer.

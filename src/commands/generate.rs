@@ -56,6 +56,10 @@ pub struct Args {
     /// Keep generating after an end-of-generation token.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Compute in the batch-invariant arithmetic order `torchless serve` uses, so that a
+    /// served answer is reproduced token for token (same prompt, settings and seed).
+    #[arg(long)]
+    pub batch_invariant: bool,
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
@@ -119,6 +123,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
         SessionOptions {
             n_ctx: a.ctx,
             n_batch: a.batch,
+            numerics: if a.batch_invariant {
+                torchless_kernels::Numerics::BatchInvariant
+            } else {
+                torchless_kernels::Numerics::LlamaCpp
+            },
             ..SessionOptions::default()
         },
     );

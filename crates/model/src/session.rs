@@ -17,6 +17,9 @@ pub struct SessionOptions {
     pub n_batch: usize,
     /// Positions per KV cache block.
     pub block_size: usize,
+    /// The arithmetic-order policy (llama.cpp's by default; batch-invariant reproduces what
+    /// `torchless serve` computes for the same request).
+    pub numerics: torchless_kernels::Numerics,
 }
 
 impl Default for SessionOptions {
@@ -25,6 +28,7 @@ impl Default for SessionOptions {
             n_ctx: 0,
             n_batch: 512,
             block_size: 16,
+            numerics: torchless_kernels::Numerics::LlamaCpp,
         }
     }
 }
@@ -62,7 +66,11 @@ impl<'m> Session<'m> {
             model,
             cache,
             ws: Workspace::new(c, n_batch, n_ctx, model.threads()),
-            batch: Batch::with_capacity(n_batch),
+            batch: {
+                let mut b = Batch::with_capacity(n_batch);
+                b.numerics = opts.numerics;
+                b
+            },
             seq: 0,
             history: Vec::with_capacity(n_ctx),
             n_ctx,
