@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side speed of torchless and llama.cpp on the same machine, same models, same threads.
 #
-#   bench/compare.sh [--threads N] [--reps R] [--quick] [--no-contention]
+#   bench/compare.sh [--threads N] [--reps R] [--quick] [--no-contention] [--serve]
 #
 # 1. Builds llama.cpp (llama-bench, llama-quantize) from the llama-cpp-python source package on
 #    PyPI, which vendors it, into $CACHE/llamacpp (about 20 minutes the first time on 2 cores).
@@ -14,6 +14,9 @@
 #    machine's description, the date, the load average before and after, and how busy the CPUs
 #    were in the 10 s just before and just after (someone else's work shows there).
 #
+# 5. With --serve, then runs bench/serve_compare.sh: `torchless serve` against llama-server
+#    with as many parallel slots, at 1, 4, 16 and 32 concurrent streams.
+#
 # Not part of CI. Run it on a quiet machine: nothing else should be running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +25,14 @@ THREADS=$(python3 -c 'import os;print(len({(l.split(":")[1].strip()) for l in op
 REPS=5
 QUICK=0
 CONTENTION=1
+SERVE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) THREADS=$2; shift 2 ;;
     --reps) REPS=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --no-contention) CONTENTION=0; shift ;;
+    --serve) SERVE=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -58,6 +63,11 @@ if [ ! -x "$BUILD/bin/llama-bench" ] || [ ! -x "$BUILD/bin/llama-quantize" ]; th
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON \
     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF >&2
   cmake --build "$LCPP/build" -j "$(nproc)" --target llama-bench llama-quantize >&2
+fi
+if [ "$SERVE" = 1 ] && [ ! -x "$BUILD/bin/llama-server" ]; then
+  echo "compare: building llama-server in $BUILD" >&2
+  cmake -B "$BUILD" -DLLAMA_BUILD_SERVER=ON >&2
+  cmake --build "$BUILD" -j "$(nproc)" --target llama-server >&2
 fi
 LB=$BUILD/bin/llama-bench
 LQ=$BUILD/bin/llama-quantize
@@ -205,3 +215,7 @@ with open("bench/RESULTS.md", "w") as f:
     f.write("Made by `bench/compare.sh` (both engines alternately, same models, same threads; ratio = torchless / llama.cpp).\n\n")
     f.write(table + "\n")
 EOF
+
+if [ "$SERVE" = 1 ]; then
+  LLAMA_CPP_BUILD=$BUILD bench/serve_compare.sh --threads "$THREADS"
+fi
