@@ -131,6 +131,7 @@ impl ModelOpts {
             no_repack: self.no_repack,
             isa: isa_from_env()?,
             dump: dump_from_env(),
+            pool: None,
         };
         Model::load(&path, &opts).map_err(|source| CliError::Load {
             path: path.display().to_string(),

@@ -424,15 +424,56 @@ fn requantized_smollm2_matches_llama_cpp() {
 /// gets alone. This is the shape of work that continuous batching hands the forward pass.
 #[test]
 fn interleaved_sequences_in_one_batch_match_separate_runs() {
+    interleaved_sequences(smollm2(), torchless_kernels::Numerics::LlamaCpp);
+}
+
+/// The same in the batch-invariant numerics, on SmolLM2 and on Qwen2.5-Coder (Q4_K, Q6_K):
+/// every row's logits are exactly those of its sequence run one token at a time.
+#[test]
+fn interleaved_sequences_are_bit_identical_in_batch_invariant_numerics() {
+    interleaved_sequences(smollm2(), torchless_kernels::Numerics::BatchInvariant);
+    interleaved_sequences(qwen(), torchless_kernels::Numerics::BatchInvariant);
+}
+
+/// Logits at every position of `ids`, one token per forward pass, in `numerics`.
+fn logits_token_by_token(
+    model: &Model,
+    ids: &[u32],
+    numerics: torchless_kernels::Numerics,
+) -> Vec<Vec<f32>> {
+    let mut s = Session::new(
+        model,
+        SessionOptions {
+            n_ctx: 64,
+            n_batch: 1,
+            numerics,
+            ..SessionOptions::default()
+        },
+    );
+    ids.iter()
+        .map(|&t| s.eval(&[t]).unwrap().to_vec())
+        .collect()
+}
+
+fn interleaved_sequences(model: &Model, numerics: torchless_kernels::Numerics) {
     use torchless_model::{Batch, KvCache, KvConfig, Workspace};
-    let model = smollm2();
+    let exact = numerics == torchless_kernels::Numerics::BatchInvariant;
     let c = model.config();
     let prompts: [Vec<u32>; 3] = [
         vec![1, 504, 3458, 282, 4649, 314, 1345, 30, 216],
         vec![28, 9007, 1111, 42, 7],
         vec![2, 17, 880, 12000, 3, 65, 901, 44, 5000, 6, 99, 1024],
     ];
-    let alone: Vec<Vec<Vec<f32>>> = prompts.iter().map(|p| all_logits(model, p)).collect();
+    let alone: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|p| {
+            if exact {
+                logits_token_by_token(model, p, numerics)
+            } else {
+                all_logits(model, p)
+            }
+        })
+        .collect();
 
     let n_ctx = 32;
     let mut cache = KvCache::new(KvConfig {
@@ -453,6 +494,7 @@ fn interleaved_sequences_in_one_batch_match_separate_runs() {
     let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
     for plan in plans {
         let mut batch = Batch::new();
+        batch.numerics = numerics;
         let mut owners = Vec::new();
         for &(s, count) in plan {
             for _ in 0..count {
@@ -470,6 +512,11 @@ fn interleaved_sequences_in_one_batch_match_separate_runs() {
         assert_eq!(next[s], prompts[s].len(), "plan covers sequence {s}");
         for (pos, (a, b)) in got[s].iter().zip(&alone[s]).enumerate() {
             let d = diff(a, b);
+            if exact {
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "sequence {s} position {pos}: max |d| {}", d.max);
+                continue;
+            }
             assert!(
                 d.max < 1e-3,
                 "sequence {s} position {pos}: max |d| {}",

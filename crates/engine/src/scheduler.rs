@@ -158,16 +158,22 @@ pub fn schedule(running: &[Running], waiting: &[Waiting], limits: &Limits) -> St
         let reach = if limits.preemption { w.tokens } else { w.worst };
         let need = blocks(reach, bs).saturating_sub(blocks(w.cached, bs));
         // A higher-priority request may take the place of lower-priority running ones.
+        // Its work in this step, if any, is taken back: tokens to the budget, blocks to the pool.
         while limits.preemption
             && (running_now >= limits.max_running || need > free)
             && alive > 0
             && order[alive - 1].priority < w.priority
-            && !step.work.iter().any(|&(id, _)| id == order[alive - 1].id)
         {
             alive -= 1;
             running_now -= 1;
-            free += order[alive].frees;
-            step.preempt.push(order[alive].id);
+            let r = order[alive];
+            if let Some(at) = step.work.iter().position(|&(id, _)| id == r.id) {
+                let (_, k) = step.work.remove(at);
+                budget += k;
+                free += blocks(r.computed + k, bs) - blocks(r.computed, bs);
+            }
+            free += r.frees;
+            step.preempt.push(r.id);
         }
         if running_now >= limits.max_running || need > free {
             // First come, first served: nobody overtakes the head of the queue.
@@ -296,21 +302,25 @@ mod tests {
         let mut urgent = waiting(9, 10, 8);
         urgent.priority = 2;
         let mut l = limits(10);
-        l.batch_tokens = 2;
-        // Budget for two decodes only: 3 and 4 are not served this step, so 4 can yield.
-        let s = schedule(&run, &[urgent], &l);
-        assert_eq!(s.work, vec![(1, 1), (2, 1)]);
-        assert_eq!(s.admit, Vec::<u64>::new(), "no token budget left");
-        l.batch_tokens = 64;
-        let s = schedule(&run, &[urgent], &l);
-        assert_eq!(s.admit, Vec::<u64>::new(), "every running one was served");
-        // With room in the budget and a running sequence not yet served, it yields.
-        let mut pre = decoding(4, 3, 0);
-        pre.total = 0;
-        run[3] = pre;
+        // Every slot is taken: the most recently admitted of the lowest priority yields, and the
+        // token it was to decode goes back to the budget.
         let s = schedule(&run, &[urgent], &l);
         assert_eq!(s.preempt, vec![4]);
         assert_eq!(s.admit, vec![9]);
+        assert_eq!(s.work, vec![(1, 1), (2, 1), (3, 1), (9, 8)]);
+        // A request of the same priority waits for a free slot.
+        urgent.priority = 0;
+        let s = schedule(&run, &[urgent], &l);
+        assert!(s.preempt.is_empty() && s.admit.is_empty());
+        assert_eq!(s.work.len(), 4);
+        // Decoding is never refused for a prompt: with a budget of four, all four decode and
+        // nothing is left to admit with.
+        urgent.priority = 2;
+        l.max_running = 8;
+        l.batch_tokens = 4;
+        let s = schedule(&run, &[urgent], &l);
+        assert_eq!(s.work.len(), 4);
+        assert!(s.admit.is_empty() && s.preempt.is_empty());
     }
 
     #[test]

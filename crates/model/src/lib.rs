@@ -41,7 +41,7 @@ pub use config::ModelConfig;
 pub use error::ModelError;
 pub use generate::{generate, GenerateOptions, Generation, StopReason, Timings};
 pub use kv_cache::{KvCache, KvConfig, KvType, SeqId};
-pub use model::{physical_cores, Dump, LoadOptions, Model, Precision};
+pub use model::{physical_cores, Dump, LoadOptions, Model, Precision, SharedPool};
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{Session, SessionOptions};
 pub use workspace::Workspace;

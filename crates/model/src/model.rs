@@ -54,6 +54,19 @@ pub struct LoadOptions {
     pub isa: Option<Isa>,
     /// Whether (and where) the forward pass reports its intermediate tensors.
     pub dump: Dump,
+    /// Run on this compute pool instead of starting one (a draft model, or a model swapped
+    /// in, shares the engine's threads; `threads` is then the pool's).
+    pub pool: Option<SharedPool>,
+}
+
+/// A thread pool several models can share.
+#[derive(Clone)]
+pub struct SharedPool(pub std::sync::Arc<ThreadPool>);
+
+impl std::fmt::Debug for SharedPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedPool({} threads)", self.0.n_threads())
+    }
 }
 
 /// The forward pass's report of every intermediate tensor (first and last values and sum, in
@@ -78,7 +91,7 @@ pub struct Model {
     file_bytes: u64,
     pub(crate) precision: Precision,
     pub(crate) kernels: Kernels,
-    pub(crate) pool: ThreadPool,
+    pub(crate) pool: std::sync::Arc<ThreadPool>,
     pub(crate) dump: Dump,
 }
 
@@ -182,11 +195,15 @@ impl Model {
                 tracing::info!(matrices = n, "weights repacked into the interleaved layout");
             }
         }
-        let threads = if opts.threads == 0 {
-            physical_cores()
-        } else {
-            opts.threads
+        let pool = match &opts.pool {
+            Some(p) => p.0.clone(),
+            None => std::sync::Arc::new(ThreadPool::new(if opts.threads == 0 {
+                physical_cores()
+            } else {
+                opts.threads
+            })),
         };
+        let threads = pool.n_threads();
         tracing::info!(
             arch = config.arch.name(),
             layers = config.n_layers,
@@ -203,7 +220,7 @@ impl Model {
             file_bytes,
             precision: opts.precision,
             kernels,
-            pool: ThreadPool::new(threads),
+            pool,
             dump: opts.dump.clone(),
         })
     }
@@ -247,5 +264,10 @@ impl Model {
 
     pub fn threads(&self) -> usize {
         self.pool.n_threads()
+    }
+
+    /// The compute pool, to share with another model (see [`LoadOptions::pool`]).
+    pub fn shared_pool(&self) -> SharedPool {
+        SharedPool(self.pool.clone())
     }
 }
