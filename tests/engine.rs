@@ -163,6 +163,7 @@ fn check_invariance(name: &str) {
             "prefill in chunks of a few tokens",
             EngineOptions {
                 batch_tokens: 37,
+                chunk_tokens: 5,
                 ..base
             },
         ),

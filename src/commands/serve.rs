@@ -26,10 +26,14 @@ pub struct Args {
     /// Most sequences running at once.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Most tokens in one forward pass (decoded tokens and prompt chunks together); smaller
-    /// keeps inter-token latency low while prompts are prefilled.
+    /// Most tokens in one forward pass (decoded tokens and prompt chunks together).
     #[arg(long, default_value_t = 128)]
     pub batch_tokens: usize,
+    /// Most prompt tokens in a step while other sequences decode (or as many as decode, if
+    /// more); smaller keeps inter-token latency low while prompts are prefilled, larger gives
+    /// a faster first token. 0: only --batch-tokens limits them.
+    #[arg(long, default_value_t = 16)]
+    pub chunk_tokens: usize,
     /// Positions per KV cache block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
@@ -107,6 +111,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             n_ctx: a.ctx_size,
             max_running: a.batch_size,
             batch_tokens: a.batch_tokens,
+            chunk_tokens: a.chunk_tokens,
             block_size: a.block_size,
             n_blocks: a.cache_blocks,
             kv_memory,

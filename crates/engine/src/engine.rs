@@ -35,6 +35,9 @@ pub struct EngineOptions {
     pub max_running: usize,
     /// Most tokens in one forward pass (prompt chunks and decoded tokens together).
     pub batch_tokens: usize,
+    /// Most prompt tokens in a step while other sequences decode (see
+    /// [`Limits::chunk_tokens`]; 0: no limit beyond `batch_tokens`).
+    pub chunk_tokens: usize,
     pub block_size: usize,
     /// Blocks in the KV pool (`None`: from `kv_memory`, else enough for `max_running` full
     /// contexts within 512 MiB, and never less than one full context).
@@ -54,6 +57,7 @@ impl Default for EngineOptions {
             n_ctx: 0,
             max_running: 32,
             batch_tokens: 128,
+            chunk_tokens: 16,
             block_size: 16,
             n_blocks: None,
             kv_memory: None,
@@ -464,6 +468,7 @@ impl Core {
         let limits = Limits {
             max_running: self.opts.max_running,
             batch_tokens: self.opts.batch_tokens,
+            chunk_tokens: self.opts.chunk_tokens,
             block_size: self.cache.config().block_size,
             free_blocks: self.cache.free_blocks(),
             preemption: self.opts.preemption,

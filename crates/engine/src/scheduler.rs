@@ -9,7 +9,9 @@
 //!    recently admitted running sequence is preempted (its blocks given back; it is computed
 //!    again later) — unless preemption is off, when admission reserved room for its worst case;
 //! 3. prompts being prefilled get chunks from what is left of the token budget, in service
-//!    order, each as long as free blocks allow;
+//!    order, each as long as free blocks allow; while sequences decode, the prompt tokens of
+//!    a step are held to `chunk_tokens` (or as many as sequences decode, if more), so that a
+//!    long prompt never stalls everyone's next token for long;
 //! 4. waiting requests are admitted in (priority, arrival) order while a slot, blocks for their
 //!    whole prompt (and, without preemption, their whole generation) and budget remain; a
 //!    waiting request of higher priority than a running one may preempt it.
@@ -55,6 +57,11 @@ pub struct Limits {
     pub max_running: usize,
     /// Most tokens in one forward pass (`--batch-tokens`).
     pub batch_tokens: usize,
+    /// Most prompt tokens in a step in which sequences decode, unless more sequences decode
+    /// than this (`--chunk-tokens`; 0: only `batch_tokens` limits them). A step's time grows
+    /// with its tokens, so this bounds how long a prompt can hold back the next token of
+    /// every decoding sequence.
+    pub chunk_tokens: usize,
     pub block_size: usize,
     pub free_blocks: usize,
     pub preemption: bool,
@@ -126,6 +133,11 @@ pub fn schedule(running: &[Running], waiting: &[Waiting], limits: &Limits) -> St
         budget = budget.saturating_sub(1);
         step.work.push((r.id, 1));
         i += 1;
+    }
+
+    let decodes = step.work.len();
+    if decodes > 0 && limits.chunk_tokens > 0 {
+        budget = budget.min(limits.chunk_tokens.max(decodes));
     }
 
     // 3: chunks of prompts being prefilled.
@@ -209,6 +221,7 @@ mod tests {
         Limits {
             max_running: 4,
             batch_tokens: 64,
+            chunk_tokens: 0,
             block_size: 16,
             free_blocks,
             preemption: true,
@@ -256,6 +269,27 @@ mod tests {
         let s = schedule(&run, &[waiting(5, 9, 10)], &limits(100));
         assert_eq!(s.work, vec![(1, 1), (2, 1), (9, 62)]);
         assert!(s.admit.is_empty(), "no budget left for admission");
+    }
+
+    #[test]
+    fn prompt_chunks_are_held_short_while_others_decode() {
+        let mut prefill = decoding(9, 0, 0);
+        prefill.total = 500;
+        let mut l = limits(100);
+        l.chunk_tokens = 8;
+        let run = [prefill, decoding(1, 1, 20), decoding(2, 2, 33)];
+        let s = schedule(&run, &[], &l);
+        assert_eq!(s.work, vec![(1, 1), (2, 1), (9, 8)]);
+        // As many prompt tokens as decoding sequences when those are more.
+        l.chunk_tokens = 1;
+        let s = schedule(&run, &[waiting(5, 9, 10)], &l);
+        assert_eq!(s.work, vec![(1, 1), (2, 1), (9, 2)]);
+        // Admissions share the same allowance.
+        let s = schedule(&run[1..], &[waiting(5, 9, 10)], &l);
+        assert_eq!((s.admit, s.work), (vec![5], vec![(1, 1), (2, 1), (5, 2)]));
+        // Alone, a prompt takes the whole budget.
+        let s = schedule(&run[..1], &[], &l);
+        assert_eq!(s.work, vec![(9, 64)]);
     }
 
     #[test]
