@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 THREADS=2
 MAXTOK=64
-PER=2
+PER=4
 CONC=1,4,16,32
 while [ $# -gt 0 ]; do
   case "$1" in

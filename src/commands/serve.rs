@@ -32,7 +32,7 @@ pub struct Args {
     /// Most prompt tokens in a step while other sequences decode (or as many as decode, if
     /// more); smaller keeps inter-token latency low while prompts are prefilled, larger gives
     /// a faster first token. 0: only --batch-tokens limits them.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     pub chunk_tokens: usize,
     /// Positions per KV cache block.
     #[arg(long, default_value_t = 16)]

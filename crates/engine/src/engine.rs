@@ -57,7 +57,7 @@ impl Default for EngineOptions {
             n_ctx: 0,
             max_running: 32,
             batch_tokens: 128,
-            chunk_tokens: 16,
+            chunk_tokens: 32,
             block_size: 16,
             n_blocks: None,
             kv_memory: None,
