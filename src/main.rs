@@ -7,7 +7,7 @@ mod options;
 
 use clap::{Parser, Subcommand};
 
-use commands::{bench, convert, fetch, generate, info, perplexity, serve, tokenize};
+use commands::{bench, convert, fetch, generate, info, perplexity, serve, template, tokenize};
 
 #[derive(Parser)]
 #[command(name = "torchless", version, about = "Run open-weight language models on the CPU.", long_about = None)]
@@ -22,6 +22,8 @@ enum Command {
     Generate(generate::Args),
     /// Print the token ids of a text.
     Tokenize(tokenize::Args),
+    /// Render a conversation through a chat template and print it exactly.
+    Template(template::Args),
     /// Describe a model file: architecture, sizes, tensor types, tokenizer, memory.
     Info(info::Args),
     /// Measure perplexity on a text file, as llama.cpp's perplexity tool does.
@@ -59,6 +61,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Template(a) => template::run(a),
         Command::Info(a) => info::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),

@@ -41,6 +41,10 @@ pub struct Args {
     /// System message for --chat.
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
+    /// Chat template for --chat instead of the model's own: chatml, llama2, llama3, mistral,
+    /// phi3, gemma, or a Jinja file.
+    #[arg(long, requires = "chat")]
+    pub template: Option<String>,
     /// Context length (default: the model's, at most 4096).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
     pub ctx: usize,
@@ -79,7 +83,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
                     msgs.push(Message::new("system", s.as_str()));
                 }
                 msgs.push(Message::new("user", text.as_str()));
-                tok.encode_chat(&msgs)?
+                let template = a
+                    .template
+                    .as_deref()
+                    .map(|t| tok.template_named(t))
+                    .transpose()?;
+                tok.encode_chat_with(template.as_ref(), &msgs)?
             } else {
                 tok.encode(text, true, true)?
             }

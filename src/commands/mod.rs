@@ -8,4 +8,5 @@ pub mod generate;
 pub mod info;
 pub mod perplexity;
 pub mod serve;
+pub mod template;
 pub mod tokenize;

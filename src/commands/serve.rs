@@ -62,6 +62,10 @@ pub struct Args {
     /// The name /v1/models gives the model (default: its file name).
     #[arg(long)]
     pub alias: Option<String>,
+    /// Chat template instead of the model's own: chatml, llama2, llama3, mistral, phi3,
+    /// gemma, or a Jinja file.
+    #[arg(long)]
+    pub template: Option<String>,
     /// Follow llama.cpp's arithmetic order (its bits for a lone request) instead of the
     /// batch-invariant one (results independent of the other requests).
     #[arg(long)]
@@ -132,6 +136,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
             .map(str::to_string)
             .unwrap_or(file)
     });
+    let chat_template = match &a.template {
+        Some(t) => Some(Arc::new(model.require_tokenizer()?.template_named(t)?)),
+        None => None,
+    };
     let n_ctx = engine.n_ctx();
     let kv_mib = engine.kv_bytes() >> 20;
     let st = AppState::new(
@@ -143,6 +151,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             shutdown_grace: Duration::from_secs(a.shutdown_grace),
             body_limit: a.body_limit,
             panic_hook: a.test_panic_hook,
+            chat_template,
         },
     );
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -25,28 +25,32 @@ pub struct Args {
     pub text: String,
 }
 
-pub fn run(a: Args) -> Result<(), CliError> {
-    // Only the metadata is needed: no weights are touched.
-    let path = a.model.path()?;
+/// The tokenizer of `model`, read from its metadata alone (no weights are touched).
+pub fn load_tokenizer(model: &ModelOpts) -> Result<Tokenizer, CliError> {
+    let path = model.path()?;
     let load = |e| CliError::Load {
         path: path.display().to_string(),
         source: e,
     };
-    let format = match a.model.format.forced() {
+    let format = match model.format.forced() {
         Some(f) => f,
         None => Format::detect(&path).map_err(load)?,
     };
-    let tok = if format == Format::Gguf {
-        let (_, file) = a.model.open_file()?;
-        Tokenizer::from_metadata(file.metadata()).map_err(|e| load(e.into()))?
+    if format == Format::Gguf {
+        let (_, file) = model.open_file()?;
+        Tokenizer::from_metadata(file.metadata()).map_err(|e| load(e.into()))
     } else {
         // A directory's or export's tokenizer (the tensors are only mapped, not read).
-        let arch = parse_arch(a.model.arch.as_deref())?;
+        let arch = parse_arch(model.arch.as_deref())?;
         Checkpoint::open(&path, Some(format), arch, LoadMode::Mmap)
             .map_err(load)?
             .tokenizer
-            .ok_or_else(|| load(torchless_tokenizer::TokenizerError::Missing.into()))?
-    };
+            .ok_or_else(|| load(torchless_tokenizer::TokenizerError::Missing.into()))
+    }
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let tok = load_tokenizer(&a.model)?;
     let ids = tok.encode(&a.text, !a.no_bos, a.special)?;
     if a.json {
         let pieces: Vec<String> = ids

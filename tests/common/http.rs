@@ -241,5 +241,6 @@ pub fn server_options() -> ServerOptions {
         shutdown_grace: Duration::from_secs(5),
         body_limit: 1 << 20,
         panic_hook: true,
+        chat_template: None,
     }
 }

@@ -44,6 +44,8 @@ pub struct ServerOptions {
     pub body_limit: usize,
     /// Test hook: requests with `"user": "panic-test"` panic in their output path.
     pub panic_hook: bool,
+    /// The chat template instead of the model's own (`--template`).
+    pub chat_template: Option<Arc<torchless_tokenizer::ChatTemplate>>,
 }
 
 /// What every handler shares.

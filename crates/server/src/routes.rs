@@ -171,7 +171,7 @@ pub async fn chat(
     let msgs = api::messages(req.messages.as_deref())?;
     let ids = st
         .tokenizer()?
-        .encode_chat(&msgs)
+        .encode_chat_with(st.opts.chat_template.as_deref(), &msgs)
         .map_err(|e| ApiError::bad_field("messages", e.to_string()))?;
     let top = api::top_count("top_logprobs", req.top_logprobs)?;
     let logprobs = req.logprobs.then_some(top);

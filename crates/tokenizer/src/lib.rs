@@ -17,7 +17,9 @@
 //! with. This crate knows nothing of model weights or compute.
 
 pub mod bpe;
+pub mod builtin_templates;
 pub mod hf;
+pub mod pyjson;
 pub mod special;
 pub mod spm;
 pub mod stream;
@@ -28,7 +30,7 @@ use torchless_gguf::{Metadata, MetadataError};
 
 pub use special::Fragment;
 pub use stream::TextStream;
-pub use template::{ChatTemplate, Message};
+pub use template::{ChatTemplate, Message, RenderOptions};
 pub use vocab::{TokenKind, Vocab};
 
 /// Why a tokenizer could not be built or used.
@@ -48,6 +50,9 @@ pub enum TokenizerError {
     Missing,
     #[error("chat template error: {0}")]
     Template(String),
+    /// The template refused the conversation on purpose (`raise_exception`).
+    #[error("the chat template refused the conversation: {0}")]
+    TemplateRaised(String),
 }
 
 enum Model {
@@ -298,16 +303,23 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
-    /// The model's chat template, compiled.
-    pub fn chat_template(&self) -> Result<Option<ChatTemplate>, TokenizerError> {
+    /// The texts of the BOS and EOS tokens (empty where the model has none), as templates
+    /// receive them.
+    pub fn bos_eos_text(&self) -> (String, String) {
         let text = |id: Option<u32>| {
             id.and_then(|i| self.vocab.tokens.get(i as usize))
                 .map(str::to_string)
                 .unwrap_or_default()
         };
+        (text(self.vocab.bos), text(self.vocab.eos))
+    }
+
+    /// The model's chat template, compiled.
+    pub fn chat_template(&self) -> Result<Option<ChatTemplate>, TokenizerError> {
+        let (bos, eos) = self.bos_eos_text();
         self.chat_template
             .as_deref()
-            .map(|src| ChatTemplate::new(src, &text(self.vocab.bos), &text(self.vocab.eos)))
+            .map(|src| ChatTemplate::new(src, &bos, &eos))
             .transpose()
     }
 
@@ -315,11 +327,28 @@ impl Tokenizer {
     /// assistant's reply begins (special-token texts parsed; BOS added unless the template
     /// writes it itself). An error when the model has no template.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>, TokenizerError> {
-        let template = self.chat_template()?.ok_or_else(|| {
-            TokenizerError::Template(
-                "the model has no chat template (tokenizer.chat_template)".into(),
-            )
-        })?;
+        self.encode_chat_with(None, messages)
+    }
+
+    /// [`Tokenizer::encode_chat`] with `template` instead of the model's own, where given.
+    pub fn encode_chat_with(
+        &self,
+        template: Option<&ChatTemplate>,
+        messages: &[Message],
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let own;
+        let template = match template {
+            Some(t) => t,
+            None => {
+                own = self.chat_template()?.ok_or_else(|| {
+                    TokenizerError::Template(format!(
+                        "the model has no chat template (tokenizer.chat_template); choose one with --template ({})",
+                        builtin_templates::NAMES.join(", ")
+                    ))
+                })?;
+                &own
+            }
+        };
         let text = template.render(messages, true)?;
         let bos_text = self
             .vocab
@@ -328,6 +357,22 @@ impl Tokenizer {
             .unwrap_or_default();
         let add_special = bos_text.is_empty() || !text.starts_with(bos_text);
         self.encode(&text, add_special, true)
+    }
+
+    /// The template `--template` names: a built-in name or a Jinja file, with this model's
+    /// BOS/EOS texts.
+    pub fn template_named(&self, name: &str) -> Result<ChatTemplate, TokenizerError> {
+        let (bos, eos) = self.bos_eos_text();
+        if builtin_templates::source(name).is_some() {
+            return ChatTemplate::builtin(name, &bos, &eos);
+        }
+        match std::fs::read_to_string(name) {
+            Ok(src) => ChatTemplate::new(&src, &bos, &eos),
+            Err(e) => Err(TokenizerError::Template(format!(
+                "'{name}' is neither a built-in template ({}) nor a readable file: {e}",
+                builtin_templates::NAMES.join(", ")
+            ))),
+        }
     }
 
     /// Token ids for `text`. `add_special` adds BOS/EOS where the model asks for them;
