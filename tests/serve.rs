@@ -572,3 +572,34 @@ fn generate_batch_invariant_reproduces_a_served_answer() {
     let local = String::from_utf8(out.stdout).unwrap();
     assert_eq!(local.strip_suffix('\n').unwrap_or(&local), served);
 }
+
+#[test]
+fn a_template_given_to_the_server_renders_the_chat() {
+    let chat = json!({"messages": [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Name a colour."}], "max_tokens": 8, "temperature": 0});
+    let answer = |template: Option<&str>| {
+        let mut so = server_options();
+        so.chat_template = template.map(|t| {
+            Arc::new(
+                smollm2()
+                    .require_tokenizer()
+                    .unwrap()
+                    .template_named(t)
+                    .unwrap(),
+            )
+        });
+        let s = server(smollm2(), engine_opts(), so);
+        let v = post(s.port, "/v1/chat/completions", &chat).json();
+        (
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            v["usage"]["prompt_tokens"].as_u64().unwrap(),
+        )
+    };
+    // SmolLM2's own template writes exactly ChatML when a system message is given.
+    let own = answer(None);
+    assert_eq!(answer(Some("chatml")), own);
+    // Llama 3's headers are other tokens: another prompt.
+    assert_ne!(answer(Some("llama3")).1, own.1);
+}
