@@ -109,6 +109,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let path = a.model.path()?;
     let model = Arc::new(a.model.load()?);
     let kv_memory = a.kv_memory.as_deref().map(parse_size).transpose()?;
+    let chat_template = match &a.template {
+        Some(t) => Some(Arc::new(model.require_tokenizer()?.template_named(t)?)),
+        None => None,
+    };
     let engine = Engine::start(
         model.clone(),
         EngineOptions {
@@ -136,10 +140,6 @@ pub fn run(a: Args) -> Result<(), CliError> {
             .map(str::to_string)
             .unwrap_or(file)
     });
-    let chat_template = match &a.template {
-        Some(t) => Some(Arc::new(model.require_tokenizer()?.template_named(t)?)),
-        None => None,
-    };
     let n_ctx = engine.n_ctx();
     let kv_mib = engine.kv_bytes() >> 20;
     let st = AppState::new(
