@@ -2,7 +2,6 @@
 //! newline added), or the template's own error with a non-zero exit. For debugging templates,
 //! and to test the chat-template module from outside.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -20,7 +19,7 @@ pub struct Args {
     /// A Jinja template file instead of the model's template.
     #[arg(long, conflicts_with = "template")]
     pub template_file: Option<PathBuf>,
-    /// A built-in template: chatml, llama2, llama3, mistral, phi3 or gemma.
+    /// A built-in template (chatml, llama2, llama3, mistral, phi3 or gemma) or a Jinja file.
     #[arg(long)]
     pub template: Option<String>,
     /// The conversation: a JSON list of messages, or an object with "messages" (and
@@ -93,24 +92,18 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if let Some(t) = &a.tools {
         opts.tools = Some(read_json(t, "read tools file")?);
     }
-    let mut vars = BTreeMap::new();
     for kv in &a.vars {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| CliError::Usage(format!("--var {kv}: expected KEY=VALUE")))?;
         let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::from(v));
-        vars.insert(k.to_string(), value);
+        opts.extra.insert(k.to_string(), value);
     }
-    opts.extra = vars.into_iter().collect();
 
-    // The model is read only when its template or its BOS/EOS texts are needed.
+    // The model is read only when its template or its BOS/EOS texts are asked for.
     let own = a.template.is_none() && a.template_file.is_none();
-    let tok = if own || a.bos.is_none() || a.eos.is_none() {
-        if own || a.model.model.is_some() {
-            Some(load_tokenizer(&a.model)?)
-        } else {
-            None
-        }
+    let tok = if own || a.model.model.is_some() {
+        Some(load_tokenizer(&a.model)?)
     } else {
         None
     };
@@ -118,7 +111,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let bos = a.bos.clone().unwrap_or(mbos);
     let eos = a.eos.clone().unwrap_or(meos);
     let template = if let Some(name) = &a.template {
-        ChatTemplate::builtin(name, &bos, &eos)?
+        ChatTemplate::named(name, &bos, &eos)?
     } else if let Some(file) = &a.template_file {
         let src = std::fs::read_to_string(file).map_err(|source| CliError::Io {
             what: "read template file",

@@ -359,20 +359,11 @@ impl Tokenizer {
         self.encode(&text, add_special, true)
     }
 
-    /// The template `--template` names: a built-in name or a Jinja file, with this model's
-    /// BOS/EOS texts.
+    /// The template `--template` names ([`ChatTemplate::named`]), with this model's BOS/EOS
+    /// texts.
     pub fn template_named(&self, name: &str) -> Result<ChatTemplate, TokenizerError> {
         let (bos, eos) = self.bos_eos_text();
-        if builtin_templates::source(name).is_some() {
-            return ChatTemplate::builtin(name, &bos, &eos);
-        }
-        match std::fs::read_to_string(name) {
-            Ok(src) => ChatTemplate::new(&src, &bos, &eos),
-            Err(e) => Err(TokenizerError::Template(format!(
-                "'{name}' is neither a built-in template ({}) nor a readable file: {e}",
-                builtin_templates::NAMES.join(", ")
-            ))),
-        }
+        ChatTemplate::named(name, &bos, &eos)
     }
 
     /// Token ids for `text`. `add_special` adds BOS/EOS where the model asks for them;

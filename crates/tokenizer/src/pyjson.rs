@@ -89,9 +89,7 @@ pub fn tojson_filter(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result
             }
         }
     }
-    let mut out = String::new();
-    dump(value, &o, 0, &mut out)?;
-    Ok(Value::from_safe_string(out))
+    Ok(Value::from_safe_string(dumps(value, &o)?))
 }
 
 /// `json.dumps(value, ...)` with options `o`.
@@ -118,42 +116,20 @@ fn dump(v: &Value, o: &DumpOptions, level: usize, out: &mut String) -> Result<()
         ValueKind::String | ValueKind::Bytes => string(v.as_str().unwrap_or_default(), o, out),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = v.try_iter()?.collect();
-            if items.is_empty() {
-                out.push_str("[]");
-                return Ok(());
-            }
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(&o.item_sep);
-                }
-                newline(o, level + 1, out);
-                dump(item, o, level + 1, out)?;
-            }
-            newline(o, level, out);
-            out.push(']');
+            container(('[', ']'), &items, o, level, out, |item, out| {
+                dump(item, o, level + 1, out)
+            })?;
         }
         ValueKind::Map => {
             let mut keys: Vec<Value> = v.try_iter()?.collect();
             if o.sort_keys {
                 keys.sort_by_key(key_text);
             }
-            if keys.is_empty() {
-                out.push_str("{}");
-                return Ok(());
-            }
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(&o.item_sep);
-                }
-                newline(o, level + 1, out);
+            container(('{', '}'), &keys, o, level, out, |k, out| {
                 string(&key_text(k), o, out);
                 out.push_str(&o.key_sep);
-                dump(&v.get_item(k)?, o, level + 1, out)?;
-            }
-            newline(o, level, out);
-            out.push('}');
+                dump(&v.get_item(k)?, o, level + 1, out)
+            })?;
         }
         _ => {
             return Err(Error::new(
@@ -162,6 +138,31 @@ fn dump(v: &Value, o: &DumpOptions, level: usize, out: &mut String) -> Result<()
             ))
         }
     }
+    Ok(())
+}
+
+/// A list or an object: `open`, the items (each written by `item`) with separators and, with
+/// an indent, one per line, then `close`; empty ones stay `[]` / `{}`.
+fn container(
+    (open, close): (char, char),
+    items: &[Value],
+    o: &DumpOptions,
+    level: usize,
+    out: &mut String,
+    mut item: impl FnMut(&Value, &mut String) -> Result<(), Error>,
+) -> Result<(), Error> {
+    out.push(open);
+    if !items.is_empty() {
+        for (i, x) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(&o.item_sep);
+            }
+            newline(o, level + 1, out);
+            item(x, out)?;
+        }
+        newline(o, level, out);
+    }
+    out.push(close);
     Ok(())
 }
 

@@ -145,7 +145,6 @@ impl ChatTemplate {
         let mut env = minijinja::Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_keep_trailing_newline(false);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -170,6 +169,20 @@ impl ChatTemplate {
         ChatTemplate::new(&src, bos, eos)
     }
 
+    /// What `--template` names: a built-in template, else a Jinja file.
+    pub fn named(name: &str, bos: &str, eos: &str) -> Result<ChatTemplate, TokenizerError> {
+        if crate::builtin_templates::source(name).is_some() {
+            return ChatTemplate::builtin(name, bos, eos);
+        }
+        match std::fs::read_to_string(name) {
+            Ok(src) => ChatTemplate::new(&src, bos, eos),
+            Err(e) => Err(TokenizerError::Template(format!(
+                "'{name}' is neither a built-in template ({}) nor a readable file: {e}",
+                crate::builtin_templates::NAMES.join(", ")
+            ))),
+        }
+    }
+
     /// Renders the conversation; with `add_generation_prompt` it ends where the assistant's
     /// reply begins.
     pub fn render(
@@ -177,12 +190,8 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        let msgs: Vec<serde_json::Value> = messages
-            .iter()
-            .map(|m| serde_json::json!({ "role": m.role, "content": m.content }))
-            .collect();
         self.render_with(
-            &msgs,
+            messages,
             &RenderOptions {
                 add_generation_prompt,
                 ..RenderOptions::default()
@@ -190,10 +199,11 @@ impl ChatTemplate {
         )
     }
 
-    /// Renders messages of any shape (as JSON objects) with the variables of `opts`.
-    pub fn render_with(
+    /// Renders messages of any shape ([`Message`]s, or JSON objects with content parts,
+    /// `tool_calls`, ...) with the variables of `opts`.
+    pub fn render_with<M: Serialize>(
         &self,
-        messages: &[serde_json::Value],
+        messages: &[M],
         opts: &RenderOptions,
     ) -> Result<String, TokenizerError> {
         let tmpl = self.env.get_template("chat").map_err(template_error)?;
@@ -211,7 +221,7 @@ impl ChatTemplate {
         let ctx = if opts.extra.is_empty() {
             ctx
         } else {
-            // Keyword variables go under the fixed ones, as in transformers (`**kwargs` first).
+            // The fixed variables win over keyword variables of the same name.
             minijinja::context! { ..ctx, ..value(&opts.extra) }
         };
         tmpl.render(ctx).map_err(template_error)
