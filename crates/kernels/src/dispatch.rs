@@ -40,7 +40,10 @@ impl Kernels {
 
     /// Whether kernels may use fused multiply-add instructions (same results, faster).
     pub fn has_fma(&self) -> bool {
-        matches!(self.isa, Isa::Avx2 | Isa::Avx512)
+        matches!(
+            self.isa,
+            Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx
+        )
     }
 
     /// The dot product for weights of type `ty` (against activations in its `vec_dot_type`).

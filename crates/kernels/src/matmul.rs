@@ -190,9 +190,11 @@ impl Activations {
 }
 
 /// Rows per chunk: about eight chunks per thread, a multiple of 8 (the row group of the
-/// fast kernels), at most 64 rows.
+/// fast kernels), or of 16 where the matrix is made of slabs of sixteen rows (the AMX
+/// kernels' unit), at most 64 rows.
 fn grain(rows: usize, threads: usize) -> usize {
-    (rows.div_ceil(threads * 8).div_ceil(8) * 8).clamp(8, 64)
+    let unit = if rows.is_multiple_of(16) { 16 } else { 8 };
+    (rows.div_ceil(threads * 8).div_ceil(unit) * unit).clamp(unit, 64)
 }
 
 /// The reference tile loop: one dot product per (row, token).

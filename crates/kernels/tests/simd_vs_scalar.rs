@@ -32,8 +32,20 @@ const WEIGHT_TYPES: [GgmlType; 16] = [
     GgmlType::MXFP4,
 ];
 
+static SAY_WHICH: std::sync::Once = std::sync::Once::new();
+
 /// The SIMD kernel sets this CPU can run.
 fn simd_kernels() -> Vec<Kernels> {
+    SAY_WHICH.call_once(|| {
+        for i in Isa::ALL.into_iter().filter(|i| i.is_implemented()) {
+            let run = if i.is_supported() {
+                "tested natively"
+            } else {
+                "not tested: this CPU (or its OS) does not offer it"
+            };
+            eprintln!("simd_vs_scalar: {} kernels {run}", i.name());
+        }
+    });
     Isa::ALL
         .into_iter()
         .filter(|i| *i != Isa::Scalar && i.is_implemented() && i.is_supported())
@@ -263,6 +275,19 @@ proptest! {
         let pool = ThreadPool::new(2);
         for ty in [GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             check_products(&pool, &matrix(ty, 8 * groups, 6144, &seed), &xs, tokens)?;
+        }
+    }
+
+    /// Shapes that take the AMX and AVX-512 VNNI batched kernels where the CPU has them (the
+    /// other paths otherwise): whole slabs of sixteen rows with or without a trailing group of
+    /// eight, chunks of sixteen tokens and a short last chunk, plain and interleaved layouts.
+    #[test]
+    fn wide_batched_products_are_bit_identical(slabs in 1usize..4, extra8 in any::<bool>(), tokens in 8usize..40, blocks in 1usize..5, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 1280 * 40)) {
+        let pool = ThreadPool::new(2);
+        let rows = 16 * slabs + if extra8 { 8 } else { 0 };
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let cols = blocks * 256;
+            check_products(&pool, &matrix(ty, rows, cols, &seed), &xs[..tokens * cols], tokens)?;
         }
     }
 

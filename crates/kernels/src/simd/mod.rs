@@ -2,6 +2,8 @@
 //! They compute exactly what the scalar reference does (same operations, same order).
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
@@ -62,7 +64,7 @@ checked! {
 pub(crate) fn vec_dot_in(isa: Isa, ty: GgmlType, order: Order) -> Option<VecDotFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => match (order.canonical(ty), ty) {
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => match (order.canonical(ty), ty) {
             (Order::Gemv, GgmlType::IQ4_NL) => Some(avx2_iq4_nl_r),
             (Order::Gemv, GgmlType::MXFP4) => Some(avx2_mxfp4_r),
             (Order::Tiled, GgmlType::IQ4_XS) => Some(avx2_iq4_xs_t),
@@ -140,6 +142,11 @@ checked_tile! {
     avx2_rows8_q6_k => avx2::gemm_rows8_q6_k,
 }
 
+#[cfg(target_arch = "x86_64")]
+checked_tile! {
+    amx_rows8_q4_k => amx::gemm_rows8_q4_k,
+}
+
 /// Whether the order is one of llama.cpp's repacked ones for `ty`.
 fn repacked(ty: GgmlType, order: Order) -> bool {
     matches!(order.canonical(ty), Order::Gemv | Order::Gemm)
@@ -158,7 +165,9 @@ pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType, order: Order) -> Option<crate::
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => match ty {
+        Isa::Amx if ty == GgmlType::Q4_K => Some(amx_rows8_q4_k),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => match ty {
             GgmlType::Q4_0 => Some(avx2_rows8_q4_0),
             GgmlType::Q4_1 => Some(avx2_rows8_q4_1),
             GgmlType::Q5_0 => Some(avx2_rows8_q5_0),
@@ -183,7 +192,7 @@ pub(crate) fn gemm(isa: Isa, ty: GgmlType, order: Order) -> Option<crate::tile::
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => match ty {
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => match ty {
             GgmlType::Q4_0 => Some(avx2_gemm_q4_0),
             GgmlType::Q4_1 => Some(avx2_gemm_q4_1),
             GgmlType::Q5_0 => Some(avx2_gemm_q5_0),
@@ -231,7 +240,7 @@ checked_quant! {
 pub(crate) fn quantize(isa: Isa, ty: GgmlType) -> Option<crate::quant::FromF32Fn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => match ty {
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => match ty {
             GgmlType::Q8_0 => Some(avx2_quant_q8_0),
             GgmlType::Q8_1 => Some(avx2_quant_q8_1),
             GgmlType::Q8_K => Some(avx2_quant_q8_k),
@@ -249,7 +258,7 @@ pub(crate) fn quantize(isa: Isa, ty: GgmlType) -> Option<crate::quant::FromF32Fn
 pub(crate) fn vec_dot_batched(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => match ty {
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => match ty {
             GgmlType::F32 => Some(avx2_f32_b),
             GgmlType::F16 => Some(avx2_f16_b),
             GgmlType::BF16 => Some(avx2_bf16_b),
@@ -273,7 +282,7 @@ pub(crate) fn vec_dot_batched(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
 pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => match ty {
+        Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => match ty {
             GgmlType::Q4_0 => Some(avx512_q4_0),
             GgmlType::Q4_1 => Some(avx512_q4_1),
             GgmlType::Q5_0 => Some(avx512_q5_0),
@@ -353,7 +362,7 @@ pub type SwigluFn = fn(gate: &mut [f32], up: &[f32]) -> usize;
 pub(crate) fn swiglu8(isa: Isa) -> Option<SwigluFn> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => Some(avx2_swiglu8),
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => Some(avx2_swiglu8),
         _ => None,
     }
 }
@@ -362,7 +371,7 @@ pub(crate) fn swiglu8(isa: Isa) -> Option<SwigluFn> {
 pub(crate) fn softmax8(isa: Isa) -> Option<fn(&mut [f32])> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => Some(avx2_softmax8),
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => Some(avx2_softmax8),
         _ => None,
     }
 }
@@ -371,7 +380,7 @@ pub(crate) fn softmax8(isa: Isa) -> Option<fn(&mut [f32])> {
 pub(crate) fn f16_attention(isa: Isa) -> Option<&'static f16_attention::F16Attention> {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => Some(&f16_attention::AVX2),
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => Some(&f16_attention::AVX2),
         _ => None,
     }
 }

@@ -38,7 +38,7 @@ pub(super) unsafe fn pair_bytes(j: i8) -> __m256i {
 /// (`[sc0..3, sc4..7]`, `[m0..3, m4..7]`), each dword the row of its lane (the word trick of
 /// [`k4_scales_vec`], lane by lane).
 #[inline(always)]
-pub(super) unsafe fn k4_scales_rows8(s: *const u8) -> ([__m256i; 2], [__m256i; 2]) {
+pub(crate) unsafe fn k4_scales_rows8(s: *const u8) -> ([__m256i; 2], [__m256i; 2]) {
     let (m1, m2, m3) = (
         _mm256_set1_epi32(0x3f3f_3f3f),
         _mm256_set1_epi32(0x0f0f_0f0f),

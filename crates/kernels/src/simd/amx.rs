@@ -1,0 +1,319 @@
+//! x86-64 AMX-INT8 tile kernels for batched products (prefill, batched decode), and the tile
+//! state they need.
+//!
+//! AMX multiplies a 16 × K tile of signed bytes by a K × 16 tile into 16 × 16 exact `i32`
+//! sums (`tdpbssd`). Those integer sums are exact whatever their grouping, so a kernel here
+//! asks the tiles only for the integer sums that the reference order forms (one per sub-block
+//! of 32 elements), takes them out of the tile unit, and does the float part with AVX-512 in
+//! exactly the order of the scalar definition: the results are bit-identical to
+//! [`crate::quant`]'s and to the AVX2 kernels'.
+//!
+//! - Q4_K in llama.cpp's repacked `gemm` order ([`crate::order::Order::Gemm`], the order its
+//!   AVX2 build gives every batch of four or more tokens): activations (Q8_K, signed) are the
+//!   A tile, loaded straight from the encoded rows; the weights of sixteen rows, unpacked from
+//!   the interleaved layout into B tiles once per tile of work, are reused by every token.
+//!
+//! What is not here runs on the AVX2 / AVX-512 kernels (small batches, other orders, rows
+//! that are not whole groups of sixteen). Every function here is `unsafe` and
+//! `#[target_feature]`: callers must have checked [`crate::Isa::Amx`] (which includes the
+//! grant of the tile state); [`crate::Kernels`] only hands them out after that check.
+
+#![allow(unsafe_op_in_unsafe_fn)]
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+use super::avx2;
+use crate::order::Order;
+use crate::quant::blocks::QK_K;
+use crate::tile::Tile;
+
+/// A 64-byte aligned line: the unit of the buffers the tile loads and stores use.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+const ZERO_LINE: Line = Line([0; 64]);
+
+/// The tile configuration (`ldtilecfg`'s 64-byte operand, palette 1).
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    /// Tiles `i` of `rows` rows of `colsb` bytes each.
+    fn new(tiles: &[(usize, u8, u16)]) -> TileConfig {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for &(i, rows, colsb) in tiles {
+            c[16 + 2 * i..18 + 2 * i].copy_from_slice(&colsb.to_le_bytes());
+            c[48 + i] = rows;
+        }
+        TileConfig(c)
+    }
+}
+
+/// Loads a tile configuration for this thread; [`release`] ends it.
+#[inline(always)]
+unsafe fn configure(c: &TileConfig) {
+    asm!("ldtilecfg [{0}]", in(reg) c.0.as_ptr(), options(nostack, readonly));
+}
+
+/// Gives the tile state back (so the thread's context switches stop saving it).
+#[inline(always)]
+unsafe fn release() {
+    asm!("tilerelease", options(nostack, nomem));
+}
+
+thread_local! {
+    /// Each thread's buffers: unpacked weights, padded activations, tile results. Grown as
+    /// needed and kept (no allocation per call).
+    static BUFFERS: std::cell::RefCell<[Vec<Line>; 3]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// This thread's buffer `i`, at least `lines` lines long. The pointer stays valid until the
+/// next call on this thread for the same buffer (the buffer lives as long as the thread and
+/// only grows here).
+fn buffer(i: usize, lines: usize) -> *mut Line {
+    BUFFERS.with(|cell| {
+        let mut bufs = cell.borrow_mut();
+        if bufs[i].len() < lines {
+            bufs[i].resize(lines, ZERO_LINE);
+        }
+        bufs[i].as_mut_ptr()
+    })
+}
+
+/// Fewest tokens for which the tile path pays (fewer go to the AVX2 kernels).
+const MIN_TOKENS: usize = 8;
+
+// ---------------------------------------------------------------------------------------------
+// Q4_K, repacked `gemm` order.
+//
+// Per super-block column and slab of sixteen rows, the panel holds: the B tiles of the eight
+// sub-blocks (8 rows of 64 bytes each: row k holds bytes 4k..4k+4 of the sub-block of each of
+// the sixteen weight rows), then as f32 vectors over the sixteen rows the eight scales, the
+// eight minimums, `d` and `dmin`.
+
+const K4_B: usize = 0;
+const K4_SC: usize = 8 * 8;
+const K4_MN: usize = K4_SC + 8;
+const K4_D: usize = K4_MN + 8;
+const K4_DMIN: usize = K4_D + 1;
+/// Lines per super-block column of a slab.
+const K4_LINES: usize = K4_DMIN + 1;
+/// Bytes of one interleaved Q4_K block column (eight rows).
+const K4_COL: usize = 8 * 144;
+
+/// Two 256-bit halves as one register, `lo` in the low half.
+#[inline(always)]
+unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Byte `j` of each dword of the two groups' vectors, as sixteen floats.
+#[inline(always)]
+unsafe fn byte_floats(lo: __m256i, hi: __m256i, j: u32) -> __m512 {
+    let v = _mm512_srlv_epi32(join(lo, hi), _mm512_set1_epi32(8 * j as i32));
+    _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xFF)))
+}
+
+/// Unpacks sixteen interleaved Q4_K rows (groups at `g0` and `g1`, `nb` super-blocks) into
+/// `panel` (`nb * K4_LINES` lines).
+#[inline(always)]
+unsafe fn q4_k_panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) {
+    let m4 = _mm512_set1_epi8(0x0F);
+    for b in 0..nb {
+        let (c0, c1) = (g0.add(b * K4_COL), g1.add(b * K4_COL));
+        let p = panel.add(b * K4_LINES) as *mut __m512;
+        let halves = |off: usize| {
+            _mm512_cvtph_ps(_mm256_set_m128i(
+                _mm_loadu_si128(c1.add(off) as *const __m128i),
+                _mm_loadu_si128(c0.add(off) as *const __m128i),
+            ))
+        };
+        p.add(K4_D).write(halves(0));
+        p.add(K4_DMIN).write(halves(16));
+        let (sc0, mn0) = avx2::k4_scales_rows8(c0.add(32));
+        let (sc1, mn1) = avx2::k4_scales_rows8(c1.add(32));
+        for s in 0..8 {
+            let (v, j) = (s / 4, (s % 4) as u32);
+            p.add(K4_SC + s).write(byte_floats(sc0[v], sc1[v], j));
+            p.add(K4_MN + s).write(byte_floats(mn0[v], mn1[v], j));
+        }
+        let (q0, q1) = (c0.add(128), c1.add(128));
+        for pair in 0..4 {
+            for k in 0..8 {
+                let w = 32 * (8 * pair + k);
+                let v = join(
+                    _mm256_loadu_si256(q0.add(w) as *const __m256i),
+                    _mm256_loadu_si256(q1.add(w) as *const __m256i),
+                );
+                let lo = _mm512_and_si512(v, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                p.add(K4_B + 8 * (2 * pair) + k)
+                    .write(_mm512_castsi512_ps(lo));
+                p.add(K4_B + 8 * (2 * pair + 1) + k)
+                    .write(_mm512_castsi512_ps(hi));
+            }
+        }
+    }
+}
+
+/// Sixteen tokens (Q8_K rows at `a`, `sa` bytes apart, `nb` super-blocks each) through the
+/// sixteen rows of `panel`: `out[t]` gets row r · token t in lane r. The tile configuration of
+/// [`Q4K_TILES`] must be loaded.
+#[inline(always)]
+unsafe fn q4_k_tokens16(
+    panel: *const Line,
+    nb: usize,
+    a: *const u8,
+    sa: usize,
+    out: &mut [__m512; 16],
+) {
+    let c = buffer(2, 32) as *mut u8;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let mut accm = [_mm512_setzero_ps(); 16];
+    for b in 0..nb {
+        let p = panel.add(b * K4_LINES) as *const __m512;
+        let (d, dmin) = (*p.add(K4_D), *p.add(K4_DMIN));
+        let ab = a.add(b * 292);
+        let mut dd = [_mm512_setzero_ps(); 16];
+        let mut ddm = [_mm512_setzero_ps(); 16];
+        let mut sums = [[0.0f32; 8]; 16];
+        for t in 0..16 {
+            let y = ab.add(t * sa);
+            let dy = _mm512_set1_ps((y as *const f32).read_unaligned());
+            dd[t] = _mm512_mul_ps(d, dy);
+            ddm[t] = _mm512_mul_ps(dmin, dy);
+            let bs = y.add(260) as *const i16;
+            for s in 0..8 {
+                sums[t][s] = (bs.add(2 * s).read_unaligned() as i32
+                    + bs.add(2 * s + 1).read_unaligned() as i32)
+                    as f32;
+            }
+        }
+        for pair in 0..4 {
+            let (s0, s1) = (2 * pair, 2 * pair + 1);
+            let x0 = ab.add(4 + 32 * s0);
+            let (b0, b1) = (p.add(K4_B + 8 * s0), p.add(K4_B + 8 * s1));
+            asm!(
+                "tileloadd tmm0, [{x0} + {sa}*1]",
+                "tileloadd tmm1, [{x1} + {sa}*1]",
+                "tileloadd tmm2, [{b0} + {s64}*1]",
+                "tileloadd tmm3, [{b1} + {s64}*1]",
+                "tilezero tmm4",
+                "tilezero tmm5",
+                "tdpbssd tmm4, tmm0, tmm2",
+                "tdpbssd tmm5, tmm1, tmm3",
+                "tilestored [{c0} + {s64}*1], tmm4",
+                "tilestored [{c1} + {s64}*1], tmm5",
+                x0 = in(reg) x0,
+                x1 = in(reg) x0.add(32),
+                sa = in(reg) sa,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                s64 = in(reg) 64usize,
+                c0 = in(reg) c,
+                c1 = in(reg) c.add(1024),
+                out("tmm0") _, out("tmm1") _, out("tmm2") _,
+                out("tmm3") _, out("tmm4") _, out("tmm5") _,
+                options(nostack),
+            );
+            let (sc0, sc1) = (*p.add(K4_SC + s0), *p.add(K4_SC + s1));
+            let (mn0, mn1) = (*p.add(K4_MN + s0), *p.add(K4_MN + s1));
+            for t in 0..16 {
+                let e = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(64 * t) as *const _));
+                let o = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(1024 + 64 * t) as *const _));
+                // Σ scale·isum over the pair: integers below 2^24, so exact in f32.
+                let v = _mm512_fmadd_ps(o, sc1, _mm512_mul_ps(e, sc0));
+                acc[t] = _mm512_fmadd_ps(v, dd[t], acc[t]);
+                let m = _mm512_fmadd_ps(
+                    mn1,
+                    _mm512_set1_ps(sums[t][s1]),
+                    _mm512_mul_ps(mn0, _mm512_set1_ps(sums[t][s0])),
+                );
+                accm[t] = _mm512_fmadd_ps(m, ddm[t], accm[t]);
+            }
+        }
+    }
+    for t in 0..16 {
+        out[t] = _mm512_sub_ps(acc[t], accm[t]);
+    }
+}
+
+/// The tiles of the Q4_K kernel: A (activations) 16 × 32 bytes in 0 and 1, B (weights) 8 × 64
+/// bytes in 2 and 3, C 16 × 16 dwords in 4 and 5.
+fn q4k_tiles() -> TileConfig {
+    TileConfig::new(&[
+        (0, 16, 32),
+        (1, 16, 32),
+        (2, 8, 64),
+        (3, 8, 64),
+        (4, 16, 64),
+        (5, 16, 64),
+    ])
+}
+
+/// Interleaved Q4_K weights: the tile path for the repacked `gemm` order on whole slabs of
+/// sixteen rows and batches of [`MIN_TOKENS`] or more, the AVX2 kernel for the rest.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_rows8_q4_k(t: &Tile) {
+    let rows = t.rows();
+    let whole = rows.start.is_multiple_of(16) && rows.end.is_multiple_of(16);
+    if t.order().canonical(crate::quant::GgmlType::Q4_K) != Order::Gemm
+        || t.tokens() < MIN_TOKENS
+        || !whole
+        || t.cols() % QK_K != 0
+    {
+        return avx2::gemm_rows8_q4_k(t);
+    }
+    let nb = t.cols() / QK_K;
+    let (w, rb, x, xb) = (
+        t.w().as_ptr(),
+        t.w_row_bytes(),
+        t.x().as_ptr(),
+        t.x_row_bytes(),
+    );
+    let slabs = rows.len() / 16;
+    let panel = buffer(0, slabs * nb * K4_LINES);
+    for s in 0..slabs {
+        let r = rows.start + 16 * s;
+        q4_k_panel(
+            w.add(r * rb),
+            w.add((r + 8) * rb),
+            nb,
+            panel.add(s * nb * K4_LINES),
+        );
+    }
+    let cfg = q4k_tiles();
+    configure(&cfg);
+    let mut out = [_mm512_setzero_ps(); 16];
+    let mut k = 0;
+    while k < t.tokens() {
+        let m = (t.tokens() - k).min(16);
+        // A whole chunk is read in place; a short last one from a zero-padded copy.
+        let (a, sa) = if m == 16 {
+            (x.add(k * xb), xb)
+        } else {
+            let lines = (16 * xb).div_ceil(64);
+            let pad = buffer(1, lines) as *mut u8;
+            std::ptr::write_bytes(pad, 0, 16 * xb);
+            std::ptr::copy_nonoverlapping(x.add(k * xb), pad, m * xb);
+            (pad as *const u8, xb)
+        };
+        for s in 0..slabs {
+            let r = rows.start + 16 * s;
+            q4_k_tokens16(panel.add(s * nb * K4_LINES), nb, a, sa, &mut out);
+            for (i, v) in out.iter().enumerate().take(m) {
+                let mut o = [0.0f32; 16];
+                _mm512_storeu_ps(o.as_mut_ptr(), *v);
+                for (j, x) in o.iter().enumerate() {
+                    t.store(k + i, r + j, *x);
+                }
+            }
+        }
+        k += m;
+    }
+    release();
+}
