@@ -220,6 +220,23 @@ impl<'a> Tile<'a> {
     }
 }
 
+impl Tile<'_> {
+    /// Stores the products of rows `r..r + v.len()` with token `t`.
+    ///
+    /// # Panics
+    /// If those are not all outputs of this tile (a kernel's bug).
+    #[inline(always)]
+    pub fn store_rows(&self, t: usize, r: usize, v: &[f32]) {
+        assert!(
+            t < self.tokens && r >= self.rows.start && r + v.len() <= self.rows.end,
+            "tile store outside the tile"
+        );
+        // SAFETY: these outputs are this tile's (checked), which `Tile::new` checked lie
+        // inside `out` and whose maker promised that no other thread touches them.
+        unsafe { self.out.slice_mut(t * self.out_stride + r, v.len()) }.copy_from_slice(v);
+    }
+}
+
 /// A kernel computing a whole [`Tile`].
 pub type GemmFn = fn(&Tile);
 

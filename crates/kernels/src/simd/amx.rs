@@ -105,6 +105,16 @@ const K4_LINES: usize = K4_DMIN + 1;
 /// Bytes of one interleaved Q4_K block column (eight rows).
 const K4_COL: usize = 8 * 144;
 
+/// Eight vectors read by `f` (a plain loop: see the AVX2 kernels' `arr!`).
+#[inline(always)]
+unsafe fn arr8(f: impl Fn(usize) -> __m512) -> [__m512; 8] {
+    let mut a = [_mm512_setzero_ps(); 8];
+    for (i, v) in a.iter_mut().enumerate() {
+        *v = f(i);
+    }
+    a
+}
+
 /// Two 256-bit halves as one register, `lo` in the low half.
 #[inline(always)]
 unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
@@ -160,85 +170,114 @@ unsafe fn q4_k_panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) 
     }
 }
 
-/// Sixteen tokens (Q8_K rows at `a`, `sa` bytes apart, `nb` super-blocks each) through the
-/// sixteen rows of `panel`: `out[t]` gets row r · token t in lane r. The tile configuration of
-/// [`Q4K_TILES`] must be loaded.
+/// Most slabs of sixteen rows a Q4_K tile takes at once (the matrix product's pieces have at
+/// most 64 rows).
+const MAX_SLABS: usize = 4;
+
+/// Sixteen tokens (Q8_K rows at `a`, `sa` bytes apart, `nb` super-blocks each) through
+/// `slabs` slabs of sixteen rows unpacked in `panel`: `out[j][t]` gets row r of slab j · token
+/// t in lane r. The tile configuration of [`q4k_tiles`] must be loaded.
+///
+/// Per super-block the tile unit first forms the 8 sub-block sums of every (token, row) pair
+/// of every slab (each activation tile loaded once for all slabs), then the vector unit takes
+/// them slab by slab and token by token, the token's accumulators in registers for the whole
+/// super-block.
 #[inline(always)]
-unsafe fn q4_k_tokens16(
+unsafe fn q4_k_chunk(
     panel: *const Line,
+    slabs: usize,
     nb: usize,
     a: *const u8,
     sa: usize,
-    out: &mut [__m512; 16],
+    out: &mut [[__m512; 16]; MAX_SLABS],
 ) {
-    let c = buffer(2, 32) as *mut u8;
-    let mut acc = [_mm512_setzero_ps(); 16];
-    let mut accm = [_mm512_setzero_ps(); 16];
+    // Sub-block sums: 1 KiB per (slab, sub-block).
+    let c = buffer(2, MAX_SLABS * 8 * 16) as *const u8;
+    let mut acc = [[_mm512_setzero_ps(); 16]; MAX_SLABS];
+    let mut accm = [[_mm512_setzero_ps(); 16]; MAX_SLABS];
+    let mut sums = [[0.0f32; 8]; 16];
+    let mut dys = [0.0f32; 16];
     for b in 0..nb {
-        let p = panel.add(b * K4_LINES) as *const __m512;
-        let (d, dmin) = (*p.add(K4_D), *p.add(K4_DMIN));
         let ab = a.add(b * 292);
-        let mut dd = [_mm512_setzero_ps(); 16];
-        let mut ddm = [_mm512_setzero_ps(); 16];
-        let mut sums = [[0.0f32; 8]; 16];
-        for t in 0..16 {
-            let y = ab.add(t * sa);
-            let dy = _mm512_set1_ps((y as *const f32).read_unaligned());
-            dd[t] = _mm512_mul_ps(d, dy);
-            ddm[t] = _mm512_mul_ps(dmin, dy);
-            let bs = y.add(260) as *const i16;
-            for s in 0..8 {
-                sums[t][s] = (bs.add(2 * s).read_unaligned() as i32
-                    + bs.add(2 * s + 1).read_unaligned() as i32)
-                    as f32;
-            }
-        }
         for pair in 0..4 {
-            let (s0, s1) = (2 * pair, 2 * pair + 1);
-            let x0 = ab.add(4 + 32 * s0);
-            let (b0, b1) = (p.add(K4_B + 8 * s0), p.add(K4_B + 8 * s1));
+            let x0 = ab.add(4 + 64 * pair);
             asm!(
                 "tileloadd tmm0, [{x0} + {sa}*1]",
                 "tileloadd tmm1, [{x1} + {sa}*1]",
-                "tileloadd tmm2, [{b0} + {s64}*1]",
-                "tileloadd tmm3, [{b1} + {s64}*1]",
-                "tilezero tmm4",
-                "tilezero tmm5",
-                "tdpbssd tmm4, tmm0, tmm2",
-                "tdpbssd tmm5, tmm1, tmm3",
-                "tilestored [{c0} + {s64}*1], tmm4",
-                "tilestored [{c1} + {s64}*1], tmm5",
                 x0 = in(reg) x0,
                 x1 = in(reg) x0.add(32),
                 sa = in(reg) sa,
-                b0 = in(reg) b0,
-                b1 = in(reg) b1,
-                s64 = in(reg) 64usize,
-                c0 = in(reg) c,
-                c1 = in(reg) c.add(1024),
-                out("tmm0") _, out("tmm1") _, out("tmm2") _,
-                out("tmm3") _, out("tmm4") _, out("tmm5") _,
-                options(nostack),
+                out("tmm0") _, out("tmm1") _,
+                options(nostack, readonly),
             );
-            let (sc0, sc1) = (*p.add(K4_SC + s0), *p.add(K4_SC + s1));
-            let (mn0, mn1) = (*p.add(K4_MN + s0), *p.add(K4_MN + s1));
-            for t in 0..16 {
-                let e = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(64 * t) as *const _));
-                let o = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(1024 + 64 * t) as *const _));
-                // Σ scale·isum over the pair: integers below 2^24, so exact in f32.
-                let v = _mm512_fmadd_ps(o, sc1, _mm512_mul_ps(e, sc0));
-                acc[t] = _mm512_fmadd_ps(v, dd[t], acc[t]);
-                let m = _mm512_fmadd_ps(
-                    mn1,
-                    _mm512_set1_ps(sums[t][s1]),
-                    _mm512_mul_ps(mn0, _mm512_set1_ps(sums[t][s0])),
+            for j in 0..slabs {
+                let p = panel.add((j * nb + b) * K4_LINES) as *const __m512;
+                let b0 = p.add(K4_B + 8 * (2 * pair));
+                let c0 = c.add(8192 * j + 2048 * pair);
+                // Tiles 0 and 1 hold this pair's activations (loaded above).
+                asm!(
+                    "tileloadd tmm2, [{b0} + {s64}*1]",
+                    "tileloadd tmm3, [{b1} + {s64}*1]",
+                    "tilezero tmm4",
+                    "tilezero tmm5",
+                    "tdpbssd tmm4, tmm0, tmm2",
+                    "tdpbssd tmm5, tmm1, tmm3",
+                    "tilestored [{c0} + {s64}*1], tmm4",
+                    "tilestored [{c1} + {s64}*1], tmm5",
+                    b0 = in(reg) b0,
+                    b1 = in(reg) b0.add(8),
+                    s64 = in(reg) 64usize,
+                    c0 = in(reg) c0,
+                    c1 = in(reg) c0.add(1024),
+                    out("tmm2") _, out("tmm3") _, out("tmm4") _, out("tmm5") _,
+                    options(nostack),
                 );
-                accm[t] = _mm512_fmadd_ps(m, ddm[t], accm[t]);
+            }
+        }
+        for t in 0..16 {
+            let y = ab.add(t * sa);
+            dys[t] = (y as *const f32).read_unaligned();
+            let bs = y.add(260) as *const i16;
+            for s in 0..8 {
+                let pair = bs.add(2 * s).read_unaligned() as i32
+                    + bs.add(2 * s + 1).read_unaligned() as i32;
+                sums[t][s] = pair as f32;
+            }
+        }
+        for j in 0..slabs {
+            let p = panel.add((j * nb + b) * K4_LINES) as *const __m512;
+            let (d, dmin) = (*p.add(K4_D), *p.add(K4_DMIN));
+            let sc: [__m512; 8] = arr8(|s| *p.add(K4_SC + s));
+            let mn: [__m512; 8] = arr8(|s| *p.add(K4_MN + s));
+            let cj = c.add(8192 * j);
+            for t in 0..16 {
+                let dy = _mm512_set1_ps(dys[t]);
+                let (dd, ddm) = (_mm512_mul_ps(d, dy), _mm512_mul_ps(dmin, dy));
+                let (mut at, mut amt) = (acc[j][t], accm[j][t]);
+                for pair in 0..4 {
+                    let (s0, s1) = (2 * pair, 2 * pair + 1);
+                    let ct = cj.add(2048 * pair + 64 * t);
+                    let e = _mm512_cvtepi32_ps(_mm512_load_si512(ct as *const _));
+                    let o = _mm512_cvtepi32_ps(_mm512_load_si512(ct.add(1024) as *const _));
+                    // Σ scale·isum over the pair: integers below 2^24, so exact in f32.
+                    let v = _mm512_fmadd_ps(o, sc[s1], _mm512_mul_ps(e, sc[s0]));
+                    at = _mm512_fmadd_ps(v, dd, at);
+                    let m = _mm512_fmadd_ps(
+                        mn[s1],
+                        _mm512_set1_ps(sums[t][s1]),
+                        _mm512_mul_ps(mn[s0], _mm512_set1_ps(sums[t][s0])),
+                    );
+                    amt = _mm512_fmadd_ps(m, ddm, amt);
+                }
+                acc[j][t] = at;
+                accm[j][t] = amt;
             }
         }
     }
-    for t in 0..16 {
-        out[t] = _mm512_sub_ps(acc[t], accm[t]);
+    for j in 0..slabs {
+        for t in 0..16 {
+            out[j][t] = _mm512_sub_ps(acc[j][t], accm[j][t]);
+        }
     }
 }
 
@@ -264,7 +303,7 @@ pub unsafe fn gemm_rows8_q4_k(t: &Tile) {
     if t.order().canonical(crate::quant::GgmlType::Q4_K) != Order::Gemm
         || t.tokens() < MIN_TOKENS
         || !whole
-        || t.cols() % QK_K != 0
+        || !t.cols().is_multiple_of(QK_K)
     {
         return avx2::gemm_rows8_q4_k(t);
     }
@@ -276,6 +315,9 @@ pub unsafe fn gemm_rows8_q4_k(t: &Tile) {
         t.x_row_bytes(),
     );
     let slabs = rows.len() / 16;
+    if slabs > MAX_SLABS {
+        return avx2::gemm_rows8_q4_k(t);
+    }
     let panel = buffer(0, slabs * nb * K4_LINES);
     for s in 0..slabs {
         let r = rows.start + 16 * s;
@@ -288,7 +330,7 @@ pub unsafe fn gemm_rows8_q4_k(t: &Tile) {
     }
     let cfg = q4k_tiles();
     configure(&cfg);
-    let mut out = [_mm512_setzero_ps(); 16];
+    let mut out = [[_mm512_setzero_ps(); 16]; MAX_SLABS];
     let mut k = 0;
     while k < t.tokens() {
         let m = (t.tokens() - k).min(16);
@@ -302,15 +344,12 @@ pub unsafe fn gemm_rows8_q4_k(t: &Tile) {
             std::ptr::copy_nonoverlapping(x.add(k * xb), pad, m * xb);
             (pad as *const u8, xb)
         };
-        for s in 0..slabs {
-            let r = rows.start + 16 * s;
-            q4_k_tokens16(panel.add(s * nb * K4_LINES), nb, a, sa, &mut out);
-            for (i, v) in out.iter().enumerate().take(m) {
+        q4_k_chunk(panel, slabs, nb, a, sa, &mut out);
+        for (s, slab) in out.iter().enumerate().take(slabs) {
+            for (i, v) in slab.iter().enumerate().take(m) {
                 let mut o = [0.0f32; 16];
                 _mm512_storeu_ps(o.as_mut_ptr(), *v);
-                for (j, x) in o.iter().enumerate() {
-                    t.store(k + i, r + j, *x);
-                }
+                t.store_rows(k + i, rows.start + 16 * s, &o);
             }
         }
         k += m;
