@@ -67,8 +67,8 @@ unsafe fn release() {
 thread_local! {
     /// Each thread's buffers: unpacked weights, padded activations, tile results. Grown as
     /// needed and kept (no allocation per call).
-    static BUFFERS: std::cell::RefCell<[Vec<Line>; 3]> =
-        const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    static BUFFERS: std::cell::RefCell<[Vec<Line>; 4]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// This thread's buffer `i`, at least `lines` lines long. The pointer stays valid until the
@@ -347,6 +347,181 @@ pub unsafe fn gemm_rows8_q4_k(t: &Tile) {
         q4_k_chunk(panel, slabs, nb, a, sa, &mut out);
         for (s, slab) in out.iter().enumerate().take(slabs) {
             for (i, v) in slab.iter().enumerate().take(m) {
+                let mut o = [0.0f32; 16];
+                _mm512_storeu_ps(o.as_mut_ptr(), *v);
+                t.store_rows(k + i, rows.start + 16 * s, &o);
+            }
+        }
+        k += m;
+    }
+    release();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q6_K, `ggml-cpu/tiled` order.
+//
+// Per super-block column and slab of sixteen rows, the panel holds the B tiles of the sixteen
+// groups (4 rows of 64 bytes each: row k holds elements 16g + 4k .. + 4 of each of the sixteen
+// weight rows, as q - 32), then the groups' scales as i32 vectors over the sixteen rows, then
+// `d` as floats.
+
+const K6_B: usize = 0;
+const K6_SC: usize = 16 * 4;
+const K6_D: usize = K6_SC + 16;
+const K6_LINES: usize = K6_D + 1;
+
+/// Unpacks sixteen interleaved Q6_K rows (groups at `g0` and `g1`, `nb` super-blocks) into
+/// `panel` (`nb * K6_LINES` lines), using `q` (`2 * 64 * nb` vectors) for the AVX2 unpacking.
+#[inline(always)]
+unsafe fn q6_k_panel(g0: *const u8, g1: *const u8, nb: usize, q: *mut __m256i, panel: *mut Line) {
+    avx2::q6_k_unpack(g0, nb, q);
+    avx2::q6_k_unpack(g1, nb, q.add(64 * nb));
+    let off = _mm512_set1_epi8(32);
+    for b in 0..nb {
+        let (c0, c1) = (g0.add(b * avx2::Q6K_COL), g1.add(b * avx2::Q6K_COL));
+        let p = panel.add(b * K6_LINES) as *mut __m512i;
+        for g in 0..16 {
+            // Elements 16g + 4k: half n, quarter m, word kk of the unpacked vectors.
+            let (n, m) = (g / 8, (g % 8) / 2);
+            for k in 0..4 {
+                let kk = 4 * (g % 2) + k;
+                let v = 32 * n + 8 * m + kk;
+                let both = join(q.add(64 * b + v).read(), q.add(64 * (nb + b) + v).read());
+                p.add(K6_B + 4 * g + k).write(_mm512_sub_epi8(both, off));
+            }
+        }
+        for w in 0..4 {
+            let v = join(
+                _mm256_loadu_si256(c0.add(16 + 32 * w) as *const __m256i),
+                _mm256_loadu_si256(c1.add(16 + 32 * w) as *const __m256i),
+            );
+            for j in 0..4 {
+                // Byte j of each dword, sign-extended.
+                let s = _mm512_srai_epi32::<24>(_mm512_sllv_epi32(
+                    v,
+                    _mm512_set1_epi32(24 - 8 * j as i32),
+                ));
+                p.add(K6_SC + 4 * w + j).write(s);
+            }
+        }
+        let d = _mm512_cvtph_ps(_mm256_set_m128i(
+            _mm_loadu_si128(c1 as *const __m128i),
+            _mm_loadu_si128(c0 as *const __m128i),
+        ));
+        p.add(K6_D).write(_mm512_castps_si512(d));
+    }
+}
+
+/// Sixteen tokens (Q8_K rows at `a`, `sa` bytes apart) through one slab of sixteen Q6_K rows
+/// unpacked in `panel` (`nb` super-blocks): `out[t]` gets row r · token t in lane r. The tile
+/// configuration of [`q6k_tiles`] must be loaded.
+#[inline(always)]
+unsafe fn q6_k_slab(
+    panel: *const Line,
+    nb: usize,
+    a: *const u8,
+    sa: usize,
+    out: &mut [__m512; 16],
+) {
+    // Group sums: 1 KiB per group.
+    let c = buffer(2, 16 * 16) as *const u8;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    for b in 0..nb {
+        let p = panel.add(b * K6_LINES) as *const __m512i;
+        let ab = a.add(b * 292);
+        for g in 0..16 {
+            asm!(
+                "tileloadd tmm0, [{x} + {sa}*1]",
+                "tileloadd tmm1, [{w} + {s64}*1]",
+                "tilezero tmm2",
+                "tdpbssd tmm2, tmm0, tmm1",
+                "tilestored [{c} + {s64}*1], tmm2",
+                x = in(reg) ab.add(4 + 16 * g),
+                sa = in(reg) sa,
+                w = in(reg) p.add(K6_B + 4 * g),
+                s64 = in(reg) 64usize,
+                c = in(reg) c.add(1024 * g),
+                out("tmm0") _, out("tmm1") _, out("tmm2") _,
+                options(nostack),
+            );
+        }
+        let mut sc = [_mm512_setzero_si512(); 16];
+        for (g, v) in sc.iter_mut().enumerate() {
+            *v = *p.add(K6_SC + g);
+        }
+        let d = _mm512_castsi512_ps(*p.add(K6_D));
+        for t in 0..16 {
+            let mut s1 = _mm512_setzero_si512();
+            for g in 0..16 {
+                let v = _mm512_load_si512(c.add(1024 * g + 64 * t) as *const _);
+                s1 = _mm512_add_epi32(s1, _mm512_mullo_epi32(v, sc[g]));
+            }
+            let r = _mm512_mul_ps(d, _mm512_cvtepi32_ps(s1));
+            let dy = _mm512_set1_ps((ab.add(t * sa) as *const f32).read_unaligned());
+            acc[t] = _mm512_fmadd_ps(r, dy, acc[t]);
+        }
+    }
+    *out = acc;
+}
+
+/// The tiles of the Q6_K kernel: A (activations) 16 × 16 bytes in 0, B (weights) 4 × 64 bytes
+/// in 1, C 16 × 16 dwords in 2.
+fn q6k_tiles() -> TileConfig {
+    TileConfig::new(&[(0, 16, 16), (1, 4, 64), (2, 16, 64)])
+}
+
+/// Interleaved Q6_K weights: the tile path for `ggml-cpu/tiled`'s order on whole slabs of
+/// sixteen rows and batches of [`MIN_TOKENS`] or more, the AVX2 kernel for the rest.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_rows8_q6_k(t: &Tile) {
+    let rows = t.rows();
+    let whole = rows.start.is_multiple_of(16) && rows.end.is_multiple_of(16);
+    if t.order().canonical(crate::quant::GgmlType::Q6_K) != Order::Tiled
+        || t.tokens() < MIN_TOKENS
+        || !whole
+        || !t.cols().is_multiple_of(QK_K)
+    {
+        return avx2::gemm_rows8_q6_k(t);
+    }
+    let nb = t.cols() / QK_K;
+    let (w, rb, x, xb) = (
+        t.w().as_ptr(),
+        t.w_row_bytes(),
+        t.x().as_ptr(),
+        t.x_row_bytes(),
+    );
+    let slabs = rows.len() / 16;
+    let panel = buffer(0, slabs * nb * K6_LINES);
+    // The AVX2 unpacking's scratch: 2 × 64 vectors of 32 bytes per super-block.
+    let q = buffer(3, 2 * 32 * nb) as *mut __m256i;
+    for s in 0..slabs {
+        let r = rows.start + 16 * s;
+        q6_k_panel(
+            w.add(r * rb),
+            w.add((r + 8) * rb),
+            nb,
+            q,
+            panel.add(s * nb * K6_LINES),
+        );
+    }
+    let cfg = q6k_tiles();
+    configure(&cfg);
+    let mut out = [_mm512_setzero_ps(); 16];
+    let mut k = 0;
+    while k < t.tokens() {
+        let m = (t.tokens() - k).min(16);
+        let (a, sa) = if m == 16 {
+            (x.add(k * xb), xb)
+        } else {
+            let lines = (16 * xb).div_ceil(64);
+            let pad = buffer(1, lines) as *mut u8;
+            std::ptr::write_bytes(pad, 0, 16 * xb);
+            std::ptr::copy_nonoverlapping(x.add(k * xb), pad, m * xb);
+            (pad as *const u8, xb)
+        };
+        for s in 0..slabs {
+            q6_k_slab(panel.add(s * nb * K6_LINES), nb, a, sa, &mut out);
+            for (i, v) in out.iter().enumerate().take(m) {
                 let mut o = [0.0f32; 16];
                 _mm512_storeu_ps(o.as_mut_ptr(), *v);
                 t.store_rows(k + i, rows.start + 16 * s, &o);

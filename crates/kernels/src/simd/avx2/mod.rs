@@ -114,5 +114,5 @@ pub(crate) use kquants_rows8::*;
 pub(crate) use q32_dots::*;
 pub(crate) use q32_panels::*;
 use q32_tiles::*;
-use q6k_rows8::*;
+pub(crate) use q6k_rows8::*;
 pub(crate) use quantize::*;

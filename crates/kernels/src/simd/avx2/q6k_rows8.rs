@@ -88,7 +88,7 @@ pub(super) unsafe fn q6_k_column_scales(c: *const u8) -> ([__m256i; 16], [__m256
     )
 }
 
-pub(super) const Q6K_COL: usize = 8 * 210;
+pub(crate) const Q6K_COL: usize = 8 * 210;
 
 /// The offset correction `32 (sc_2k·bsum_2k + sc_2k+1·bsum_2k+1)` of lane `k` for eight rows
 /// (`pairs`: [`q6_k_column_scales`]'s) against the Q8_K block at `y`.
@@ -142,7 +142,7 @@ pub(super) unsafe fn q6_k_rows8_vec_dot(g: *const u8, nb: usize, mut y: *const u
 /// `q`: 64 vectors per column, vector `32n + 8m + kk` holding elements `128n + 32m + 4kk..+4`
 /// of the eight rows, unsigned.
 #[inline(always)]
-pub(super) unsafe fn q6_k_unpack(g: *const u8, nb: usize, q: *mut __m256i) {
+pub(crate) unsafe fn q6_k_unpack(g: *const u8, nb: usize, q: *mut __m256i) {
     for b in 0..nb {
         let c = g.add(b * Q6K_COL);
         let o = q.add(64 * b);
