@@ -59,8 +59,19 @@ if [ ! -x "$BUILD/bin/llama-bench" ] || [ ! -x "$BUILD/bin/llama-quantize" ]; th
   fi
   command -v cmake >/dev/null || python3 -m pip install cmake ninja >&2
   GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
+  # The machine's best build without AMX: -march=native turns ggml's AMX path on whatever the
+  # GGML_AMX_* switches say (and that path crashes in these virtual machines), so on a CPU
+  # with AMX the instruction sets are named one by one instead.
+  ISA_FLAGS="-DGGML_NATIVE=ON"
+  if grep -qw amx_int8 /proc/cpuinfo; then
+    has() { grep -qw "$1" /proc/cpuinfo && echo ON || echo OFF; }
+    ISA_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+      -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VBMI=$(has avx512vbmi) -DGGML_AVX512_VNNI=$(has avx512_vnni)
+      -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AVX_VNNI=$(has avx_vnni)"
+  fi
+  # shellcheck disable=SC2086 # one switch per word
   cmake -S "$SRC" -B "$LCPP/build" $GEN -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF $ISA_FLAGS \
     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF >&2
   cmake --build "$LCPP/build" -j "$(nproc)" --target llama-bench llama-quantize >&2
 fi

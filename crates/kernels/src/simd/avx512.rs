@@ -12,7 +12,9 @@
 //! What is not here, an AVX-512 CPU runs with the AVX2 kernels ([`super::vec_dot`] falls back
 //! to them): the k-quants (whose eight-lane order the AVX2 kernels hold directly), the tile
 //! kernels, attention, the activation encoders.
-//! VNNI (`vpdpbusd`) is not used: no machine or emulator that runs it was available to test it.
+//! With AVX-512 VNNI ([`crate::Isa::Avx512Vnni`]) the same dot products take `vpdpbusd`, which
+//! sums each lane's four byte products straight into a dword: the lane sums of `maddubs` +
+//! `madd` (no i16 step saturates for these formats' ranges), so the same bits.
 //!
 //! Every function here is `unsafe` and `#[target_feature]`: callers must have checked that the
 //! CPU supports AVX-512 F/BW/VL and AVX2/FMA/F16C ([`crate::Isa::Avx512`]); [`crate::Kernels`]
@@ -183,7 +185,7 @@ impl Pair for BlockQ8_0 {
 /// Weight × activation bytes summed in fours, as floats (one lane per four products): the
 /// lanes of the AVX2 kernels' `dot_s8` / `dot_us8` for each half.
 #[inline(always)]
-unsafe fn products<B: Pair>(x: __m512i, y: __m512i) -> __m512 {
+unsafe fn products<B: Pair, const VNNI: bool>(x: __m512i, y: __m512i) -> __m512 {
     // Formats without a minimum have signed quants.
     let (ux, sy) = if !B::Act::WITH_MIN {
         // |x| × (y with x's sign): the products of AVX2's sign trick (a zero x zeroes the
@@ -194,6 +196,9 @@ unsafe fn products<B: Pair>(x: __m512i, y: __m512i) -> __m512 {
     } else {
         (x, y)
     };
+    if VNNI {
+        return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ux, sy));
+    }
     let pairs = _mm512_maddubs_epi16(ux, sy);
     _mm512_cvtepi32_ps(_mm512_madd_epi16(_mm512_set1_epi16(1), pairs))
 }
@@ -201,7 +206,7 @@ unsafe fn products<B: Pair>(x: __m512i, y: __m512i) -> __m512 {
 /// The dot product of the first `n` elements in the reference order: one 8-lane accumulator,
 /// one fused multiply-add per block in block order, the minimum terms summed apart.
 #[inline(always)]
-unsafe fn dot_pairs<B: Pair>(n: usize, w: &[u8], a: &[u8]) -> f32 {
+unsafe fn dot_pairs<B: Pair, const VNNI: bool>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let xs = as_blocks::<B>(w);
     let ys = as_blocks::<B::Act>(a);
     let nb = (n / QK).min(xs.len()).min(ys.len());
@@ -217,7 +222,7 @@ unsafe fn dot_pairs<B: Pair>(n: usize, w: &[u8], a: &[u8]) -> f32 {
         } else {
             (x0, y0)
         };
-        let p = products::<B>(B::quants2(x0, x1), join(load32(y0.qs()), load32(y1.qs())));
+        let p = products::<B, VNNI>(B::quants2(x0, x1), join(load32(y0.qs()), load32(y1.qs())));
         let halves = [(x0, y0, low(p)), (x1, y1, high(p))];
         for &(x, y, q) in &halves[..if pair { 2 } else { 1 }] {
             if B::Act::WITH_MIN {
@@ -282,23 +287,33 @@ unsafe fn fdot_vec<E: Wide>(n: usize, w: &[u8], x: &[u8]) -> f32 {
 
 /// Declares the public dot-product kernels, one per weight type.
 macro_rules! dots {
-    ($($name:ident => $f:ident::<$t:ty>),* $(,)?) => {
+    ($features:literal: $($name:ident => $f:ident::<$($t:tt),+>),* $(,)?) => {
         $(
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+            #[target_feature(enable = $features)]
             pub unsafe fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-                $f::<$t>(n, w, a)
+                $f::<$($t),+>(n, w, a)
             }
         )*
     };
 }
 
 dots! {
-    dot_q4_0_q8_0 => dot_pairs::<BlockQ4_0>,
-    dot_q4_1_q8_1 => dot_pairs::<BlockQ4_1>,
-    dot_q5_0_q8_0 => dot_pairs::<BlockQ5_0>,
-    dot_q5_1_q8_1 => dot_pairs::<BlockQ5_1>,
-    dot_q8_0_q8_0 => dot_pairs::<BlockQ8_0>,
+    "avx512f,avx512bw,avx512vl,avx2,fma,f16c":
+    dot_q4_0_q8_0 => dot_pairs::<BlockQ4_0, false>,
+    dot_q4_1_q8_1 => dot_pairs::<BlockQ4_1, false>,
+    dot_q5_0_q8_0 => dot_pairs::<BlockQ5_0, false>,
+    dot_q5_1_q8_1 => dot_pairs::<BlockQ5_1, false>,
+    dot_q8_0_q8_0 => dot_pairs::<BlockQ8_0, false>,
     dot_f32 => fdot_vec::<F32>,
     dot_f16 => fdot_vec::<F16>,
     dot_bf16 => fdot_vec::<BF16>,
+}
+
+dots! {
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c":
+    dot_q4_0_q8_0_vnni => dot_pairs::<BlockQ4_0, true>,
+    dot_q4_1_q8_1_vnni => dot_pairs::<BlockQ4_1, true>,
+    dot_q5_0_q8_0_vnni => dot_pairs::<BlockQ5_0, true>,
+    dot_q5_1_q8_1_vnni => dot_pairs::<BlockQ5_1, true>,
+    dot_q8_0_q8_0_vnni => dot_pairs::<BlockQ8_0, true>,
 }

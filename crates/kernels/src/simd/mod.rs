@@ -87,6 +87,11 @@ checked! {
     avx512_f32 => avx512::dot_f32,
     avx512_f16 => avx512::dot_f16,
     avx512_bf16 => avx512::dot_bf16,
+    vnni_q4_0 => avx512::dot_q4_0_q8_0_vnni,
+    vnni_q4_1 => avx512::dot_q4_1_q8_1_vnni,
+    vnni_q5_0 => avx512::dot_q5_0_q8_0_vnni,
+    vnni_q5_1 => avx512::dot_q5_1_q8_1_vnni,
+    vnni_q8_0 => avx512::dot_q8_0_q8_0_vnni,
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -281,9 +286,24 @@ pub(crate) fn vec_dot_batched(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
     }
 }
 
+/// The AVX-512 VNNI dot product for weights of type `ty`, if there is one.
+#[cfg(target_arch = "x86_64")]
+fn vnni_dot(ty: GgmlType) -> Option<VecDotFn> {
+    match ty {
+        GgmlType::Q4_0 => Some(vnni_q4_0),
+        GgmlType::Q4_1 => Some(vnni_q4_1),
+        GgmlType::Q5_0 => Some(vnni_q5_0),
+        GgmlType::Q5_1 => Some(vnni_q5_1),
+        GgmlType::Q8_0 => Some(vnni_q8_0),
+        _ => None,
+    }
+}
+
 /// The SIMD dot product for weights of type `ty` on `isa`, if there is one.
 pub(crate) fn vec_dot(isa: Isa, ty: GgmlType) -> Option<VecDotFn> {
     match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni | Isa::Amx if vnni_dot(ty).is_some() => vnni_dot(ty),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => match ty {
             GgmlType::Q4_0 => Some(avx512_q4_0),
