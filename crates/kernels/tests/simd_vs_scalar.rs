@@ -603,10 +603,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn activation_quantizers_are_byte_identical(xs in proptest::collection::vec(-100.0f32..100.0, 512), zero_block in any::<bool>()) {
+    fn activation_quantizers_are_byte_identical(xs in proptest::collection::vec(-100.0f32..100.0, 512), zero_block in any::<bool>(), tie in 0usize..256) {
         let mut xs = xs;
         if zero_block {
             xs[256..512].fill(0.0);
+        } else {
+            // The largest |x| of the second block twice, with both signs: the first one sets
+            // the sign of the Q8_K scale.
+            xs[256 + tie] = 200.0;
+            xs[256 + (tie * 7 + 3) % 256] = -200.0;
         }
         // Tiny values (f16 subnormals and underflow) and a few past the f16 range.
         for x in &mut xs[128..192] {

@@ -317,3 +317,52 @@ dots! {
     dot_q5_1_q8_1_vnni => dot_pairs::<BlockQ5_1, true>,
     dot_q8_0_q8_0_vnni => dot_pairs::<BlockQ8_0, true>,
 }
+
+/// Q8_K activation quantization, sixteen values per register: exactly the scalar
+/// [`crate::quant::kquants::quantize_q8_k`] (the largest |x| and the first value that has it,
+/// `iscale = -127 / max`, round half to even, at most 127, group sums of sixteen).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
+    let sign = _mm512_set1_ps(-0.0);
+    for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(292)) {
+        let p = x.as_ptr();
+        let mut v = [_mm512_setzero_ps(); 16];
+        let mut m = _mm512_setzero_ps();
+        for (g, vg) in v.iter_mut().enumerate() {
+            *vg = _mm512_loadu_ps(p.add(16 * g));
+            // A NaN |x| loses to the running maximum (the second operand), as the scalar
+            // comparison skips it.
+            m = _mm512_max_ps(_mm512_andnot_ps(sign, *vg), m);
+        }
+        let amax = _mm512_reduce_max_ps(m);
+        if amax == 0.0 {
+            b.fill(0);
+            continue;
+        }
+        // The first value whose |x| is the largest.
+        let am = _mm512_set1_ps(amax);
+        let mut max = 0.0f32;
+        for (g, vg) in v.iter().enumerate() {
+            let k = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_andnot_ps(sign, *vg), am);
+            if k != 0 {
+                max = x[16 * g + k.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -127.0f32 / max;
+        let is = _mm512_set1_ps(iscale);
+        let qs = b.as_mut_ptr().add(4);
+        let bs = b.as_mut_ptr().add(260);
+        for (g, vg) in v.iter().enumerate() {
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(is, *vg),
+            );
+            let q = _mm512_min_epi32(_mm512_cvtps_epi32(r), _mm512_set1_epi32(127));
+            _mm_storeu_si128(qs.add(16 * g) as *mut __m128i, _mm512_cvtepi32_epi8(q));
+            let s = _mm512_reduce_add_epi32(q) as i16;
+            bs.add(2 * g)
+                .copy_from_nonoverlapping(s.to_le_bytes().as_ptr(), 2);
+        }
+        b[..4].copy_from_slice(&(1.0f32 / iscale).to_le_bytes());
+    }
+}

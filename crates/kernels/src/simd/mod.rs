@@ -244,9 +244,16 @@ checked_quant! {
     avx2_quant_f16 => avx2::quantize_f16,
 }
 
+#[cfg(target_arch = "x86_64")]
+checked_quant! {
+    avx512_quant_q8_k => avx512::quantize_q8_k,
+}
+
 /// The SIMD activation quantizer for `ty` on `isa`, if there is one.
 pub(crate) fn quantize(isa: Isa, ty: GgmlType) -> Option<crate::quant::FromF32Fn> {
     match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx if ty == GgmlType::Q8_K => Some(avx512_quant_q8_k),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => match ty {
             GgmlType::Q8_0 => Some(avx2_quant_q8_0),
