@@ -334,24 +334,9 @@ pub unsafe fn gemm_rows8_q4_k(t: &Tile) {
     let mut k = 0;
     while k < t.tokens() {
         let m = (t.tokens() - k).min(16);
-        // A whole chunk is read in place; a short last one from a zero-padded copy.
-        let (a, sa) = if m == 16 {
-            (x.add(k * xb), xb)
-        } else {
-            let lines = (16 * xb).div_ceil(64);
-            let pad = buffer(1, lines) as *mut u8;
-            std::ptr::write_bytes(pad, 0, 16 * xb);
-            std::ptr::copy_nonoverlapping(x.add(k * xb), pad, m * xb);
-            (pad as *const u8, xb)
-        };
+        let (a, sa) = chunk_rows(x, xb, k, m);
         q4_k_chunk(panel, slabs, nb, a, sa, &mut out);
-        for (s, slab) in out.iter().enumerate().take(slabs) {
-            for (i, v) in slab.iter().enumerate().take(m) {
-                let mut o = [0.0f32; 16];
-                _mm512_storeu_ps(o.as_mut_ptr(), *v);
-                t.store_rows(k + i, rows.start + 16 * s, &o);
-            }
-        }
+        store_chunk(t, &out, slabs, k, m);
         k += m;
     }
     release();
@@ -510,15 +495,7 @@ pub unsafe fn gemm_rows8_q6_k(t: &Tile) {
     let mut k = 0;
     while k < t.tokens() {
         let m = (t.tokens() - k).min(16);
-        let (a, sa) = if m == 16 {
-            (x.add(k * xb), xb)
-        } else {
-            let lines = (16 * xb).div_ceil(64);
-            let pad = buffer(1, lines) as *mut u8;
-            std::ptr::write_bytes(pad, 0, 16 * xb);
-            std::ptr::copy_nonoverlapping(x.add(k * xb), pad, m * xb);
-            (pad as *const u8, xb)
-        };
+        let (a, sa) = chunk_rows(x, xb, k, m);
         for s in 0..slabs {
             q6_k_slab(panel.add(s * nb * K6_LINES), nb, a, sa, &mut out);
             for (i, v) in out.iter().enumerate().take(m) {
@@ -530,4 +507,184 @@ pub unsafe fn gemm_rows8_q6_k(t: &Tile) {
         k += m;
     }
     release();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_0, repacked order.
+//
+// Per block column and slab of sixteen rows, the panel holds the B tile of the block (8 rows of
+// 64 bytes: row k holds elements 4k .. 4k + 4 of each of the sixteen weight rows, as q - 8),
+// then `d` as floats over the sixteen rows.
+
+const K40_D: usize = 8;
+const K40_LINES: usize = K40_D + 1;
+/// Bytes of one interleaved Q4_0 block column (eight rows).
+const K40_COL: usize = 8 * 18;
+
+/// Unpacks sixteen interleaved Q4_0 rows (groups at `g0` and `g1`, `nb` blocks) into `panel`.
+#[inline(always)]
+unsafe fn q4_0_panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) {
+    let (m4, eight) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(8));
+    for b in 0..nb {
+        let (c0, c1) = (g0.add(b * K40_COL), g1.add(b * K40_COL));
+        let p = panel.add(b * K40_LINES) as *mut __m512i;
+        for k in 0..4 {
+            let v = join(
+                _mm256_loadu_si256(c0.add(16 + 32 * k) as *const __m256i),
+                _mm256_loadu_si256(c1.add(16 + 32 * k) as *const __m256i),
+            );
+            let lo = _mm512_sub_epi8(_mm512_and_si512(v, m4), eight);
+            let hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(v), m4), eight);
+            p.add(k).write(lo);
+            p.add(4 + k).write(hi);
+        }
+        let d = _mm512_cvtph_ps(_mm256_set_m128i(
+            _mm_loadu_si128(c1 as *const __m128i),
+            _mm_loadu_si128(c0 as *const __m128i),
+        ));
+        p.add(K40_D).write(_mm512_castps_si512(d));
+    }
+}
+
+/// Sixteen tokens (Q8_0 rows at `a`, `sa` bytes apart) through `slabs` slabs of sixteen Q4_0
+/// rows unpacked in `panel` (`nb` blocks each): `out[j][t]` gets row r of slab j · token t in
+/// lane r. The tile configuration of [`q4_0_tiles`] must be loaded.
+#[inline(always)]
+unsafe fn q4_0_chunk(
+    panel: *const Line,
+    slabs: usize,
+    nb: usize,
+    a: *const u8,
+    sa: usize,
+    out: &mut [[__m512; 16]; MAX_SLABS],
+) {
+    // Block sums of four blocks at a time: 1 KiB per (slab, block).
+    const BLOCKS: usize = 4;
+    let c = buffer(2, MAX_SLABS * BLOCKS * 16) as *const u8;
+    let mut acc = [[_mm512_setzero_ps(); 16]; MAX_SLABS];
+    let mut b0 = 0;
+    while b0 < nb {
+        let n = (nb - b0).min(BLOCKS);
+        for i in 0..n {
+            let b = b0 + i;
+            asm!(
+                "tileloadd tmm0, [{x} + {sa}*1]",
+                x = in(reg) a.add(b * 34 + 2),
+                sa = in(reg) sa,
+                out("tmm0") _,
+                options(nostack, readonly),
+            );
+            for j in 0..slabs {
+                // Tile 0 holds this block's activations (loaded above).
+                asm!(
+                    "tileloadd tmm1, [{w} + {s64}*1]",
+                    "tilezero tmm2",
+                    "tdpbssd tmm2, tmm0, tmm1",
+                    "tilestored [{c} + {s64}*1], tmm2",
+                    w = in(reg) panel.add((j * nb + b) * K40_LINES),
+                    s64 = in(reg) 64usize,
+                    c = in(reg) c.add(1024 * (BLOCKS * j + i)),
+                    out("tmm1") _, out("tmm2") _,
+                    options(nostack),
+                );
+            }
+        }
+        for j in 0..slabs {
+            for i in 0..n {
+                let b = b0 + i;
+                let d = _mm512_castsi512_ps(
+                    *(panel.add((j * nb + b) * K40_LINES + K40_D) as *const __m512i),
+                );
+                let cb = c.add(1024 * (BLOCKS * j + i));
+                for t in 0..16 {
+                    let y = a.add(t * sa + b * 34);
+                    let dy = avx2::h([*y, *y.add(1)]);
+                    let isum = _mm512_cvtepi32_ps(_mm512_load_si512(cb.add(64 * t) as *const _));
+                    acc[j][t] =
+                        _mm512_fmadd_ps(isum, _mm512_mul_ps(d, _mm512_set1_ps(dy)), acc[j][t]);
+                }
+            }
+        }
+        b0 += n;
+    }
+    *out = acc;
+}
+
+/// The tiles of the Q4_0 kernel: A (activations) 16 × 32 bytes in 0, B (weights) 8 × 64
+/// bytes in 1, C 16 × 16 dwords in 2.
+fn q4_0_tiles() -> TileConfig {
+    TileConfig::new(&[(0, 16, 32), (1, 8, 64), (2, 16, 64)])
+}
+
+/// Interleaved Q4_0 weights: the tile path for the repacked order on whole slabs of sixteen
+/// rows and batches of [`MIN_TOKENS`] or more, the AVX2 kernel for the rest.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn gemm_rows8_q4_0(t: &Tile) {
+    use crate::quant::blocks::QK;
+    let rows = t.rows();
+    let whole = rows.start.is_multiple_of(16) && rows.end.is_multiple_of(16);
+    let slabs = rows.len() / 16;
+    if t.order().canonical(crate::quant::GgmlType::Q4_0) != Order::Gemv
+        || t.tokens() < MIN_TOKENS
+        || !whole
+        || slabs > MAX_SLABS
+        || !t.cols().is_multiple_of(QK)
+    {
+        return avx2::gemm_rows8_q4_0(t);
+    }
+    let nb = t.cols() / QK;
+    let (w, rb, x, xb) = (
+        t.w().as_ptr(),
+        t.w_row_bytes(),
+        t.x().as_ptr(),
+        t.x_row_bytes(),
+    );
+    let panel = buffer(0, slabs * nb * K40_LINES);
+    for s in 0..slabs {
+        let r = rows.start + 16 * s;
+        q4_0_panel(
+            w.add(r * rb),
+            w.add((r + 8) * rb),
+            nb,
+            panel.add(s * nb * K40_LINES),
+        );
+    }
+    let cfg = q4_0_tiles();
+    configure(&cfg);
+    let mut out = [[_mm512_setzero_ps(); 16]; MAX_SLABS];
+    let mut k = 0;
+    while k < t.tokens() {
+        let m = (t.tokens() - k).min(16);
+        let (a, sa) = chunk_rows(x, xb, k, m);
+        q4_0_chunk(panel, slabs, nb, a, sa, &mut out);
+        store_chunk(t, &out, slabs, k, m);
+        k += m;
+    }
+    release();
+}
+
+/// The activations of tokens `k..k + m` (`m` at most 16) as sixteen rows `xb` bytes apart:
+/// in place for a whole chunk, else a zero-padded copy in this thread's buffer 1.
+#[inline(always)]
+unsafe fn chunk_rows(x: *const u8, xb: usize, k: usize, m: usize) -> (*const u8, usize) {
+    if m == 16 {
+        return (x.add(k * xb), xb);
+    }
+    let pad = buffer(1, (16 * xb).div_ceil(64)) as *mut u8;
+    std::ptr::write_bytes(pad, 0, 16 * xb);
+    std::ptr::copy_nonoverlapping(x.add(k * xb), pad, m * xb);
+    (pad as *const u8, xb)
+}
+
+/// Stores the first `m` tokens' results of `slabs` slabs (`out[j][i]`: rows of slab j, token
+/// `k + i`).
+#[inline(always)]
+unsafe fn store_chunk(t: &Tile, out: &[[__m512; 16]; MAX_SLABS], slabs: usize, k: usize, m: usize) {
+    for (s, slab) in out.iter().enumerate().take(slabs) {
+        for (i, v) in slab.iter().enumerate().take(m) {
+            let mut o = [0.0f32; 16];
+            _mm512_storeu_ps(o.as_mut_ptr(), *v);
+            t.store_rows(k + i, t.rows().start + 16 * s, &o);
+        }
+    }
 }
