@@ -7,6 +7,8 @@ pub(crate) mod amx;
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_tiles;
 pub mod f16_attention;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
@@ -152,6 +154,7 @@ checked_tile! {
     amx_rows8_q4_k => amx::gemm_rows8_q4_k,
     amx_rows8_q6_k => amx::gemm_rows8_q6_k,
     amx_rows8_q4_0 => amx::gemm_rows8_q4_0,
+    vnni_rows8_q8_0 => avx512_tiles::gemm_rows8_q8_0,
 }
 
 /// Whether the order is one of llama.cpp's repacked ones for `ty`.
@@ -177,6 +180,8 @@ pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType, order: Order) -> Option<crate::
         Isa::Amx if ty == GgmlType::Q6_K => Some(amx_rows8_q6_k),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if ty == GgmlType::Q4_0 => Some(amx_rows8_q4_0),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni | Isa::Amx if ty == GgmlType::Q8_0 => Some(vnni_rows8_q8_0),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => match ty {
             GgmlType::Q4_0 => Some(avx2_rows8_q4_0),
