@@ -294,54 +294,6 @@ fn q4k_tiles() -> TileConfig {
     ])
 }
 
-/// Interleaved Q4_K weights: the tile path for the repacked `gemm` order on whole slabs of
-/// sixteen rows and batches of [`MIN_TOKENS`] or more, the AVX2 kernel for the rest.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn gemm_rows8_q4_k(t: &Tile) {
-    let rows = t.rows();
-    let whole = rows.start.is_multiple_of(16) && rows.end.is_multiple_of(16);
-    if t.order().canonical(crate::quant::GgmlType::Q4_K) != Order::Gemm
-        || t.tokens() < MIN_TOKENS
-        || !whole
-        || !t.cols().is_multiple_of(QK_K)
-    {
-        return avx2::gemm_rows8_q4_k(t);
-    }
-    let nb = t.cols() / QK_K;
-    let (w, rb, x, xb) = (
-        t.w().as_ptr(),
-        t.w_row_bytes(),
-        t.x().as_ptr(),
-        t.x_row_bytes(),
-    );
-    let slabs = rows.len() / 16;
-    if slabs > MAX_SLABS {
-        return avx2::gemm_rows8_q4_k(t);
-    }
-    let panel = buffer(0, slabs * nb * K4_LINES);
-    for s in 0..slabs {
-        let r = rows.start + 16 * s;
-        q4_k_panel(
-            w.add(r * rb),
-            w.add((r + 8) * rb),
-            nb,
-            panel.add(s * nb * K4_LINES),
-        );
-    }
-    let cfg = q4k_tiles();
-    configure(&cfg);
-    let mut out = [[_mm512_setzero_ps(); 16]; MAX_SLABS];
-    let mut k = 0;
-    while k < t.tokens() {
-        let m = (t.tokens() - k).min(16);
-        let (a, sa) = chunk_rows(x, xb, k, m);
-        q4_k_chunk(panel, slabs, nb, a, sa, &mut out);
-        store_chunk(t, &out, slabs, k, m);
-        k += m;
-    }
-    release();
-}
-
 // ---------------------------------------------------------------------------------------------
 // Q6_K, `ggml-cpu/tiled` order.
 //
@@ -455,60 +407,6 @@ fn q6k_tiles() -> TileConfig {
     TileConfig::new(&[(0, 16, 16), (1, 4, 64), (2, 16, 64)])
 }
 
-/// Interleaved Q6_K weights: the tile path for `ggml-cpu/tiled`'s order on whole slabs of
-/// sixteen rows and batches of [`MIN_TOKENS`] or more, the AVX2 kernel for the rest.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn gemm_rows8_q6_k(t: &Tile) {
-    let rows = t.rows();
-    let whole = rows.start.is_multiple_of(16) && rows.end.is_multiple_of(16);
-    if t.order().canonical(crate::quant::GgmlType::Q6_K) != Order::Tiled
-        || t.tokens() < MIN_TOKENS
-        || !whole
-        || !t.cols().is_multiple_of(QK_K)
-    {
-        return avx2::gemm_rows8_q6_k(t);
-    }
-    let nb = t.cols() / QK_K;
-    let (w, rb, x, xb) = (
-        t.w().as_ptr(),
-        t.w_row_bytes(),
-        t.x().as_ptr(),
-        t.x_row_bytes(),
-    );
-    let slabs = rows.len() / 16;
-    let panel = buffer(0, slabs * nb * K6_LINES);
-    // The AVX2 unpacking's scratch: 2 × 64 vectors of 32 bytes per super-block.
-    let q = buffer(3, 2 * 32 * nb) as *mut __m256i;
-    for s in 0..slabs {
-        let r = rows.start + 16 * s;
-        q6_k_panel(
-            w.add(r * rb),
-            w.add((r + 8) * rb),
-            nb,
-            q,
-            panel.add(s * nb * K6_LINES),
-        );
-    }
-    let cfg = q6k_tiles();
-    configure(&cfg);
-    let mut out = [_mm512_setzero_ps(); 16];
-    let mut k = 0;
-    while k < t.tokens() {
-        let m = (t.tokens() - k).min(16);
-        let (a, sa) = chunk_rows(x, xb, k, m);
-        for s in 0..slabs {
-            q6_k_slab(panel.add(s * nb * K6_LINES), nb, a, sa, &mut out);
-            for (i, v) in out.iter().enumerate().take(m) {
-                let mut o = [0.0f32; 16];
-                _mm512_storeu_ps(o.as_mut_ptr(), *v);
-                t.store_rows(k + i, rows.start + 16 * s, &o);
-            }
-        }
-        k += m;
-    }
-    release();
-}
-
 // ---------------------------------------------------------------------------------------------
 // Q4_0, repacked order.
 //
@@ -616,53 +514,6 @@ fn q4_0_tiles() -> TileConfig {
     TileConfig::new(&[(0, 16, 32), (1, 8, 64), (2, 16, 64)])
 }
 
-/// Interleaved Q4_0 weights: the tile path for the repacked order on whole slabs of sixteen
-/// rows and batches of [`MIN_TOKENS`] or more, the AVX2 kernel for the rest.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn gemm_rows8_q4_0(t: &Tile) {
-    use crate::quant::blocks::QK;
-    let rows = t.rows();
-    let whole = rows.start.is_multiple_of(16) && rows.end.is_multiple_of(16);
-    let slabs = rows.len() / 16;
-    if t.order().canonical(crate::quant::GgmlType::Q4_0) != Order::Gemv
-        || t.tokens() < MIN_TOKENS
-        || !whole
-        || slabs > MAX_SLABS
-        || !t.cols().is_multiple_of(QK)
-    {
-        return avx2::gemm_rows8_q4_0(t);
-    }
-    let nb = t.cols() / QK;
-    let (w, rb, x, xb) = (
-        t.w().as_ptr(),
-        t.w_row_bytes(),
-        t.x().as_ptr(),
-        t.x_row_bytes(),
-    );
-    let panel = buffer(0, slabs * nb * K40_LINES);
-    for s in 0..slabs {
-        let r = rows.start + 16 * s;
-        q4_0_panel(
-            w.add(r * rb),
-            w.add((r + 8) * rb),
-            nb,
-            panel.add(s * nb * K40_LINES),
-        );
-    }
-    let cfg = q4_0_tiles();
-    configure(&cfg);
-    let mut out = [[_mm512_setzero_ps(); 16]; MAX_SLABS];
-    let mut k = 0;
-    while k < t.tokens() {
-        let m = (t.tokens() - k).min(16);
-        let (a, sa) = chunk_rows(x, xb, k, m);
-        q4_0_chunk(panel, slabs, nb, a, sa, &mut out);
-        store_chunk(t, &out, slabs, k, m);
-        k += m;
-    }
-    release();
-}
-
 /// The activations of tokens `k..k + m` (`m` at most 16) as sixteen rows `xb` bytes apart:
 /// in place for a whole chunk, else a zero-padded copy in this thread's buffer 1.
 #[inline(always)]
@@ -687,4 +538,191 @@ unsafe fn store_chunk(t: &Tile, out: &[[__m512; 16]; MAX_SLABS], slabs: usize, k
             t.store_rows(k + i, t.rows().start + 16 * s, &o);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver shared by the formats.
+
+/// A weight format with an AMX tile kernel.
+trait AmxFormat {
+    const TY: crate::quant::GgmlType;
+    /// The (canonical) order the tile kernel follows.
+    const ORDER: Order;
+    /// Elements per block (the unit of the panel).
+    const BLOCK: usize;
+    /// Panel lines per block and slab of sixteen rows.
+    const LINES: usize;
+    /// The AVX2 kernel, for the tiles this one does not take.
+    unsafe fn fallback(t: &Tile);
+    fn tiles() -> TileConfig;
+    /// Unpacks the sixteen interleaved rows of the groups at `g0` and `g1` into `panel`.
+    unsafe fn panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line);
+    /// Sixteen tokens at `a` (`sa` bytes apart) through `slabs` slabs of `panel`.
+    unsafe fn chunk(
+        panel: *const Line,
+        slabs: usize,
+        nb: usize,
+        a: *const u8,
+        sa: usize,
+        out: &mut [[__m512; 16]; MAX_SLABS],
+    );
+}
+
+struct Q4K;
+impl AmxFormat for Q4K {
+    const TY: crate::quant::GgmlType = crate::quant::GgmlType::Q4_K;
+    const ORDER: Order = Order::Gemm;
+    const BLOCK: usize = QK_K;
+    const LINES: usize = K4_LINES;
+    #[inline(always)]
+    unsafe fn fallback(t: &Tile) {
+        avx2::gemm_rows8_q4_k(t)
+    }
+    fn tiles() -> TileConfig {
+        q4k_tiles()
+    }
+    #[inline(always)]
+    unsafe fn panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) {
+        q4_k_panel(g0, g1, nb, panel)
+    }
+    #[inline(always)]
+    unsafe fn chunk(
+        panel: *const Line,
+        slabs: usize,
+        nb: usize,
+        a: *const u8,
+        sa: usize,
+        out: &mut [[__m512; 16]; MAX_SLABS],
+    ) {
+        q4_k_chunk(panel, slabs, nb, a, sa, out)
+    }
+}
+
+struct Q6K;
+impl AmxFormat for Q6K {
+    const TY: crate::quant::GgmlType = crate::quant::GgmlType::Q6_K;
+    const ORDER: Order = Order::Tiled;
+    const BLOCK: usize = QK_K;
+    const LINES: usize = K6_LINES;
+    #[inline(always)]
+    unsafe fn fallback(t: &Tile) {
+        avx2::gemm_rows8_q6_k(t)
+    }
+    fn tiles() -> TileConfig {
+        q6k_tiles()
+    }
+    #[inline(always)]
+    unsafe fn panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) {
+        // The AVX2 unpacking's scratch: 2 × 64 vectors of 32 bytes per super-block.
+        let q = buffer(3, 2 * 32 * nb) as *mut __m256i;
+        q6_k_panel(g0, g1, nb, q, panel)
+    }
+    #[inline(always)]
+    unsafe fn chunk(
+        panel: *const Line,
+        slabs: usize,
+        nb: usize,
+        a: *const u8,
+        sa: usize,
+        out: &mut [[__m512; 16]; MAX_SLABS],
+    ) {
+        for (j, o) in out.iter_mut().enumerate().take(slabs) {
+            q6_k_slab(panel.add(j * nb * K6_LINES), nb, a, sa, o);
+        }
+    }
+}
+
+struct Q40;
+impl AmxFormat for Q40 {
+    const TY: crate::quant::GgmlType = crate::quant::GgmlType::Q4_0;
+    const ORDER: Order = Order::Gemv;
+    const BLOCK: usize = crate::quant::blocks::QK;
+    const LINES: usize = K40_LINES;
+    #[inline(always)]
+    unsafe fn fallback(t: &Tile) {
+        avx2::gemm_rows8_q4_0(t)
+    }
+    fn tiles() -> TileConfig {
+        q4_0_tiles()
+    }
+    #[inline(always)]
+    unsafe fn panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) {
+        q4_0_panel(g0, g1, nb, panel)
+    }
+    #[inline(always)]
+    unsafe fn chunk(
+        panel: *const Line,
+        slabs: usize,
+        nb: usize,
+        a: *const u8,
+        sa: usize,
+        out: &mut [[__m512; 16]; MAX_SLABS],
+    ) {
+        q4_0_chunk(panel, slabs, nb, a, sa, out)
+    }
+}
+
+/// Interleaved weights of format `F`: the tile path for its order on whole slabs of sixteen
+/// rows (at most [`MAX_SLABS`]) and batches of [`MIN_TOKENS`] or more, the AVX2 kernel for the
+/// rest. The slabs are unpacked once; the tokens go through them sixteen at a time.
+#[inline(always)]
+unsafe fn gemm_tiles<F: AmxFormat>(t: &Tile) {
+    let rows = t.rows();
+    let whole = rows.start.is_multiple_of(16) && rows.end.is_multiple_of(16);
+    let slabs = rows.len() / 16;
+    if t.order().canonical(F::TY) != F::ORDER
+        || t.tokens() < MIN_TOKENS
+        || !whole
+        || slabs > MAX_SLABS
+        || !t.cols().is_multiple_of(F::BLOCK)
+    {
+        return F::fallback(t);
+    }
+    let nb = t.cols() / F::BLOCK;
+    let (w, rb, x, xb) = (
+        t.w().as_ptr(),
+        t.w_row_bytes(),
+        t.x().as_ptr(),
+        t.x_row_bytes(),
+    );
+    let panel = buffer(0, slabs * nb * F::LINES);
+    for s in 0..slabs {
+        let r = rows.start + 16 * s;
+        F::panel(
+            w.add(r * rb),
+            w.add((r + 8) * rb),
+            nb,
+            panel.add(s * nb * F::LINES),
+        );
+    }
+    let cfg = F::tiles();
+    configure(&cfg);
+    let mut out = [[_mm512_setzero_ps(); 16]; MAX_SLABS];
+    let mut k = 0;
+    while k < t.tokens() {
+        let m = (t.tokens() - k).min(16);
+        let (a, sa) = chunk_rows(x, xb, k, m);
+        F::chunk(panel, slabs, nb, a, sa, &mut out);
+        store_chunk(t, &out, slabs, k, m);
+        k += m;
+    }
+    release();
+}
+
+/// Declares the public tile kernels, one per format.
+macro_rules! amx_tiles {
+    ($($name:ident => $f:ty),* $(,)?) => {
+        $(
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            pub unsafe fn $name(t: &Tile) {
+                gemm_tiles::<$f>(t)
+            }
+        )*
+    };
+}
+
+amx_tiles! {
+    gemm_rows8_q4_0 => Q40,
+    gemm_rows8_q4_k => Q4K,
+    gemm_rows8_q6_k => Q6K,
 }
