@@ -72,6 +72,9 @@ pub(super) unsafe fn fdot_gemm<E: FloatElem>(n: usize, w: *const u8, x: *const u
     hsum(acc)
 }
 
+/// How far ahead of the current row the single-token float kernel prefetches.
+const FLOAT_PREFETCH: usize = 4096;
+
 #[inline(always)]
 pub(super) unsafe fn gemm_float<E: FloatElem>(t: &Tile) {
     let n = t.cols();
@@ -83,8 +86,10 @@ pub(super) unsafe fn gemm_float<E: FloatElem>(t: &Tile) {
     );
     if t.order() != crate::order::Order::Sgemm {
         for r in t.rows() {
+            // Every line of the weights a few rows ahead (one line per row leaves the rest to
+            // the hardware prefetcher, which falls behind on a bandwidth-bound decode).
             let wr = w.add(r * rb);
-            _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(rb) as *const i8);
+            prefetch_span(wr.wrapping_add(FLOAT_PREFETCH), rb);
             for k in 0..t.tokens() {
                 let v = fdot_vec::<E>(n, t.w_row(r), t.x_row(k));
                 t.store(k, r, v);
