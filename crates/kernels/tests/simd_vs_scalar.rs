@@ -285,7 +285,7 @@ proptest! {
     fn wide_batched_products_are_bit_identical(slabs in 1usize..4, extra8 in any::<bool>(), tokens in 8usize..40, blocks in 1usize..5, seed in proptest::collection::vec(any::<u8>(), 8), xs in proptest::collection::vec(-4.0f32..4.0, 1280 * 40)) {
         let pool = ThreadPool::new(2);
         let rows = 16 * slabs + if extra8 { 8 } else { 0 };
-        for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
             let cols = blocks * 256;
             check_products(&pool, &matrix(ty, rows, cols, &seed), &xs[..tokens * cols], tokens)?;
         }

@@ -1,12 +1,13 @@
 //! AVX-512 VNNI tile kernels: several tokens through interleaved weights of the 32-element
-//! formats in `vec_dot`'s order, sixteen rows per register.
+//! formats (Q4_1, Q5_0, Q5_1, Q8_0) in `vec_dot`'s order, sixteen rows per register.
 //!
-//! - Q8_0: the panel holds, per block and lane (four elements), the sixteen rows' bytes as
-//!   `w + 128` (unsigned), so one `vpdpbusd` against the token's four bytes broadcast, started
-//!   from `-128 · Σ y` of the lane, gives each row's exact lane sum — the integers of AVX2's
-//!   sign trick with `maddubs` + `madd`. The float part is the reference's: eight lane
-//!   accumulators per row, `acc = fma(d_w·d_y, lane, acc)` block after block, then
-//!   [`crate::lanes`]'s horizontal sum. Bit-identical to the scalar oracle.
+//! The panel holds, per block and lane (four elements), the sixteen rows' quants as unsigned
+//! bytes: as they are for the formats with a minimum, `w + 128` for the signed ones, whose
+//! `vpdpbusd` against the token's four bytes broadcast then starts from `-128 · Σ y` of the
+//! lane. Either way each row's lane sum is exact — the integers of AVX2's `maddubs` + `madd`.
+//! The float part is the reference's: eight lane accumulators per row, `acc = fma(d_w·d_y,
+//! lane, acc)` block after block, the minimums' `m·s` summed apart, then [`crate::lanes`]'s
+//! horizontal sum. Bit-identical to the scalar oracle.
 //!
 //! Tiles that do not fit (one token, rows that are not whole slabs of sixteen, other orders)
 //! go to the AVX2 kernels. Every function here is `unsafe` and `#[target_feature]`: callers
@@ -17,15 +18,14 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2;
+use super::avx2::{self, Fmt32};
 use crate::order::Order;
 use crate::quant::blocks::QK;
 use crate::tile::Tile;
 
-/// Lines (64 bytes) per block of a Q8_0 panel slab: eight lanes, then `d` over the rows.
-const Q80_LINES: usize = 9;
-/// Bytes of one interleaved Q8_0 block column (eight rows).
-const Q80_COL: usize = 8 * 34;
+/// Lines (64 bytes) per block of a panel slab: eight lanes, `d`, and the minimums (formats
+/// with a minimum only).
+const LINES: usize = 10;
 /// Most slabs of sixteen rows a tile takes at once.
 const MAX_SLABS: usize = 4;
 
@@ -47,51 +47,65 @@ fn panel_buffer(lines: usize) -> *mut __m512i {
     })
 }
 
-/// Unpacks sixteen interleaved Q8_0 rows (groups at `g0`, `g1`, `nb` blocks) into `panel`.
+/// Two 256-bit halves as one register, `lo` in the low half.
 #[inline(always)]
-unsafe fn q8_0_panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut __m512i) {
+unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Unpacks sixteen interleaved rows of format `T` (groups at `g0`, `g1`, `nb` blocks) into
+/// `panel`: the lanes of both groups side by side (signed quants as `w + 128`), then `d` and
+/// the minimums as floats.
+#[inline(always)]
+unsafe fn build_panel<T: Fmt32>(g0: *const u8, g1: *const u8, nb: usize, panel: *mut __m512i) {
     let bias = _mm512_set1_epi8(-128);
     for b in 0..nb {
-        let (c0, c1) = (g0.add(b * Q80_COL), g1.add(b * Q80_COL));
-        let p = panel.add(b * Q80_LINES);
+        let (d0, m0, l0) = T::interleaved(g0, b);
+        let (d1, m1, l1) = T::interleaved(g1, b);
+        let p = panel.add(b * LINES);
         for l in 0..8 {
-            let v = _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_loadu_si256(c0.add(16 + 32 * l) as *const __m256i)),
-                _mm256_loadu_si256(c1.add(16 + 32 * l) as *const __m256i),
-            );
-            p.add(l).write(_mm512_xor_si512(v, bias));
+            let v = join(l0[l], l1[l]);
+            p.add(l)
+                .write(if T::MIN { v } else { _mm512_xor_si512(v, bias) });
         }
-        let d = _mm512_cvtph_ps(_mm256_set_m128i(
-            _mm_loadu_si128(c1 as *const __m128i),
-            _mm_loadu_si128(c0 as *const __m128i),
-        ));
-        p.add(8).write(_mm512_castps_si512(d));
+        let halves = |a: __m256, b: __m256| join(_mm256_castps_si256(a), _mm256_castps_si256(b));
+        p.add(8).write(halves(d0, d1));
+        p.add(9).write(halves(m0, m1));
     }
 }
 
-/// One token (Q8_0 blocks at `y`) through one slab (`nb` blocks of `panel`): lane r of the
-/// result is row r · the token.
+/// One token (activation blocks at `y`) through one slab (`nb` blocks of `panel`): lane r of
+/// the result is row r · the token, in `vec_dot`'s order.
 #[inline(always)]
-unsafe fn q8_0_token(panel: *const __m512i, nb: usize, y: *const u8) -> __m512 {
+unsafe fn token<T: Fmt32>(panel: *const __m512i, nb: usize, y: *const u8) -> __m512 {
     let mut acc = [_mm512_setzero_ps(); 8];
+    let mut summs = _mm512_setzero_ps();
     let ones = _mm256_set1_epi8(1);
     for b in 0..nb {
-        let p = panel.add(b * Q80_LINES);
-        let yb = y.add(b * 34);
-        let dy = avx2::h([*yb, *yb.add(1)]);
-        let yq = yb.add(2);
-        // -128 · (sum of each lane's four activation bytes).
-        let sums = _mm256_dpbusd_epi32(
-            _mm256_setzero_si256(),
-            ones,
-            _mm256_loadu_si256(yq as *const __m256i),
-        );
-        let mut bias = [0i32; 8];
-        _mm256_storeu_si256(
-            bias.as_mut_ptr() as *mut __m256i,
-            _mm256_slli_epi32::<7>(sums),
-        );
+        let p = panel.add(b * LINES);
+        let yb = y.add(b * T::ABYTES);
+        let (dy, sy) = avx2::halves2(yb);
+        let yq = yb.add(T::AQS);
         let d = _mm512_mul_ps(_mm512_castsi512_ps(*p.add(8)), _mm512_set1_ps(dy));
+        // Signed formats: each lane starts from -128 · (the sum of its four activation
+        // bytes), which cancels the +128 of the stored quants.
+        let mut bias = [0i32; 8];
+        if T::MIN {
+            summs = _mm512_add_ps(
+                summs,
+                _mm512_mul_ps(_mm512_castsi512_ps(*p.add(9)), _mm512_set1_ps(sy)),
+            );
+        } else {
+            let sums = _mm256_dpbusd_epi32(
+                _mm256_setzero_si256(),
+                ones,
+                _mm256_loadu_si256(yq as *const __m256i),
+            );
+            _mm256_storeu_si256(
+                bias.as_mut_ptr() as *mut __m256i,
+                _mm256_slli_epi32::<7>(sums),
+            );
+        }
         for l in 0..8 {
             let yl = _mm512_set1_epi32((yq.add(4 * l) as *const i32).read_unaligned());
             let s = _mm512_dpbusd_epi32(_mm512_set1_epi32(-bias[l]), *p.add(l), yl);
@@ -99,26 +113,31 @@ unsafe fn q8_0_token(panel: *const __m512i, nb: usize, y: *const u8) -> __m512 {
         }
     }
     // The reference's horizontal sum, sixteen rows at once.
-    _mm512_add_ps(
+    let sum = _mm512_add_ps(
         _mm512_add_ps(_mm512_add_ps(acc[4], acc[0]), _mm512_add_ps(acc[6], acc[2])),
         _mm512_add_ps(_mm512_add_ps(acc[5], acc[1]), _mm512_add_ps(acc[7], acc[3])),
-    )
+    );
+    if T::MIN {
+        _mm512_add_ps(sum, summs)
+    } else {
+        sum
+    }
 }
 
-/// Interleaved Q8_0 weights, several tokens, whole slabs of sixteen rows: the VNNI panel; the
-/// AVX2 kernel for the rest.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn gemm_rows8_q8_0(t: &Tile) {
+/// Interleaved weights of format `T`, several tokens, whole slabs of sixteen rows: the VNNI
+/// panel; `fallback` (the AVX2 kernel) for the rest.
+#[inline(always)]
+unsafe fn gemm_panels<T: Fmt32>(t: &Tile, fallback: unsafe fn(&Tile)) {
     let rows = t.rows();
     let whole = rows.start.is_multiple_of(16) && rows.end.is_multiple_of(16);
     let slabs = rows.len() / 16;
-    if t.order().canonical(crate::quant::GgmlType::Q8_0) != Order::VecDot
+    if t.order().canonical(T::TY) != Order::VecDot
         || t.tokens() < 2
         || !whole
         || slabs > MAX_SLABS
         || !t.cols().is_multiple_of(QK)
     {
-        return avx2::gemm_rows8_q8_0(t);
+        return fallback(t);
     }
     let nb = t.cols() / QK;
     let (w, rb, x, xb) = (
@@ -127,23 +146,42 @@ pub unsafe fn gemm_rows8_q8_0(t: &Tile) {
         t.x().as_ptr(),
         t.x_row_bytes(),
     );
-    let panel = panel_buffer(slabs * nb * Q80_LINES);
+    let panel = panel_buffer(slabs * nb * LINES);
     for s in 0..slabs {
         let r = rows.start + 16 * s;
-        q8_0_panel(
+        build_panel::<T>(
             w.add(r * rb),
             w.add((r + 8) * rb),
             nb,
-            panel.add(s * nb * Q80_LINES),
+            panel.add(s * nb * LINES),
         );
     }
     for k in 0..t.tokens() {
         let y = x.add(k * xb);
         for s in 0..slabs {
-            let o = q8_0_token(panel.add(s * nb * Q80_LINES), nb, y);
+            let o = token::<T>(panel.add(s * nb * LINES), nb, y);
             let mut v = [0.0f32; 16];
             _mm512_storeu_ps(v.as_mut_ptr(), o);
             t.store_rows(k, rows.start + 16 * s, &v);
         }
     }
+}
+
+/// Declares the public tile kernels: `name => format, AVX2 fallback`.
+macro_rules! vnni_tiles {
+    ($($name:ident => $t:ty, $fallback:path),* $(,)?) => {
+        $(
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+            pub unsafe fn $name(t: &Tile) {
+                gemm_panels::<$t>(t, $fallback)
+            }
+        )*
+    };
+}
+
+vnni_tiles! {
+    gemm_rows8_q4_1 => avx2::Q41, avx2::gemm_rows8_q4_1,
+    gemm_rows8_q5_0 => avx2::Q50, avx2::gemm_rows8_q5_0,
+    gemm_rows8_q5_1 => avx2::Q51, avx2::gemm_rows8_q5_1,
+    gemm_rows8_q8_0 => avx2::Q80, avx2::gemm_rows8_q8_0,
 }

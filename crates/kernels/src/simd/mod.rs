@@ -154,6 +154,9 @@ checked_tile! {
     amx_rows8_q4_k => amx::gemm_rows8_q4_k,
     amx_rows8_q6_k => amx::gemm_rows8_q6_k,
     amx_rows8_q4_0 => amx::gemm_rows8_q4_0,
+    vnni_rows8_q4_1 => avx512_tiles::gemm_rows8_q4_1,
+    vnni_rows8_q5_0 => avx512_tiles::gemm_rows8_q5_0,
+    vnni_rows8_q5_1 => avx512_tiles::gemm_rows8_q5_1,
     vnni_rows8_q8_0 => avx512_tiles::gemm_rows8_q8_0,
 }
 
@@ -181,9 +184,15 @@ pub(crate) fn gemm_rows8(isa: Isa, ty: GgmlType, order: Order) -> Option<crate::
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if ty == GgmlType::Q4_0 => Some(amx_rows8_q4_0),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni | Isa::Amx if ty == GgmlType::Q8_0 => Some(vnni_rows8_q8_0),
+        Isa::Avx512Vnni | Isa::Amx => match ty {
+            GgmlType::Q4_1 => Some(vnni_rows8_q4_1),
+            GgmlType::Q5_0 => Some(vnni_rows8_q5_0),
+            GgmlType::Q5_1 => Some(vnni_rows8_q5_1),
+            GgmlType::Q8_0 => Some(vnni_rows8_q8_0),
+            _ => gemm_rows8(Isa::Avx512, ty, order),
+        },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Amx => match ty {
+        Isa::Avx2 | Isa::Avx512 => match ty {
             GgmlType::Q4_0 => Some(avx2_rows8_q4_0),
             GgmlType::Q4_1 => Some(avx2_rows8_q4_1),
             GgmlType::Q5_0 => Some(avx2_rows8_q5_0),

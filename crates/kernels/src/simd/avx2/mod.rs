@@ -113,6 +113,6 @@ pub(crate) use kquants::*;
 pub(crate) use kquants_rows8::*;
 pub(crate) use q32_dots::*;
 pub(crate) use q32_panels::*;
-use q32_tiles::*;
+pub(crate) use q32_tiles::*;
 pub(crate) use q6k_rows8::*;
 pub(crate) use quantize::*;

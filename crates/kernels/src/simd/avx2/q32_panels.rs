@@ -15,7 +15,7 @@ use crate::tile::Tile;
 // the same order as the single-row kernels, a third of the instructions.
 
 /// A format of 32-element blocks with f16 scales whose quants the panel kernel can take.
-pub(super) trait Fmt32 {
+pub(crate) trait Fmt32 {
     /// The format's entry in the type table.
     const TY: crate::quant::GgmlType;
     const BYTES: usize;
@@ -62,7 +62,7 @@ nibble_fmt32!(Q41, Q4_1);
 nibble_fmt32!(Q50, Q5_0);
 nibble_fmt32!(Q51, Q5_1);
 
-pub(super) struct Q80;
+pub(crate) struct Q80;
 impl Fmt32 for Q80 {
     const TY: crate::quant::GgmlType = crate::quant::GgmlType::Q8_0;
     const BYTES: usize = 34;

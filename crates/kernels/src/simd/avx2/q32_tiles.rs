@@ -33,7 +33,7 @@ pub(super) const PREFETCH_ROWS8: usize = 4096;
 
 /// Two halves at `p` (a block's scale and min or sum) as f32, with a full 64-bit load.
 #[inline(always)]
-pub(super) unsafe fn halves2(p: *const u8) -> (f32, f32) {
+pub(crate) unsafe fn halves2(p: *const u8) -> (f32, f32) {
     let v = _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i));
     (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
@@ -95,7 +95,7 @@ pub(super) unsafe fn store8_at(t: &Tile, k: usize, r: usize, v: __m256) {
 }
 
 /// What distinguishes the 32-element nibble formats (Q4_0, Q4_1, Q5_0, Q5_1) in the kernels.
-pub(super) trait Nibble {
+pub(crate) trait Nibble {
     /// Weight block bytes.
     const BYTES: usize;
     /// Offset of the 16 nibble bytes in a block.
@@ -113,9 +113,9 @@ pub(super) trait Nibble {
 pub(super) struct Q40;
 /// Q4_0 in llama.cpp's repacked order (see [`Fmt32::REPACKED`]).
 pub(super) struct Q40R;
-pub(super) struct Q41;
-pub(super) struct Q50;
-pub(super) struct Q51;
+pub(crate) struct Q41;
+pub(crate) struct Q50;
+pub(crate) struct Q51;
 impl Nibble for Q40 {
     const BYTES: usize = 18;
     const QS: usize = 2;
