@@ -228,7 +228,9 @@ impl Tile<'_> {
     #[inline(always)]
     pub fn store_rows(&self, t: usize, r: usize, v: &[f32]) {
         assert!(
-            t < self.tokens && r >= self.rows.start && r + v.len() <= self.rows.end,
+            t < self.tokens
+                && r >= self.rows.start
+                && r.checked_add(v.len()).is_some_and(|e| e <= self.rows.end),
             "tile store outside the tile"
         );
         // SAFETY: these outputs are this tile's (checked), which `Tile::new` checked lie

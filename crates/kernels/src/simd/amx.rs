@@ -13,6 +13,11 @@
 //!   A tile, loaded straight from the encoded rows; the weights of sixteen rows, unpacked from
 //!   the interleaved layout into B tiles once per tile of work, are reused by every token.
 //!
+//! Tile registers and the tile configuration are carried from one `asm!` block to the next
+//! within a kernel call (an activation tile loaded once for several slabs): rustc never
+//! allocates the `tmm` registers or touches the configuration, only address arithmetic runs
+//! between those blocks, and every block has side effects, so they keep their order.
+//!
 //! What is not here runs on the AVX2 / AVX-512 kernels (small batches, other orders, rows
 //! that are not whole groups of sixteen). Every function here is `unsafe` and
 //! `#[target_feature]`: callers must have checked [`crate::Isa::Amx`] (which includes the
@@ -679,6 +684,16 @@ unsafe fn gemm_tiles<F: AmxFormat>(t: &Tile) {
         return F::fallback(t);
     }
     let nb = t.cols() / F::BLOCK;
+    // The kernels read `nb` blocks of every row: the rows must hold them.
+    let blocks_fit = F::TY.row_bytes(t.cols()) == Some(t.w_row_bytes())
+        && F::TY
+            .traits()
+            .vec_dot_type
+            .row_bytes(t.cols())
+            .is_some_and(|b| b <= t.x_row_bytes());
+    if !blocks_fit {
+        return F::fallback(t);
+    }
     let (w, rb, x, xb) = (
         t.w().as_ptr(),
         t.w_row_bytes(),

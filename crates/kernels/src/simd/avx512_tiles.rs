@@ -140,6 +140,12 @@ unsafe fn gemm_panels<T: Fmt32>(t: &Tile, fallback: unsafe fn(&Tile)) {
         return fallback(t);
     }
     let nb = t.cols() / QK;
+    // The kernel reads `nb` blocks of every row: the rows must hold them.
+    let blocks_fit =
+        T::TY.row_bytes(t.cols()) == Some(t.w_row_bytes()) && nb * T::ABYTES <= t.x_row_bytes();
+    if !blocks_fit {
+        return fallback(t);
+    }
     let (w, rb, x, xb) = (
         t.w().as_ptr(),
         t.w_row_bytes(),
