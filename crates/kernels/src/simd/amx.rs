@@ -110,16 +110,6 @@ const K4_LINES: usize = K4_DMIN + 1;
 /// Bytes of one interleaved Q4_K block column (eight rows).
 const K4_COL: usize = 8 * 144;
 
-/// Eight vectors read by `f` (a plain loop: see the AVX2 kernels' `arr!`).
-#[inline(always)]
-unsafe fn arr8(f: impl Fn(usize) -> __m512) -> [__m512; 8] {
-    let mut a = [_mm512_setzero_ps(); 8];
-    for (i, v) in a.iter_mut().enumerate() {
-        *v = f(i);
-    }
-    a
-}
-
 /// Two 256-bit halves as one register, `lo` in the low half.
 #[inline(always)]
 unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
@@ -175,13 +165,16 @@ unsafe fn q4_k_panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) 
     }
 }
 
+/// The results of sixteen tokens for each slab of a piece: `[slab][token]`, rows in the lanes.
+type Slabs = [[__m512; 16]; MAX_SLABS];
+
 /// Most slabs of sixteen rows a Q4_K tile takes at once (the matrix product's pieces have at
 /// most 64 rows).
 const MAX_SLABS: usize = 4;
 
 /// Sixteen tokens (Q8_K rows at `a`, `sa` bytes apart, `nb` super-blocks each) through
 /// `slabs` slabs of sixteen rows unpacked in `panel`: `out[j][t]` gets row r of slab j · token
-/// t in lane r. The tile configuration of [`q4k_tiles`] must be loaded.
+/// t in lane r. The tile configuration of `Q4K::tiles` must be loaded.
 ///
 /// Per super-block the tile unit first forms the 8 sub-block sums of every (token, row) pair
 /// of every slab (each activation tile loaded once for all slabs), then the vector unit takes
@@ -194,7 +187,7 @@ unsafe fn q4_k_chunk(
     nb: usize,
     a: *const u8,
     sa: usize,
-    out: &mut [[__m512; 16]; MAX_SLABS],
+    out: &mut Slabs,
 ) {
     // Sub-block sums: 1 KiB per (slab, sub-block).
     let c = buffer(2, MAX_SLABS * 8 * 16) as *const u8;
@@ -252,8 +245,11 @@ unsafe fn q4_k_chunk(
         for j in 0..slabs {
             let p = panel.add((j * nb + b) * K4_LINES) as *const __m512;
             let (d, dmin) = (*p.add(K4_D), *p.add(K4_DMIN));
-            let sc: [__m512; 8] = arr8(|s| *p.add(K4_SC + s));
-            let mn: [__m512; 8] = arr8(|s| *p.add(K4_MN + s));
+            let (mut sc, mut mn) = ([_mm512_setzero_ps(); 8], [_mm512_setzero_ps(); 8]);
+            for i in 0..8 {
+                sc[i] = *p.add(K4_SC + i);
+                mn[i] = *p.add(K4_MN + i);
+            }
             let cj = c.add(8192 * j);
             for t in 0..16 {
                 let dy = _mm512_set1_ps(dys[t]);
@@ -284,19 +280,6 @@ unsafe fn q4_k_chunk(
             out[j][t] = _mm512_sub_ps(acc[j][t], accm[j][t]);
         }
     }
-}
-
-/// The tiles of the Q4_K kernel: A (activations) 16 × 32 bytes in 0 and 1, B (weights) 8 × 64
-/// bytes in 2 and 3, C 16 × 16 dwords in 4 and 5.
-fn q4k_tiles() -> TileConfig {
-    TileConfig::new(&[
-        (0, 16, 32),
-        (1, 16, 32),
-        (2, 8, 64),
-        (3, 8, 64),
-        (4, 16, 64),
-        (5, 16, 64),
-    ])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,7 +339,7 @@ unsafe fn q6_k_panel(g0: *const u8, g1: *const u8, nb: usize, q: *mut __m256i, p
 
 /// Sixteen tokens (Q8_K rows at `a`, `sa` bytes apart) through one slab of sixteen Q6_K rows
 /// unpacked in `panel` (`nb` super-blocks): `out[t]` gets row r · token t in lane r. The tile
-/// configuration of [`q6k_tiles`] must be loaded.
+/// configuration of `Q6K::tiles` must be loaded.
 #[inline(always)]
 unsafe fn q6_k_slab(
     panel: *const Line,
@@ -406,12 +389,6 @@ unsafe fn q6_k_slab(
     *out = acc;
 }
 
-/// The tiles of the Q6_K kernel: A (activations) 16 × 16 bytes in 0, B (weights) 4 × 64 bytes
-/// in 1, C 16 × 16 dwords in 2.
-fn q6k_tiles() -> TileConfig {
-    TileConfig::new(&[(0, 16, 16), (1, 4, 64), (2, 16, 64)])
-}
-
 // ---------------------------------------------------------------------------------------------
 // Q4_0, repacked order.
 //
@@ -451,7 +428,7 @@ unsafe fn q4_0_panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) 
 
 /// Sixteen tokens (Q8_0 rows at `a`, `sa` bytes apart) through `slabs` slabs of sixteen Q4_0
 /// rows unpacked in `panel` (`nb` blocks each): `out[j][t]` gets row r of slab j · token t in
-/// lane r. The tile configuration of [`q4_0_tiles`] must be loaded.
+/// lane r. The tile configuration of `Q40::tiles` must be loaded.
 #[inline(always)]
 unsafe fn q4_0_chunk(
     panel: *const Line,
@@ -459,7 +436,7 @@ unsafe fn q4_0_chunk(
     nb: usize,
     a: *const u8,
     sa: usize,
-    out: &mut [[__m512; 16]; MAX_SLABS],
+    out: &mut Slabs,
 ) {
     // Block sums of four blocks at a time: 1 KiB per (slab, block).
     const BLOCKS: usize = 4;
@@ -513,12 +490,6 @@ unsafe fn q4_0_chunk(
     *out = acc;
 }
 
-/// The tiles of the Q4_0 kernel: A (activations) 16 × 32 bytes in 0, B (weights) 8 × 64
-/// bytes in 1, C 16 × 16 dwords in 2.
-fn q4_0_tiles() -> TileConfig {
-    TileConfig::new(&[(0, 16, 32), (1, 8, 64), (2, 16, 64)])
-}
-
 /// The activations of tokens `k..k + m` (`m` at most 16) as sixteen rows `xb` bytes apart:
 /// in place for a whole chunk, else a zero-padded copy in this thread's buffer 1.
 #[inline(always)]
@@ -535,7 +506,7 @@ unsafe fn chunk_rows(x: *const u8, xb: usize, k: usize, m: usize) -> (*const u8,
 /// Stores the first `m` tokens' results of `slabs` slabs (`out[j][i]`: rows of slab j, token
 /// `k + i`).
 #[inline(always)]
-unsafe fn store_chunk(t: &Tile, out: &[[__m512; 16]; MAX_SLABS], slabs: usize, k: usize, m: usize) {
+unsafe fn store_chunk(t: &Tile, out: &Slabs, slabs: usize, k: usize, m: usize) {
     for (s, slab) in out.iter().enumerate().take(slabs) {
         for (i, v) in slab.iter().enumerate().take(m) {
             let mut o = [0.0f32; 16];
@@ -569,7 +540,7 @@ trait AmxFormat {
         nb: usize,
         a: *const u8,
         sa: usize,
-        out: &mut [[__m512; 16]; MAX_SLABS],
+        out: &mut Slabs,
     );
 }
 
@@ -583,8 +554,17 @@ impl AmxFormat for Q4K {
     unsafe fn fallback(t: &Tile) {
         avx2::gemm_rows8_q4_k(t)
     }
+    /// The tiles of the Q4_K kernel: A (activations) 16 × 32 bytes in 0 and 1, B (weights) 8 × 64
+    /// bytes in 2 and 3, C 16 × 16 dwords in 4 and 5.
     fn tiles() -> TileConfig {
-        q4k_tiles()
+        TileConfig::new(&[
+            (0, 16, 32),
+            (1, 16, 32),
+            (2, 8, 64),
+            (3, 8, 64),
+            (4, 16, 64),
+            (5, 16, 64),
+        ])
     }
     #[inline(always)]
     unsafe fn panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) {
@@ -597,7 +577,7 @@ impl AmxFormat for Q4K {
         nb: usize,
         a: *const u8,
         sa: usize,
-        out: &mut [[__m512; 16]; MAX_SLABS],
+        out: &mut Slabs,
     ) {
         q4_k_chunk(panel, slabs, nb, a, sa, out)
     }
@@ -613,8 +593,10 @@ impl AmxFormat for Q6K {
     unsafe fn fallback(t: &Tile) {
         avx2::gemm_rows8_q6_k(t)
     }
+    /// The tiles of the Q6_K kernel: A (activations) 16 × 16 bytes in 0, B (weights) 4 × 64 bytes
+    /// in 1, C 16 × 16 dwords in 2.
     fn tiles() -> TileConfig {
-        q6k_tiles()
+        TileConfig::new(&[(0, 16, 16), (1, 4, 64), (2, 16, 64)])
     }
     #[inline(always)]
     unsafe fn panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) {
@@ -629,7 +611,7 @@ impl AmxFormat for Q6K {
         nb: usize,
         a: *const u8,
         sa: usize,
-        out: &mut [[__m512; 16]; MAX_SLABS],
+        out: &mut Slabs,
     ) {
         for (j, o) in out.iter_mut().enumerate().take(slabs) {
             q6_k_slab(panel.add(j * nb * K6_LINES), nb, a, sa, o);
@@ -647,8 +629,10 @@ impl AmxFormat for Q40 {
     unsafe fn fallback(t: &Tile) {
         avx2::gemm_rows8_q4_0(t)
     }
+    /// The tiles of the Q4_0 kernel: A (activations) 16 × 32 bytes in 0, B (weights) 8 × 64
+    /// bytes in 1, C 16 × 16 dwords in 2.
     fn tiles() -> TileConfig {
-        q4_0_tiles()
+        TileConfig::new(&[(0, 16, 32), (1, 8, 64), (2, 16, 64)])
     }
     #[inline(always)]
     unsafe fn panel(g0: *const u8, g1: *const u8, nb: usize, panel: *mut Line) {
@@ -661,7 +645,7 @@ impl AmxFormat for Q40 {
         nb: usize,
         a: *const u8,
         sa: usize,
-        out: &mut [[__m512; 16]; MAX_SLABS],
+        out: &mut Slabs,
     ) {
         q4_0_chunk(panel, slabs, nb, a, sa, out)
     }
