@@ -50,12 +50,13 @@ fn argmax(r: &[f32]) -> u32 {
     torchless_kernels::ops::argmax(r) as u32
 }
 
-fn session(model: &Model, n_batch: usize) -> Session<'_> {
+fn session(model: &Model, n_batch: usize, block_size: usize) -> Session<'_> {
     Session::new(
         model,
         SessionOptions {
             n_ctx: 64,
             n_batch,
+            block_size,
             ..SessionOptions::default()
         },
     )
@@ -72,9 +73,10 @@ fn check_model(name: &str, model: &Model, tolerance: f32) {
     let ids = common::ids(&r["input_ids"]);
     let want = rows(name, "logits.f32");
     assert_eq!(want.len(), ids.len());
-    // The whole prompt in one batch, and one token at a time.
-    for n_batch in [ids.len(), 1] {
-        let mut s = session(model, n_batch);
+    // The whole prompt in one batch, one token at a time, and in batches of 5 over blocks
+    // of 8 positions (sliding-window layers then give back blocks during the prompt).
+    for (n_batch, block_size) in [(ids.len(), 16), (1, 16), (5, 8)] {
+        let mut s = session(model, n_batch, block_size);
         let mut got = Vec::new();
         s.eval_with(&ids, true, |_, row| got.push(row.to_vec()))
             .unwrap();
@@ -91,7 +93,7 @@ fn check_model(name: &str, model: &Model, tolerance: f32) {
     // Greedy decoding through the cache.
     let new = common::ids(&r["greedy_new_tokens"]);
     let decode = rows(name, "decode_logits.f32");
-    let mut s = session(model, 32);
+    let mut s = session(model, 32, 8);
     let mut last = s.eval(&ids).unwrap().to_vec();
     for (k, &tok) in new.iter().enumerate() {
         let d = max_diff(&last, &decode[k]);
@@ -287,7 +289,7 @@ fn reference_precision_stays_near_transformers() {
         assert_eq!(model.precision(), Precision::Reference);
         let ids = common::ids(&reference(name)["input_ids"]);
         let want = rows(name, "logits.f32");
-        let mut s = session(&model, ids.len());
+        let mut s = session(&model, ids.len(), 16);
         let mut got = Vec::new();
         s.eval_with(&ids, true, |_, row| got.push(row.to_vec()))
             .unwrap();

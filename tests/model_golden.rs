@@ -166,6 +166,11 @@ fn long_context_matches_llama_cpp() {
 /// The long-context check of `dir`'s `NAME.json` (see [`long_context_matches_llama_cpp`]),
 /// the whole prompt in one batch as llama.cpp ran it.
 fn check_long(model: &Model, dir: &str, name: &str) {
+    check_long_in(model, dir, name, usize::MAX);
+}
+
+/// [`check_long`] with the prompt evaluated `n_batch` tokens at a time.
+fn check_long_in(model: &Model, dir: &str, name: &str, n_batch: usize) {
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(common::data(&format!("{dir}/{name}.json"))).unwrap(),
     )
@@ -177,7 +182,7 @@ fn check_long(model: &Model, dir: &str, name: &str) {
         model,
         SessionOptions {
             n_ctx,
-            n_batch: ids.len(),
+            n_batch: ids.len().min(n_batch),
             ..SessionOptions::default()
         },
     );
@@ -351,6 +356,24 @@ fn gemma3_matches_llama_cpp() {
         .iter()
         .filter(|l| l.attention().window.is_some());
     assert_eq!(windows.count(), c.n_layers - c.n_layers / 6);
+    // What the cache holds: the 15 local layers their window, the 3 global ones everything.
+    let per_layer_token = 2 * c.kv_dim() * 2;
+    assert_eq!(
+        c.kv_bytes(32768, 2),
+        (15 * (512 + 16) + 3 * 32768) * per_layer_token
+    );
+    let s = Session::new(
+        &model,
+        SessionOptions {
+            n_ctx: 4096,
+            n_batch: 512,
+            ..SessionOptions::default()
+        },
+    );
+    // Blocks of 16: 256 for a global layer; (512 + 512 + 48) / 16 + 1 = 68, and the hole, for
+    // a local one.
+    assert_eq!(s.kv_bytes(), (3 * 256 + 15 * 69) * 16 * per_layer_token);
+    drop(s);
     check_logits_exact(&model, "gemma-3-270m-q4_k_m", 0);
     check_logits_exact(&model, "gemma-3-270m-q4_k_m", 1);
     check_greedy_in(&model, "gemma-3-270m-q4_k_m");
@@ -358,6 +381,9 @@ fn gemma3_matches_llama_cpp() {
     // 700 positions: the local layers' 512-position window now leaves keys out, in the prompt
     // batch (each query its own window) and in the 24 decode steps after it.
     check_long(&model, "gemma-3-270m-q4_k_m", "long_window");
+    // The same prompt in batches of 64: from the ninth batch on, the local layers' cache has
+    // given back the blocks that slid out of every later query's window.
+    check_long_in(&model, "gemma-3-270m-q4_k_m", "long_window", 64);
     // 1000 tokens of the GPL-2 text in one batch: the local layers' 512-position windows
     // leave nearly half the keys out.
     check_long(&model, "gemma-3-270m-q4_k_m", "long_1000");
@@ -476,14 +502,14 @@ fn interleaved_sequences(model: &Model, numerics: torchless_kernels::Numerics) {
         .collect();
 
     let n_ctx = 32;
-    let mut cache = KvCache::new(KvConfig {
-        n_layers: c.n_layers,
-        n_kv_heads: c.n_head_kv,
-        head_dim: c.head_dim,
-        block_size: 4,
-        n_blocks: 3 * n_ctx / 4,
-        ty: model.precision().kv_type(),
-    });
+    let mut cache = KvCache::new(KvConfig::new(
+        c.n_layers,
+        c.n_head_kv,
+        c.head_dim,
+        4,
+        3 * n_ctx / 4,
+        model.precision().kv_type(),
+    ));
     let mut ws = Workspace::new(c, 32, n_ctx, model.threads());
     // Two passes; each takes a prefix of what is left of every sequence, interleaved.
     let plans: [&[(usize, usize)]; 2] = [
@@ -536,14 +562,14 @@ fn logits_of_chosen_rows_match_all_rows() {
     let c = model.config();
     let prompt = [1u32, 504, 3458, 282, 4649, 314, 1345, 30, 216, 17];
     let want = all_logits(model, &prompt);
-    let mut cache = KvCache::new(KvConfig {
-        n_layers: c.n_layers,
-        n_kv_heads: c.n_head_kv,
-        head_dim: c.head_dim,
-        block_size: 4,
-        n_blocks: 4,
-        ty: model.precision().kv_type(),
-    });
+    let mut cache = KvCache::new(KvConfig::new(
+        c.n_layers,
+        c.n_head_kv,
+        c.head_dim,
+        4,
+        4,
+        model.precision().kv_type(),
+    ));
     let mut ws = Workspace::new(c, 16, 16, model.threads());
     let chosen = [2usize, 5, prompt.len() - 1];
     let mut batch = Batch::new();
@@ -606,14 +632,14 @@ fn a_workspace_for_fewer_threads_is_an_error() {
     };
     let model = Model::load(&path, &opts).expect("load");
     let c = model.config();
-    let mut cache = KvCache::new(KvConfig {
-        n_layers: c.n_layers,
-        n_kv_heads: c.n_head_kv,
-        head_dim: c.head_dim,
-        block_size: 16,
-        n_blocks: 2,
-        ty: model.precision().kv_type(),
-    });
+    let mut cache = KvCache::new(KvConfig::new(
+        c.n_layers,
+        c.n_head_kv,
+        c.head_dim,
+        16,
+        2,
+        model.precision().kv_type(),
+    ));
     let mut batch = Batch::new();
     batch.push(1, 0, 0, true);
     let mut ws = Workspace::new(c, 4, 16, 1);

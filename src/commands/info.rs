@@ -110,9 +110,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let arch = config.as_ref().map(|c| c.arch);
     let params: u64 = types.values().map(|v| v.1).sum();
     let weight_bytes: u64 = types.values().map(|v| v.2).sum();
-    let kv_f16 = config
-        .as_ref()
-        .map(|c| (c.n_ctx_train as u64) * c.kv_bytes_per_token(2) as u64);
+    let kv_f16 = config.as_ref().map(|c| c.kv_bytes(c.n_ctx_train, 2) as u64);
 
     if a.json {
         let j = serde_json::json!({

@@ -125,15 +125,16 @@ impl Engine {
                 opts.batch_tokens, opts.max_running
             )));
         }
-        let mut cfg = KvConfig {
-            n_layers: c.n_layers,
-            n_kv_heads: c.n_head_kv,
-            head_dim: c.head_dim,
-            block_size: bs,
-            n_blocks: 1,
-            ty: model.precision().kv_type(),
-        };
-        let block_bytes = cfg.bytes().max(1);
+        let mut cfg = KvConfig::new(
+            c.n_layers,
+            c.n_head_kv,
+            c.head_dim,
+            bs,
+            1,
+            model.precision().kv_type(),
+        )
+        .with_windows(c.layer_windows(), opts.max_running, opts.batch_tokens);
+        let block_bytes = cfg.block_bytes().max(1);
         let one_ctx = n_ctx.div_ceil(bs);
         cfg.n_blocks = match (opts.n_blocks, opts.kv_memory) {
             (Some(n), _) => n,
@@ -147,7 +148,7 @@ impl Engine {
                 "the KV cache would hold no block of {block_bytes} bytes; give it more memory"
             )));
         }
-        let mut cache = KvCache::new(cfg);
+        let mut cache = KvCache::new(cfg.clone());
         cache.set_prefix_caching(opts.prefix_cache);
         cache.commit_memory();
         let kv_bytes = cfg.bytes();

@@ -107,7 +107,7 @@ fn attend_from(
         max_ctx,
         phased_from,
     };
-    match (cache.keys(), cache.values()) {
+    match (cache.keys(s.layer), cache.values(s.layer)) {
         (KvStore::F16(k), KvStore::F16(v)) => attend_typed(&call, (k, v), q, out, scratch),
         (KvStore::F32(k), KvStore::F32(v)) => attend_typed(&call, (k, v), q, out, scratch),
         _ => {
@@ -185,7 +185,7 @@ fn attend_typed<E: KvElem>(
             let kv_of = |g: usize| PagedHead {
                 keys,
                 values,
-                blocks: cache.blocks(batch.seq[0]),
+                blocks: cache.blocks(s.layer, batch.seq[0]),
                 base: cache.offset(s.layer, 0, g, 0),
                 block_stride: cache.block_stride(),
                 block_size: cache.config().block_size,
@@ -208,7 +208,7 @@ fn attend_typed<E: KvElem>(
             let kv = PagedHead {
                 keys,
                 values,
-                blocks: cache.blocks(seq),
+                blocks: cache.blocks(s.layer, seq),
                 base: cache.offset(s.layer, 0, h / group, 0),
                 block_stride: cache.block_stride(),
                 block_size: cache.config().block_size,
@@ -266,7 +266,7 @@ fn attend_masked<E: KvElem>(
                 let first = s.window.map_or(0, |w| n_kv.saturating_sub(w));
                 // Skip whole blocks before the window; mask the rest of the first one.
                 let b0 = first / bs;
-                let blocks = cache.blocks(seq);
+                let blocks = cache.blocks(s.layer, seq);
                 let kv = PagedHead {
                     keys,
                     values,
@@ -508,7 +508,7 @@ impl<E: KvElem> GroupCtx<'_, E> {
         let kv = PagedHead {
             keys: self.keys,
             values: self.values,
-            blocks: self.cache.blocks(seq),
+            blocks: self.cache.blocks(self.s.layer, seq),
             base: self.cache.offset(self.s.layer, 0, self.kvh, 0),
             block_stride: self.cache.block_stride(),
             block_size: self.cache.config().block_size,
@@ -538,14 +538,7 @@ mod tests {
     #[test]
     fn phased_attention_equals_the_per_head_path() {
         let (n_head, n_head_kv, hd, layers) = (6, 2, 16, 2);
-        let mut cache = KvCache::new(KvConfig {
-            n_layers: layers,
-            n_kv_heads: n_head_kv,
-            head_dim: hd,
-            block_size: 16,
-            n_blocks: 48,
-            ty: KvType::F16,
-        });
+        let mut cache = KvCache::new(KvConfig::new(layers, n_head_kv, hd, 16, 48, KvType::F16));
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut unit = move || {
             rng ^= rng << 13;

@@ -339,9 +339,29 @@ impl ModelConfig {
         self.n_head_kv * self.head_dim
     }
 
-    /// Bytes of K and V cache per token at `bytes_per_value`.
+    /// Each layer's sliding window (`None`: the layer sees the whole context).
+    pub fn layer_windows(&self) -> Vec<Option<usize>> {
+        self.plan
+            .layers
+            .iter()
+            .map(|l| l.attention().window)
+            .collect()
+    }
+
+    /// Bytes of K and V cache per token at `bytes_per_value`, every layer holding it.
     pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> usize {
         2 * self.n_layers * self.kv_dim() * bytes_per_value
+    }
+
+    /// Bytes of K and V cache one sequence of `n_ctx` positions needs at `bytes_per_value`:
+    /// a sliding-window layer holds its window (and a block of 16 positions to spare), the
+    /// others every position.
+    pub fn kv_bytes(&self, n_ctx: usize, bytes_per_value: usize) -> usize {
+        let per_layer_token = 2 * self.kv_dim() * bytes_per_value;
+        self.layer_windows()
+            .iter()
+            .map(|w| w.map_or(n_ctx, |w| n_ctx.min(w + 16)) * per_layer_token)
+            .sum()
     }
 }
 

@@ -230,21 +230,16 @@ impl Model {
         }
         // Room for every sequence's last position, all or nothing.
         let last_of = |i: usize| !batch.seq[i + 1..].contains(&batch.seq[i]);
-        let mut need = 0;
-        for i in (0..n).filter(|&i| last_of(i)) {
-            let len = batch.pos[i] + 1;
-            if len > cache.capacity() {
-                return Err(ModelError::ContextFull {
-                    need: len,
-                    max: cache.capacity(),
-                });
-            }
-            need += cache.blocks_needed(batch.seq[i], len);
+        let wants = (0..n)
+            .filter(|&i| last_of(i))
+            .map(|i| (batch.seq[i], batch.pos[i] + 1));
+        if let Some((_, len)) = wants.clone().find(|w| w.1 > cache.capacity()) {
+            return Err(ModelError::ContextFull {
+                need: len,
+                max: cache.capacity(),
+            });
         }
-        let free = cache.free_blocks();
-        if need > free {
-            return Err(crate::kv_cache::CacheError::PoolExhausted { need, free }.into());
-        }
+        cache.check_room(wants)?;
         for i in (0..n).filter(|&i| last_of(i)) {
             cache.reserve(batch.seq[i], batch.pos[i] + 1)?;
         }

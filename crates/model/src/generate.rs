@@ -99,7 +99,7 @@ pub fn generate(
     mut on_logits: impl FnMut(&[f32]),
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation, ModelError> {
-    let model = session.model();
+    let model = session.model_ref();
     let vocab = model.config().vocab;
     let tokenizer = model.tokenizer();
     let mut sampler = Sampler::new(opts.sampler, vocab);

@@ -1,24 +1,35 @@
 //! The paged key/value cache.
 //!
-//! Memory is a pool of fixed-size blocks (`block_size` positions each, all layers and KV
-//! heads); every sequence has a table of blocks, so sequences of different lengths share one
-//! pool, grow one block at a time, and can be truncated (speculative rollback) or dropped
+//! Memory is held in fixed-size blocks (`block_size` positions of every KV head of a group of
+//! layers); every sequence has a table of blocks, so sequences of different lengths share the
+//! memory, grow one block at a time, and can be truncated (speculative rollback) or dropped
 //! without moving data. Full blocks are shared between sequences whose tokens begin the same
 //! way (the prefix cache, [`crate::kv_blocks`]), by reference count; a write into a shared
-//! block copies it first. Reserving room is all or nothing, and says whether the pool is
+//! block copies it first. Reserving room is all or nothing, and says whether the memory is
 //! full now ([`CacheError::PoolExhausted`]) or the request can never fit
-//! ([`CacheError::TooLong`]). Layout: keys `[layer][block][kv_head][slot][head_dim]`, values
-//! `[layer][block][kv_head][head_dim][slot]` (transposed, so consecutive positions of one
-//! dimension are contiguous, as the attention kernel reads them).
+//! ([`CacheError::TooLong`]).
 //!
-//! Values are stored as f16 (llama.cpp's default, the reference numerics) or f32 (`--precise`).
+//! Each layer keeps what it reads. Layers are grouped by their sliding window; each group has
+//! its own block pool and its own table per sequence. A group that sees the whole context
+//! (the *primary* group, whose blocks the scheduler counts) holds every position; a
+//! sliding-window group gives back each block once every query still to come lies more than
+//! its window (plus one block, so that a short rollback stays possible) past it, and its
+//! table points such blocks at a *hole*, one zeroed block that is never written, so that the
+//! attention kernels may address any position while the window mask keeps them from using
+//! one. A window group's pool is sized for the sequences and step the caller names
+//! ([`KvConfig::with_windows`]); a model whose every layer slides has only such groups.
+//!
+//! Layout per group: keys `[layer][block][kv_head][slot][head_dim]`, values
+//! `[layer][block][kv_head][head_dim][slot]` (transposed, so consecutive positions of one
+//! dimension are contiguous, as the attention kernel reads them). Values are stored as f16
+//! (llama.cpp's default, the reference numerics) or f32 (`--precise`).
 //! This module holds and addresses memory; it computes nothing.
 
 use std::collections::BTreeMap;
 
 use half::f16;
 
-use crate::kv_blocks::BlockPool;
+use crate::kv_blocks::{chain_hash, BlockPool, ROOT};
 
 /// Identifies a sequence in the cache.
 pub type SeqId = u32;
@@ -69,30 +80,131 @@ impl KvStore {
             }
         }
     }
+
+    fn zero(&mut self) {
+        match self {
+            KvStore::F16(v) => v.iter_mut().for_each(|x| *x = f16::ZERO),
+            KvStore::F32(v) => v.iter_mut().for_each(|x| *x = 0.0),
+        }
+    }
+
+    fn copy_within(&mut self, src: usize, n: usize, dst: usize) {
+        match self {
+            KvStore::F16(v) => v.copy_within(src..src + n, dst),
+            KvStore::F32(v) => v.copy_within(src..src + n, dst),
+        }
+    }
 }
 
 /// Shape of a cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvConfig {
     pub n_layers: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
     /// Positions per block.
     pub block_size: usize,
-    /// Blocks in the pool.
+    /// Blocks in the pool of the layers that see the whole context (and the most any group's
+    /// pool holds).
     pub n_blocks: usize,
     pub ty: KvType,
+    /// Each layer's sliding window: the keys a query sees, its own included (`None`, or no
+    /// entry: the whole context).
+    pub windows: Vec<Option<usize>>,
+    /// Sequences held at once, and the most positions one forward pass adds to one of them:
+    /// they bound what a sliding-window group can need, and so size its pool (0: unknown,
+    /// then a window group's pool is as large as the primary one).
+    pub max_seqs: usize,
+    pub max_step: usize,
 }
 
 impl KvConfig {
-    /// Bytes the pool occupies once every block is in use.
+    /// A cache in which every layer sees the whole context.
+    pub fn new(
+        n_layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        block_size: usize,
+        n_blocks: usize,
+        ty: KvType,
+    ) -> KvConfig {
+        KvConfig {
+            n_layers,
+            n_kv_heads,
+            head_dim,
+            block_size,
+            n_blocks,
+            ty,
+            windows: Vec::new(),
+            max_seqs: 0,
+            max_step: 0,
+        }
+    }
+
+    /// The same cache with each layer's sliding window, for at most `max_seqs` sequences
+    /// growing by at most `max_step` positions a forward pass.
+    pub fn with_windows(
+        mut self,
+        windows: Vec<Option<usize>>,
+        max_seqs: usize,
+        max_step: usize,
+    ) -> KvConfig {
+        self.windows = windows;
+        self.max_seqs = max_seqs;
+        self.max_step = max_step;
+        self
+    }
+
+    /// The sliding window of `layer`.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.windows.get(layer).copied().flatten()
+    }
+
+    /// The distinct windows, the whole context (`None`) first where a layer sees it, then the
+    /// windows from the smallest: the groups' order.
+    fn group_windows(&self) -> Vec<Option<usize>> {
+        let mut ws: Vec<Option<usize>> = (0..self.n_layers).map(|l| self.window(l)).collect();
+        ws.sort();
+        ws.dedup();
+        ws
+    }
+
+    /// Blocks in the pool of the group of layers with `window`: for a window, what
+    /// `max_seqs` sequences can hold at once (the window, one step, a block kept for
+    /// rollback, partial blocks at both ends and a copy of a shared one), at most `n_blocks`.
+    pub fn pool_blocks(&self, window: Option<usize>) -> usize {
+        let bs = self.block_size.max(1);
+        match window {
+            Some(w) if self.max_seqs > 0 && self.max_step > 0 => {
+                let per_seq = (w + self.max_step + 3 * bs).div_ceil(bs) + 1;
+                self.max_seqs.saturating_mul(per_seq).min(self.n_blocks)
+            }
+            _ => self.n_blocks,
+        }
+    }
+
+    /// Elements one block of one layer holds (of K, or of V).
+    fn block_elems(&self) -> usize {
+        self.n_kv_heads * self.block_size * self.head_dim
+    }
+
+    /// Bytes the cache occupies once every block is in use (a window group's hole included).
     pub fn bytes(&self) -> usize {
-        2 * self.n_layers
-            * self.n_blocks
-            * self.n_kv_heads
-            * self.block_size
-            * self.head_dim
-            * self.ty.bytes()
+        let per_layer_block = 2 * self.block_elems() * self.ty.bytes();
+        self.group_windows()
+            .into_iter()
+            .map(|w| {
+                let layers = (0..self.n_layers).filter(|&l| self.window(l) == w).count();
+                let blocks = self.pool_blocks(w) + usize::from(w.is_some());
+                layers * blocks * per_layer_block
+            })
+            .sum()
+    }
+
+    /// Bytes of one block of every layer: what one more block of the primary pool costs at
+    /// most, with its share of the window groups.
+    pub fn block_bytes(&self) -> usize {
+        2 * self.n_layers * self.block_elems() * self.ty.bytes()
     }
 }
 
@@ -119,31 +231,101 @@ pub enum CacheError {
     },
 }
 
+/// The layers that share one sliding window (or none), with their memory and pool.
+struct Group {
+    window: Option<usize>,
+    /// Blocks of the pool; a window group's hole is block `n_blocks`, past the pool.
+    n_blocks: usize,
+    layers: usize,
+    /// Blocks of one layer in the stores (the hole included).
+    per_layer: usize,
+    k: KvStore,
+    v: KvStore,
+    pool: BlockPool,
+}
+
+impl Group {
+    fn hole(&self) -> u32 {
+        self.n_blocks as u32
+    }
+
+    /// The first block a sequence of `len` positions keeps: the ones before it lie more than
+    /// the window, plus one block, behind every query from `len` on.
+    fn keep_from(&self, len: usize, bs: usize) -> usize {
+        self.window
+            .map_or(0, |w| (len + 1).saturating_sub(w + bs) / bs)
+    }
+
+    /// The first block that queries from position `len` on read.
+    fn read_from(&self, len: usize, bs: usize) -> usize {
+        self.window.map_or(0, |w| (len + 1).saturating_sub(w) / bs)
+    }
+}
+
+/// One sequence's tables, one per group; entries before `released[g]` are the hole.
 #[derive(Default)]
 struct SeqBlocks {
-    blocks: Vec<u32>,
+    tables: Vec<Vec<u32>>,
+    released: Vec<usize>,
     len: usize,
     /// The chain hash through each leading full block whose tokens were committed.
     chain: Vec<u64>,
 }
 
+impl SeqBlocks {
+    fn new(groups: usize) -> SeqBlocks {
+        SeqBlocks {
+            tables: vec![Vec::new(); groups],
+            released: vec![0; groups],
+            ..SeqBlocks::default()
+        }
+    }
+}
+
 /// The cache.
 pub struct KvCache {
     cfg: KvConfig,
-    k: KvStore,
-    v: KvStore,
-    pool: BlockPool,
+    groups: Vec<Group>,
+    /// (group, index in the group) of every layer.
+    layer_at: Vec<(usize, usize)>,
     seqs: BTreeMap<SeqId, SeqBlocks>,
 }
 
 impl KvCache {
     pub fn new(cfg: KvConfig) -> KvCache {
-        let len = cfg.n_layers * cfg.n_blocks * cfg.n_kv_heads * cfg.block_size * cfg.head_dim;
+        let windows = cfg.group_windows();
+        let mut layer_at = Vec::with_capacity(cfg.n_layers);
+        let mut counts = vec![0; windows.len()];
+        for l in 0..cfg.n_layers {
+            let g = windows
+                .iter()
+                .position(|&w| w == cfg.window(l))
+                .unwrap_or(0);
+            layer_at.push((g, counts[g]));
+            counts[g] += 1;
+        }
+        let groups = windows
+            .iter()
+            .zip(counts)
+            .map(|(&window, layers)| {
+                let n_blocks = cfg.pool_blocks(window);
+                let per_layer = n_blocks + usize::from(window.is_some());
+                let len = layers * per_layer * cfg.block_elems();
+                Group {
+                    window,
+                    n_blocks,
+                    layers,
+                    per_layer,
+                    k: KvStore::new(cfg.ty, len),
+                    v: KvStore::new(cfg.ty, len),
+                    pool: BlockPool::new(n_blocks),
+                }
+            })
+            .collect();
         KvCache {
             cfg,
-            k: KvStore::new(cfg.ty, len),
-            v: KvStore::new(cfg.ty, len),
-            pool: BlockPool::new(cfg.n_blocks),
+            groups,
+            layer_at,
             seqs: BTreeMap::new(),
         }
     }
@@ -152,42 +334,55 @@ impl KvCache {
         &self.cfg
     }
 
+    /// The pool whose blocks a scheduler counts: the whole-context layers', else the
+    /// smallest window's.
+    fn primary(&self) -> &BlockPool {
+        &self.groups[0].pool
+    }
+
     /// Whether full blocks are remembered for later sequences (on by default; turning it
     /// off stops new registrations, what is remembered stays findable until evicted).
     pub fn set_prefix_caching(&mut self, on: bool) {
-        self.pool.prefix_caching = on;
-    }
-
-    /// Writes every value of the pool once, so that its memory is resident from the start
-    /// (a server's footprint then stays where it was after loading).
-    pub fn commit_memory(&mut self) {
-        for store in [&mut self.k, &mut self.v] {
-            match store {
-                KvStore::F16(v) => v.iter_mut().for_each(|x| *x = f16::ZERO),
-                KvStore::F32(v) => v.iter_mut().for_each(|x| *x = 0.0),
-            }
+        for g in &mut self.groups {
+            g.pool.prefix_caching = on;
         }
     }
 
-    /// Positions the whole pool can hold.
+    /// Writes every value once, so that the cache's memory is resident from the start (a
+    /// server's footprint then stays where it was after loading).
+    pub fn commit_memory(&mut self) {
+        for g in &mut self.groups {
+            g.k.zero();
+            g.v.zero();
+        }
+    }
+
+    /// Positions one sequence can hold.
     pub fn capacity(&self) -> usize {
         self.cfg.n_blocks * self.cfg.block_size
     }
 
-    /// Blocks that can be handed out now (including free blocks the prefix cache still
-    /// remembers).
+    /// Blocks of the primary pool that can be handed out now (including free blocks the
+    /// prefix cache still remembers).
     pub fn free_blocks(&self) -> usize {
-        self.pool.available()
+        self.primary().available()
     }
 
-    /// Blocks some sequence holds.
+    /// Blocks of the primary pool some sequence holds.
     pub fn used_blocks(&self) -> usize {
-        self.pool.used()
+        self.primary().used()
     }
 
-    /// Free blocks the prefix cache still remembers.
+    /// Free blocks of the primary pool the prefix cache still remembers.
     pub fn cached_blocks(&self) -> usize {
-        self.pool.cached()
+        self.primary().cached()
+    }
+
+    /// Blocks held in the pool of `layer`'s group (the live part of every sequence's window
+    /// for a sliding-window layer).
+    pub fn used_blocks_of(&self, layer: usize) -> usize {
+        let g = self.layer_at.get(layer).map_or(0, |&(g, _)| g);
+        self.groups[g].pool.used()
     }
 
     /// Positions stored for `seq` (0 if unknown).
@@ -195,127 +390,233 @@ impl KvCache {
         self.seqs.get(&seq).map_or(0, |s| s.len)
     }
 
-    /// The block table of `seq`.
-    pub fn blocks(&self, seq: SeqId) -> &[u32] {
-        self.seqs.get(&seq).map_or(&[], |s| &s.blocks)
+    /// The block table of `seq` in `layer`'s group (blocks that slid out of a window point
+    /// at the hole).
+    pub fn blocks(&self, layer: usize, seq: SeqId) -> &[u32] {
+        let Some(&(g, _)) = self.layer_at.get(layer) else {
+            return &[];
+        };
+        self.seqs.get(&seq).map_or(&[], |s| &s.tables[g])
     }
 
-    /// Blocks [`KvCache::reserve`] would take from the pool to grow `seq` to `len` positions
-    /// (a copy of a shared block that the next write lands in included).
-    pub fn blocks_needed(&self, seq: SeqId, len: usize) -> usize {
+    /// Blocks group `g`'s pool must hand out to grow `seq` to `len` positions (a copy of the
+    /// shared block the next write lands in included), and blocks it would give back first
+    /// (those that slide out of the window and nobody else holds).
+    fn group_need(&self, g: usize, seq: SeqId, len: usize) -> (usize, usize) {
         let bs = self.cfg.block_size;
+        let group = &self.groups[g];
         let Some(s) = self.seqs.get(&seq) else {
-            return len.div_ceil(bs);
+            return (len.div_ceil(bs), 0);
         };
-        let grow = len.div_ceil(bs).saturating_sub(s.blocks.len());
+        let table = &s.tables[g];
+        let grow = len.div_ceil(bs).saturating_sub(table.len());
         let cow = len > s.len
             && !s.len.is_multiple_of(bs)
-            && s.blocks
+            && table
                 .get(s.len / bs)
-                .is_some_and(|&b| self.pool.refs(b) > 1);
-        grow + usize::from(cow)
+                .is_some_and(|&b| group.pool.refs(b) > 1);
+        let keep = group.keep_from(s.len, bs).min(table.len());
+        let freed = table[s.released[g].min(keep)..keep]
+            .iter()
+            .filter(|&&b| group.pool.refs(b) == 1)
+            .count();
+        (grow + usize::from(cow), freed)
     }
 
-    /// Makes room for positions `0..len` of `seq`: all of it or, with an error, nothing. The
-    /// block the next position lands in becomes the sequence's own (copied if others share
-    /// it, forgotten by the prefix cache if it was remembered).
-    pub fn reserve(&mut self, seq: SeqId, len: usize) -> Result<(), CacheError> {
-        if len > self.capacity() {
-            return Err(CacheError::TooLong {
-                need: len,
-                capacity: self.capacity(),
-            });
-        }
-        let need = self.blocks_needed(seq, len);
-        let free = self.pool.available();
-        if need > free {
-            return Err(CacheError::PoolExhausted { need, free });
-        }
-        let bs = self.cfg.block_size;
-        let mut s = self.seqs.remove(&seq).unwrap_or_default();
-        if len > s.len && !s.len.is_multiple_of(bs) {
-            let i = s.len / bs;
-            if let Some(&b) = s.blocks.get(i) {
-                if self.pool.refs(b) > 1 {
-                    if let Some(copy) = self.pool.alloc() {
-                        self.copy_block(b, copy);
-                        self.pool.release(b);
-                        s.blocks[i] = copy;
-                    }
-                } else {
-                    self.pool.unregister(b);
-                }
-                s.chain.truncate(i);
+    /// Blocks [`KvCache::reserve`] would take from the primary pool to grow `seq` to `len`
+    /// positions.
+    pub fn blocks_needed(&self, seq: SeqId, len: usize) -> usize {
+        self.group_need(0, seq, len).0
+    }
+
+    /// Whether every sequence of `wants` (sequence, positions) can be grown at once: the
+    /// first shortfall of any group's pool as an error.
+    pub fn check_room<I>(&self, wants: I) -> Result<(), CacheError>
+    where
+        I: IntoIterator<Item = (SeqId, usize)> + Clone,
+    {
+        for (_, len) in wants.clone() {
+            if len > self.capacity() {
+                return Err(CacheError::TooLong {
+                    need: len,
+                    capacity: self.capacity(),
+                });
             }
         }
-        while s.blocks.len() < len.div_ceil(bs) {
-            match self.pool.alloc() {
-                Some(b) => s.blocks.push(b),
-                None => break,
+        for (g, group) in self.groups.iter().enumerate() {
+            let (mut need, mut freed) = (0, 0);
+            for (seq, len) in wants.clone() {
+                let (n, f) = self.group_need(g, seq, len);
+                need += n;
+                freed += f;
+            }
+            let free = group.pool.available() + freed;
+            if need > free {
+                return Err(CacheError::PoolExhausted { need, free });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes room for positions `0..len` of `seq`: all of it or, with an error, nothing
+    /// (beyond giving back blocks that slid out of a window). The block the next position
+    /// lands in becomes the sequence's own (copied if others share it, forgotten by the prefix
+    /// cache if it was remembered).
+    pub fn reserve(&mut self, seq: SeqId, len: usize) -> Result<(), CacheError> {
+        self.release_slid(seq);
+        self.check_room([(seq, len)])?;
+        let bs = self.cfg.block_size;
+        let n_groups = self.groups.len();
+        let mut s = self
+            .seqs
+            .remove(&seq)
+            .unwrap_or_else(|| SeqBlocks::new(n_groups));
+        if len > s.len && !s.len.is_multiple_of(bs) {
+            let i = s.len / bs;
+            for g in 0..n_groups {
+                let Some(&b) = s.tables[g].get(i) else {
+                    continue;
+                };
+                if self.groups[g].pool.refs(b) > 1 {
+                    if let Some(copy) = self.groups[g].pool.alloc() {
+                        self.copy_block(g, b, copy);
+                        self.groups[g].pool.release(b);
+                        s.tables[g][i] = copy;
+                    }
+                } else {
+                    self.groups[g].pool.unregister(b);
+                }
+            }
+            s.chain.truncate(i);
+        }
+        for (g, table) in s.tables.iter_mut().enumerate() {
+            while table.len() < len.div_ceil(bs) {
+                match self.groups[g].pool.alloc() {
+                    Some(b) => table.push(b),
+                    None => break,
+                }
             }
         }
         self.seqs.insert(seq, s);
         Ok(())
     }
 
-    /// Copies every layer's keys and values of block `from` into block `to`.
-    fn copy_block(&mut self, from: u32, to: u32) {
-        let n = self.block_stride();
-        for l in 0..self.cfg.n_layers {
-            let (src, dst) = (self.offset(l, from, 0, 0), self.offset(l, to, 0, 0));
-            for store in [&mut self.k, &mut self.v] {
-                match store {
-                    KvStore::F16(v) => v.copy_within(src..src + n, dst),
-                    KvStore::F32(v) => v.copy_within(src..src + n, dst),
-                }
+    /// Gives back the blocks of `seq` that slid out of every window group's reach.
+    fn release_slid(&mut self, seq: SeqId) {
+        let bs = self.cfg.block_size;
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return;
+        };
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            let keep = group.keep_from(s.len, bs).min(s.tables[g].len());
+            let hole = group.hole();
+            for i in s.released[g]..keep {
+                let b = std::mem::replace(&mut s.tables[g][i], hole);
+                group.pool.release(b);
             }
+            s.released[g] = s.released[g].max(keep);
         }
+    }
+
+    /// Copies every layer's keys and values of block `from` into block `to` in group `g`.
+    fn copy_block(&mut self, g: usize, from: u32, to: u32) {
+        let n = self.block_stride();
+        let group = &mut self.groups[g];
+        let per_layer = group.per_layer * n;
+        for li in 0..group.layers {
+            let at = |b: u32| li * per_layer + b as usize * n;
+            let (src, dst) = (at(from), at(to));
+            group.k.copy_within(src, n, dst);
+            group.v.copy_within(src, n, dst);
+        }
+    }
+
+    /// Each whole block of `tokens` before its last token (the last is always computed: its
+    /// logits are needed), with the chain hash of the blocks before it.
+    fn chunks<'t>(&self, tokens: &'t [u32]) -> Vec<(u64, &'t [u32])> {
+        let mut parent = ROOT;
+        tokens[..tokens.len().saturating_sub(1)]
+            .chunks_exact(self.cfg.block_size)
+            .map(|c| {
+                let at = (parent, c);
+                parent = chain_hash(parent, c);
+                at
+            })
+            .collect()
+    }
+
+    /// The most whole blocks of `chunks` every group can give a new sequence: a
+    /// whole-context group every block up to there, a window group the blocks its window
+    /// reads from there on.
+    fn prefix_blocks(&self, chunks: &[(u64, &[u32])]) -> usize {
+        let bs = self.cfg.block_size;
+        let found = |g: &Group, i: usize| g.pool.peek(chunks[i].0, chunks[i].1).is_some();
+        let mut n = chunks.len();
+        for g in self.groups.iter().filter(|g| g.window.is_none()) {
+            n = (0..n).take_while(|&i| found(g, i)).count();
+        }
+        let holds = |n: usize| {
+            self.groups
+                .iter()
+                .filter(|g| g.window.is_some())
+                .all(|g| (g.read_from(n * bs, bs)..n).all(|i| found(g, i)))
+        };
+        while n > 0 && !holds(n) {
+            n -= 1;
+        }
+        n
     }
 
     /// Starts the new sequence `seq` with the blocks the prefix cache holds for the longest
     /// run of whole blocks `tokens` begins with, leaving at least the last token to compute
     /// (its logits are needed). Returns the positions now held (a multiple of the block size).
     pub fn attach_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> Result<usize, CacheError> {
-        if self.seq_len(seq) > 0 || !self.blocks(seq).is_empty() {
+        let held = self
+            .seqs
+            .get(&seq)
+            .is_some_and(|s| s.len > 0 || s.tables.iter().any(|t| !t.is_empty()));
+        if held {
             return Err(CacheError::NotEmpty { seq });
         }
         let bs = self.cfg.block_size;
-        let mut s = SeqBlocks::default();
-        let mut parent = crate::kv_blocks::ROOT;
-        for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(bs) {
-            let Some((b, hash)) = self.pool.lookup(parent, chunk) else {
-                break;
-            };
-            s.blocks.push(b);
-            s.chain.push(hash);
-            parent = hash;
+        let chunks = self.chunks(tokens);
+        let n = self.prefix_blocks(&chunks);
+        let mut s = SeqBlocks::new(self.groups.len());
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            let from = group.read_from(n * bs, bs);
+            s.tables[g] = vec![group.hole(); from];
+            s.released[g] = from;
+            for &(parent, chunk) in &chunks[from..n] {
+                // Found by `prefix_blocks` a moment ago: nothing can have evicted it.
+                if let Some((b, _)) = group.pool.lookup(parent, chunk) {
+                    s.tables[g].push(b);
+                }
+            }
         }
-        s.len = s.blocks.len() * bs;
-        let held = s.len;
+        s.chain = chunks[..n]
+            .iter()
+            .map(|&(parent, c)| chain_hash(parent, c))
+            .collect();
+        s.len = n * bs;
         self.seqs.insert(seq, s);
-        Ok(held)
+        Ok(n * bs)
     }
 
     /// Positions [`KvCache::attach_prefix`] would give a new sequence of `tokens` now.
     pub fn cached_prefix_len(&self, tokens: &[u32]) -> usize {
-        let bs = self.cfg.block_size;
-        let mut parent = crate::kv_blocks::ROOT;
-        let mut n = 0;
-        for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(bs) {
-            match self.pool.peek(parent, chunk) {
-                Some(h) => parent = h,
-                None => break,
-            }
-            n += bs;
-        }
-        n
+        self.prefix_blocks(&self.chunks(tokens)) * self.cfg.block_size
     }
 
-    /// Blocks of `seq` that no other sequence holds (given back if it were dropped).
+    /// Blocks of `seq` in the primary pool that no other sequence holds (given back if it
+    /// were dropped).
     pub fn exclusive_blocks(&self, seq: SeqId) -> usize {
-        self.blocks(seq)
+        let Some(s) = self.seqs.get(&seq) else {
+            return 0;
+        };
+        let g = &self.groups[0];
+        s.tables[0][s.released[0]..]
             .iter()
-            .filter(|&&b| self.pool.refs(b) == 1)
+            .filter(|&&b| g.pool.refs(b) == 1)
             .count()
     }
 
@@ -329,34 +630,55 @@ impl KvCache {
         let full = s.len.min(tokens.len()) / bs;
         while s.chain.len() < full {
             let i = s.chain.len();
-            let parent = s.chain.last().copied().unwrap_or(crate::kv_blocks::ROOT);
-            let hash = self
-                .pool
-                .register(s.blocks[i], parent, &tokens[i * bs..(i + 1) * bs]);
-            s.chain.push(hash);
+            let parent = s.chain.last().copied().unwrap_or(ROOT);
+            let chunk = &tokens[i * bs..(i + 1) * bs];
+            for (g, group) in self.groups.iter_mut().enumerate() {
+                match s.tables[g].get(i) {
+                    Some(&b) if i >= s.released[g] => {
+                        group.pool.register(b, parent, chunk);
+                    }
+                    _ => {}
+                }
+            }
+            s.chain.push(chain_hash(parent, chunk));
         }
     }
 
     /// Forgets positions `len..` of `seq` and gives back the blocks it no longer needs.
-    pub fn truncate(&mut self, seq: SeqId, len: usize) {
+    /// Returns the positions it holds now: fewer than `len` (none) where a window group
+    /// already gave back blocks that positions from `len` on would read.
+    pub fn truncate(&mut self, seq: SeqId, len: usize) -> usize {
         let bs = self.cfg.block_size;
-        if let Some(s) = self.seqs.get_mut(&seq) {
-            s.len = s.len.min(len);
-            let keep = len.div_ceil(bs);
-            while s.blocks.len() > keep {
-                if let Some(b) = s.blocks.pop() {
-                    self.pool.release(b);
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return 0;
+        };
+        let kept = s.len.min(len);
+        let lost =
+            (self.groups.iter().enumerate()).any(|(g, gr)| s.released[g] > gr.read_from(kept, bs));
+        if lost {
+            self.remove(seq);
+            return 0;
+        }
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            let table = &mut s.tables[g];
+            while table.len() > len.div_ceil(bs).max(s.released[g]) {
+                if let Some(b) = table.pop() {
+                    group.pool.release(b);
                 }
             }
-            s.chain.truncate(s.len / bs);
         }
+        s.len = kept;
+        s.chain.truncate(kept / bs);
+        kept
     }
 
     /// Drops `seq` and gives back its blocks.
     pub fn remove(&mut self, seq: SeqId) {
         if let Some(s) = self.seqs.remove(&seq) {
-            for &b in s.blocks.iter().rev() {
-                self.pool.release(b);
+            for (g, group) in self.groups.iter_mut().enumerate() {
+                for &b in s.tables[g][s.released[g]..].iter().rev() {
+                    group.pool.release(b);
+                }
             }
         }
     }
@@ -364,21 +686,26 @@ impl KvCache {
     /// Drops every sequence and everything the prefix cache remembers.
     pub fn clear(&mut self) {
         self.seqs.clear();
-        self.pool.reset();
+        for g in &mut self.groups {
+            g.pool.reset();
+        }
     }
 
-    /// Index of the first key element of (layer, block, kv_head, slot); the value of that slot's
-    /// first dimension is at `offset(layer, block, head, 0) + slot`.
+    /// Index of the first key element of (layer, block, kv_head, slot) in the stores of
+    /// `layer` ([`KvCache::keys`]); the value of that slot's first dimension is at
+    /// `offset(layer, block, head, 0) + slot`.
     #[inline(always)]
     pub fn offset(&self, layer: usize, block: u32, head: usize, slot: usize) -> usize {
         let c = &self.cfg;
-        (((layer * c.n_blocks + block as usize) * c.n_kv_heads + head) * c.block_size + slot)
+        let (g, li) = self.layer_at[layer];
+        let per_layer = self.groups[g].per_layer;
+        (((li * per_layer + block as usize) * c.n_kv_heads + head) * c.block_size + slot)
             * c.head_dim
     }
 
     /// Distance between consecutive blocks of one (layer, head).
     pub fn block_stride(&self) -> usize {
-        self.cfg.n_kv_heads * self.cfg.block_size * self.cfg.head_dim
+        self.cfg.block_elems()
     }
 
     /// Stores the keys and values of all KV heads (`k`, `v`: n_kv_heads × head_dim) of position
@@ -399,68 +726,65 @@ impl KvCache {
                 return Err(CacheError::Width { what, got, need });
             }
         }
-        let block = self
-            .seqs
-            .get_mut(&seq)
-            .and_then(|s| Some((s.blocks.get(pos / bs).copied()?, s)));
-        let Some((block, s)) = block.filter(|_| layer < self.cfg.n_layers) else {
-            return Err(CacheError::NotReserved { seq, pos });
-        };
-        if self.pool.refs(block) > 1 || self.pool.is_registered(block) {
+        let not_reserved = CacheError::NotReserved { seq, pos };
+        let &(g, _) = self.layer_at.get(layer).ok_or(not_reserved.clone())?;
+        let s = self.seqs.get_mut(&seq).ok_or(not_reserved.clone())?;
+        let group = &self.groups[g];
+        let block = s.tables[g]
+            .get(pos / bs)
+            .copied()
+            .filter(|&b| b != group.hole())
+            .ok_or(not_reserved)?;
+        if group.pool.refs(block) > 1 || group.pool.is_registered(block) {
             return Err(CacheError::Shared { seq, pos });
         }
         s.len = s.len.max(pos + 1);
         for h in 0..self.cfg.n_kv_heads {
             let at = self.offset(layer, block, h, pos % bs);
-            self.k.write(at, 1, &k[h * hd..(h + 1) * hd]);
             let vat = self.offset(layer, block, h, 0) + pos % bs;
-            self.v.write(vat, bs, &v[h * hd..(h + 1) * hd]);
+            let group = &mut self.groups[g];
+            group.k.write(at, 1, &k[h * hd..(h + 1) * hd]);
+            group.v.write(vat, bs, &v[h * hd..(h + 1) * hd]);
         }
         Ok(())
     }
 
-    pub fn keys(&self) -> &KvStore {
-        &self.k
+    /// The keys of `layer`'s group.
+    pub fn keys(&self, layer: usize) -> &KvStore {
+        &self.groups[self.layer_at[layer].0].k
     }
 
-    pub fn values(&self) -> &KvStore {
-        &self.v
+    /// The values of `layer`'s group.
+    pub fn values(&self, layer: usize) -> &KvStore {
+        &self.groups[self.layer_at[layer].0].v
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cache(n_blocks: usize) -> KvCache {
-        KvCache::new(KvConfig {
-            n_layers: 2,
-            n_kv_heads: 2,
-            head_dim: 4,
-            block_size: 4,
-            n_blocks,
-            ty: KvType::F32,
-        })
+        KvCache::new(KvConfig::new(2, 2, 4, 4, n_blocks, KvType::F32))
     }
 
     #[test]
     fn sequences_take_and_return_blocks() {
         let mut c = cache(4);
         c.reserve(7, 6).unwrap();
-        assert_eq!(c.blocks(7), &[0, 1]);
+        assert_eq!(c.blocks(0, 7), &[0, 1]);
         c.reserve(9, 4).unwrap();
-        assert_eq!(c.blocks(9), &[2]);
+        assert_eq!(c.blocks(0, 9), &[2]);
         assert_eq!(
             c.reserve(7, 13),
             Err(CacheError::PoolExhausted { need: 2, free: 1 })
         );
-        c.truncate(7, 3);
-        assert_eq!(c.blocks(7), &[0]);
+        assert_eq!(c.truncate(7, 3), 0, "nothing was written");
+        assert_eq!(c.blocks(0, 7), &[0]);
         assert_eq!(c.free_blocks(), 2);
         c.remove(9);
         assert_eq!(c.free_blocks(), 3);
         c.reserve(7, 13).unwrap();
-        assert_eq!(c.blocks(7).len(), 4);
+        assert_eq!(c.blocks(0, 7).len(), 4);
         assert_eq!(c.free_blocks(), 0);
         c.clear();
         assert_eq!(c.free_blocks(), 4);
@@ -484,9 +808,9 @@ mod tests {
             Err(CacheError::Width { what: "keys", .. })
         ));
         assert_eq!(c.seq_len(1), 6);
-        let at = c.offset(1, c.blocks(1)[1], 1, 1);
-        let vat = c.offset(1, c.blocks(1)[1], 1, 0) + 1;
-        match (c.keys(), c.values()) {
+        let at = c.offset(1, c.blocks(0, 1)[1], 1, 1);
+        let vat = c.offset(1, c.blocks(0, 1)[1], 1, 0) + 1;
+        match (c.keys(1), c.values(1)) {
             (KvStore::F32(ks), KvStore::F32(vs)) => {
                 assert_eq!(&ks[at..at + 4], &[4.0, 5.0, 6.0, 7.0]);
                 let v: Vec<f32> = (0..4).map(|d| vs[vat + d * 4]).collect();
@@ -507,8 +831,8 @@ mod tests {
     }
 
     fn key(c: &KvCache, seq: SeqId, pos: usize) -> f32 {
-        let b = c.blocks(seq)[pos / 4];
-        match c.keys() {
+        let b = c.blocks(0, seq)[pos / 4];
+        match c.keys(1) {
             KvStore::F32(ks) => ks[c.offset(1, b, 1, pos % 4)],
             _ => unreachable!(),
         }
@@ -524,7 +848,7 @@ mod tests {
         assert_eq!(c.cached_prefix_len(&tokens[..9]), 8);
         assert_eq!(c.attach_prefix(2, &tokens[..9]), Ok(8));
         assert_eq!((c.exclusive_blocks(1), c.exclusive_blocks(2)), (1, 0));
-        assert_eq!(c.blocks(2), &c.blocks(1)[..2]);
+        assert_eq!(c.blocks(0, 2), &c.blocks(0, 1)[..2]);
         assert_eq!(c.attach_prefix(3, &tokens[..8]), Ok(4));
         assert_eq!(
             c.attach_prefix(3, &tokens),
@@ -537,11 +861,11 @@ mod tests {
             c.write(0, 2, 7, &[0.0; 8], &[0.0; 8]),
             Err(CacheError::Shared { seq: 2, pos: 7 })
         );
-        c.truncate(2, 6);
+        assert_eq!(c.truncate(2, 6), 6);
         assert_eq!(c.blocks_needed(2, 8), 1);
-        let shared = c.blocks(1)[1];
+        let shared = c.blocks(0, 1)[1];
         fill(&mut c, 2, 6, 8, |p| -(p as f32));
-        assert_ne!(c.blocks(2)[1], shared);
+        assert_ne!(c.blocks(0, 2)[1], shared);
         assert_eq!(key(&c, 2, 5), 5.0, "copied from the shared block");
         assert_eq!(key(&c, 2, 6), -6.0);
         assert_eq!(key(&c, 1, 6), 6.0, "the other sequence keeps its values");
@@ -561,5 +885,92 @@ mod tests {
         );
         c.clear();
         assert_eq!((c.cached_blocks(), c.attach_prefix(6, &tokens)), (0, Ok(0)));
+    }
+
+    /// Layer 0 sees everything, layer 1 a window of 6 positions; blocks of 4; one sequence
+    /// growing by at most 4 positions a step.
+    fn windowed(n_blocks: usize) -> KvCache {
+        let cfg = KvConfig::new(2, 2, 4, 4, n_blocks, KvType::F32);
+        KvCache::new(cfg.with_windows(vec![None, Some(6)], 1, 4))
+    }
+
+    fn key_of(c: &KvCache, layer: usize, seq: SeqId, pos: usize) -> Option<f32> {
+        let b = *c.blocks(layer, seq).get(pos / 4)?;
+        match c.keys(layer) {
+            KvStore::F32(ks) => Some(ks[c.offset(layer, b, 1, pos % 4)]),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_window_layer_holds_only_its_window() {
+        let mut c = windowed(16);
+        // (6 + 4 + 3 * 4) / 4 + 1 blocks for the window group, and its hole.
+        assert_eq!(c.config().pool_blocks(Some(6)), 7);
+        let per_block = 2 * 2 * 4 * 4 * 4;
+        assert_eq!(c.config().bytes(), (16 + 8) * per_block);
+        let tokens: Vec<u32> = (0..64).collect();
+        for step in 0..16 {
+            fill(&mut c, 1, step * 4, step * 4 + 4, |p| p as f32);
+            c.commit(1, &tokens);
+            assert!(c.used_blocks_of(1) <= 4, "step {step}");
+        }
+        assert_eq!((c.used_blocks_of(0), c.used_blocks_of(1)), (16, 4));
+        // The window layer's early blocks point at the (zero) hole; what the next queries
+        // read (positions 59.. and the block before them) is still there.
+        let hole = c.blocks(1, 1)[0];
+        assert_eq!(hole, 7);
+        assert!(c.blocks(1, 1)[..12].iter().all(|&b| b == hole));
+        assert_eq!(key_of(&c, 1, 1, 3), Some(0.0));
+        for p in 52..64 {
+            assert_eq!(key_of(&c, 1, 1, p), Some(p as f32));
+            assert_eq!(key_of(&c, 0, 1, p - 52), Some((p - 52) as f32));
+        }
+        // Positions in slid-out blocks take no writes.
+        assert_eq!(
+            c.write(1, 1, 3, &[0.0; 8], &[0.0; 8]),
+            Err(CacheError::NotReserved { seq: 1, pos: 3 })
+        );
+        // A rollback of up to a block keeps everything; further back, nothing is kept.
+        assert_eq!(c.truncate(1, 60), 60);
+        assert_eq!(c.truncate(1, 56), 56);
+        assert_eq!(c.truncate(1, 40), 0);
+        assert_eq!(
+            (c.seq_len(1), c.used_blocks_of(0), c.used_blocks_of(1)),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_prefix_needs_the_window_layers_last_blocks() {
+        let mut c = windowed(32);
+        let tokens: Vec<u32> = (0..64).collect();
+        for step in 0..10 {
+            fill(&mut c, 1, step * 4, step * 4 + 4, |p| p as f32);
+            c.commit(1, &tokens);
+        }
+        c.remove(1);
+        // 40 positions held: the whole-context layer keeps all ten blocks findable, the
+        // window layer the last ones it held (the ones before were evicted for new ones).
+        assert_eq!(c.cached_prefix_len(&tokens[..41]), 40);
+        assert_eq!(c.attach_prefix(2, &tokens[..41]), Ok(40));
+        assert_eq!(c.blocks(0, 2).len(), 10);
+        assert_eq!(key_of(&c, 0, 2, 1), Some(1.0));
+        // Position 40 reads from position 35: blocks 8 and 9 of the window layer.
+        assert_eq!(c.blocks(1, 2)[..8], [7; 8]);
+        assert_eq!(key_of(&c, 1, 2, 39), Some(39.0));
+        assert_eq!(key_of(&c, 1, 2, 35), Some(35.0));
+        c.remove(2);
+        // The window pool (7 blocks) reused the blocks of positions 0..12 for positions
+        // 28..40; those of 12..28 stay findable. A 20-position prefix reads blocks 3 and 4
+        // of the window layer: taken. A 12-position one would read blocks 1 and 2, which
+        // are gone, and so would every shorter one: nothing is taken.
+        assert_eq!(c.cached_prefix_len(&tokens[..21]), 20);
+        assert_eq!(c.cached_prefix_len(&tokens[..13]), 0);
+        assert_eq!(c.attach_prefix(3, &tokens[..21]), Ok(20));
+        for p in 12..20 {
+            assert_eq!(key_of(&c, 1, 3, p), Some(p as f32), "{p}");
+        }
+        assert_eq!(c.attach_prefix(4, &tokens[..13]), Ok(0));
     }
 }

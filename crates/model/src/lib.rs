@@ -43,5 +43,5 @@ pub use generate::{generate, GenerateOptions, Generation, StopReason, Timings};
 pub use kv_cache::{KvCache, KvConfig, KvType, SeqId};
 pub use model::{physical_cores, Dump, LoadOptions, Model, Precision, SharedPool};
 pub use sampler::{Sampler, SamplerConfig};
-pub use session::{Session, SessionOptions};
+pub use session::{ModelRef, Session, SessionOptions};
 pub use workspace::Workspace;

@@ -1,6 +1,12 @@
 //! A session: one sequence being evaluated — its KV cache, workspace and token history.
 //! Prompts are evaluated in batches of up to `n_batch` tokens; generation appends one token at
 //! a time. Truncation rolls the sequence back (for speculative decoding and chat edits).
+//!
+//! A session borrows its model, or shares it ([`Session::shared`]): a shared session lives as
+//! long as its owner wants (a chat keeps one across turns), and can move to another load of
+//! the same weights without losing its cache ([`Session::replace_model`]).
+
+use std::sync::Arc;
 
 use crate::batch::Batch;
 use crate::error::ModelError;
@@ -33,8 +39,26 @@ impl Default for SessionOptions {
     }
 }
 
+/// The model a session runs: borrowed, or shared by reference count.
+#[derive(Clone)]
+pub enum ModelRef<'m> {
+    Borrowed(&'m Model),
+    Shared(Arc<Model>),
+}
+
+impl std::ops::Deref for ModelRef<'_> {
+    type Target = Model;
+
+    fn deref(&self) -> &Model {
+        match self {
+            ModelRef::Borrowed(m) => m,
+            ModelRef::Shared(m) => m,
+        }
+    }
+}
+
 pub struct Session<'m> {
-    model: &'m Model,
+    model: ModelRef<'m>,
     cache: KvCache,
     ws: Workspace,
     batch: Batch,
@@ -46,6 +70,15 @@ pub struct Session<'m> {
 
 impl<'m> Session<'m> {
     pub fn new(model: &'m Model, opts: SessionOptions) -> Session<'m> {
+        Session::with_model(ModelRef::Borrowed(model), opts)
+    }
+
+    /// A session that holds its model by reference count (it borrows nothing).
+    pub fn shared(model: Arc<Model>, opts: SessionOptions) -> Session<'static> {
+        Session::with_model(ModelRef::Shared(model), opts)
+    }
+
+    fn with_model(model: ModelRef<'m>, opts: SessionOptions) -> Session<'m> {
         let c = model.config();
         let n_ctx = if opts.n_ctx == 0 {
             c.n_ctx_train.min(4096)
@@ -54,18 +87,20 @@ impl<'m> Session<'m> {
         };
         let bs = opts.block_size.max(1);
         let n_batch = opts.n_batch.clamp(1, n_ctx.max(1));
-        let cache = KvCache::new(KvConfig {
-            n_layers: c.n_layers,
-            n_kv_heads: c.n_head_kv,
-            head_dim: c.head_dim,
-            block_size: bs,
-            n_blocks: n_ctx.div_ceil(bs),
-            ty: model.precision().kv_type(),
-        });
+        let cfg = KvConfig::new(
+            c.n_layers,
+            c.n_head_kv,
+            c.head_dim,
+            bs,
+            n_ctx.div_ceil(bs),
+            model.precision().kv_type(),
+        );
+        let cache = KvCache::new(cfg.with_windows(c.layer_windows(), 1, n_batch));
+        let ws = Workspace::new(c, n_batch, n_ctx, model.threads());
         Session {
             model,
             cache,
-            ws: Workspace::new(c, n_batch, n_ctx, model.threads()),
+            ws,
             batch: {
                 let mut b = Batch::with_capacity(n_batch);
                 b.numerics = opts.numerics;
@@ -78,8 +113,29 @@ impl<'m> Session<'m> {
         }
     }
 
-    pub fn model(&self) -> &'m Model {
-        self.model
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The session's model, to hold while the session is borrowed mutably.
+    pub fn model_ref(&self) -> ModelRef<'m> {
+        self.model.clone()
+    }
+
+    /// Goes on with `model`, keeping the cache: only a model of the same configuration,
+    /// precision and thread count (the same weights loaded another way, say memory-mapped
+    /// instead of read), whose keys and values are the ones the cache holds.
+    pub fn replace_model(&mut self, model: ModelRef<'m>) -> Result<(), ModelError> {
+        let same = model.config() == self.model.config()
+            && model.precision() == self.model.precision()
+            && model.threads() == self.model.threads();
+        if !same {
+            return Err(ModelError::Invalid(
+                "a session can only go on with the same model loaded another way".into(),
+            ));
+        }
+        self.model = model;
+        Ok(())
     }
 
     /// Positions evaluated so far.
@@ -106,10 +162,12 @@ impl<'m> Session<'m> {
         self.history.clear();
     }
 
-    /// Rolls back to the first `n` positions.
-    pub fn truncate(&mut self, n: usize) {
-        self.cache.truncate(self.seq, n);
-        self.history.truncate(n);
+    /// Rolls back to the first `n` positions; returns the positions kept, fewer than `n`
+    /// (none) where sliding-window layers already gave back what position `n` would read.
+    pub fn truncate(&mut self, n: usize) -> usize {
+        let kept = self.cache.truncate(self.seq, n);
+        self.history.truncate(kept);
+        kept
     }
 
     /// Appends `tokens` to the sequence. `on_logits(i, row)` receives the logits predicting

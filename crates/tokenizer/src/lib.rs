@@ -349,14 +349,27 @@ impl Tokenizer {
                 &own
             }
         };
-        let text = template.render(messages, true)?;
+        Ok(self.render_chat(template, messages, true)?.1)
+    }
+
+    /// The text of a conversation rendered with `template` (ending where the assistant's reply
+    /// begins with `add_generation_prompt`) and its ids: special-token texts parsed, BOS added
+    /// unless the template writes it itself.
+    pub fn render_chat(
+        &self,
+        template: &ChatTemplate,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Vec<u32>), TokenizerError> {
+        let text = template.render(messages, add_generation_prompt)?;
         let bos_text = self
             .vocab
             .bos
             .and_then(|b| self.token_text(b))
             .unwrap_or_default();
         let add_special = bos_text.is_empty() || !text.starts_with(bos_text);
-        self.encode(&text, add_special, true)
+        let ids = self.encode(&text, add_special, true)?;
+        Ok((text, ids))
     }
 
     /// The template `--template` names ([`ChatTemplate::named`]), with this model's BOS/EOS
