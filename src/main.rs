@@ -7,7 +7,9 @@ mod options;
 
 use clap::{Parser, Subcommand};
 
-use commands::{bench, convert, fetch, generate, info, perplexity, serve, template, tokenize};
+use commands::{
+    bench, chat, convert, fetch, generate, info, perplexity, serve, template, tokenize,
+};
 
 #[derive(Parser)]
 #[command(name = "torchless", version, about = "Run open-weight language models on the CPU.", long_about = None)]
@@ -20,6 +22,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streaming it as it is produced.
     Generate(generate::Args),
+    /// Talk with a model: streamed answers, kept turns, slash commands (/help).
+    Chat(chat::Args),
     /// Print the token ids of a text.
     Tokenize(tokenize::Args),
     /// Render a conversation through a chat template and print it exactly.
@@ -60,6 +64,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Template(a) => template::run(a),
         Command::Info(a) => info::run(a),

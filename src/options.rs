@@ -51,6 +51,23 @@ impl Format {
     }
 }
 
+/// How tokens are drawn (`generate`, `chat`).
+#[derive(Args, Clone, Debug)]
+pub struct SamplingOpts {
+    /// Sampling temperature; 0 picks the most likely token every time.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct ModelOpts {
     /// Model: a GGUF file, a HuggingFace directory, a `.bin` export, or a known model name
@@ -101,9 +118,9 @@ impl ModelOpts {
         Ok((path, file))
     }
 
-    pub fn load(&self) -> Result<Model, CliError> {
-        let path = self.path()?;
-        let opts = LoadOptions {
+    /// How `load` loads the model (the chat reloads with them on `/lazy` and `/model`).
+    pub fn load_options(&self) -> Result<LoadOptions, CliError> {
+        Ok(LoadOptions {
             mode: if self.no_mmap {
                 LoadMode::Read
             } else {
@@ -132,7 +149,12 @@ impl ModelOpts {
             isa: isa_from_env()?,
             dump: dump_from_env(),
             pool: None,
-        };
+        })
+    }
+
+    pub fn load(&self) -> Result<Model, CliError> {
+        let path = self.path()?;
+        let opts = self.load_options()?;
         Model::load(&path, &opts).map_err(|source| CliError::Load {
             path: path.display().to_string(),
             source,

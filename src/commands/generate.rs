@@ -5,7 +5,7 @@ use std::io::Write;
 use torchless_model::{generate, GenerateOptions, SamplerConfig, Session, SessionOptions};
 use torchless_tokenizer::{Message, TextStream};
 
-use crate::options::{parse_ids, CliError, ModelOpts};
+use crate::options::{parse_ids, CliError, ModelOpts, SamplingOpts};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,18 +20,8 @@ pub struct Args {
     /// Tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     pub n_predict: usize,
-    /// Sampling temperature; 0 picks the most likely token every time.
-    #[arg(long = "temp", default_value_t = 0.8)]
-    pub temperature: f32,
-    /// Keep only the K most likely tokens (0 = all).
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches P.
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Drop tokens less likely than P times the most likely one.
-    #[arg(long, default_value_t = 0.05)]
-    pub min_p: f32,
+    #[command(flatten)]
+    pub sampling: SamplingOpts,
     /// Random seed (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -107,10 +97,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let opts = GenerateOptions {
         max_tokens: a.n_predict,
         sampler: SamplerConfig {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            min_p: a.min_p,
+            temperature: a.sampling.temperature,
+            top_k: a.sampling.top_k,
+            top_p: a.sampling.top_p,
+            min_p: a.sampling.min_p,
             seed,
         },
         stop_at_eog: !a.ignore_eos,

@@ -2,6 +2,7 @@
 //! [`crate::options::CliError`] rather than printing errors itself.
 
 pub mod bench;
+pub mod chat;
 pub mod convert;
 pub mod fetch;
 pub mod generate;
