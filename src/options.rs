@@ -66,6 +66,99 @@ pub struct SamplingOpts {
     /// Drop tokens less likely than P times the most likely one.
     #[arg(long, default_value_t = 0.05)]
     pub min_p: f32,
+    /// Locally typical sampling with probability P (1 = off).
+    #[arg(long = "typical", default_value_t = 1.0)]
+    pub typical_p: f32,
+    /// Divide the logits of tokens seen among the last --repeat-last-n (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Tokens the repetition, presence and frequency penalties look back over.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Lower the logit of every token seen among the last --repeat-last-n by this, once.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub presence_penalty: f32,
+    /// Lower the logit of a token seen among the last --repeat-last-n by this per occurrence.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub frequency_penalty: f32,
+    /// DRY: penalize tokens that extend a repeated sequence (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub dry_multiplier: f32,
+    /// DRY: growth of the penalty per token of the repeat beyond --dry-allowed-length.
+    #[arg(long, default_value_t = 1.75)]
+    pub dry_base: f32,
+    /// DRY: repeats this long go unpenalized.
+    #[arg(long, default_value_t = 2)]
+    pub dry_allowed_length: usize,
+    /// DRY: tokens looked back over (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub dry_penalty_last_n: usize,
+    /// DRY: a text that ends a repeat (repeatable; default: newline, ':', '"', '*').
+    #[arg(long = "dry-sequence-breaker")]
+    pub dry_breakers: Vec<String>,
+    /// Add a bias to a token's logit: TOKEN_ID(+/-)BIAS, e.g. 15043+1 or 2-inf (repeatable).
+    #[arg(short = 'l', long = "logit-bias", allow_hyphen_values = true)]
+    pub logit_bias: Vec<String>,
+}
+
+impl SamplingOpts {
+    /// The sampler these options describe, checked against a vocabulary of `vocab` tokens.
+    pub fn config(
+        &self,
+        seed: u64,
+        vocab: usize,
+    ) -> Result<torchless_model::SamplerConfig, CliError> {
+        let mut c = torchless_model::SamplerConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            typical_p: self.typical_p,
+            repeat_penalty: self.repeat_penalty,
+            penalty_last_n: self.repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            dry_multiplier: self.dry_multiplier,
+            dry_base: self.dry_base,
+            dry_allowed_length: self.dry_allowed_length,
+            dry_last_n: self.dry_penalty_last_n,
+            logit_bias: self
+                .logit_bias
+                .iter()
+                .map(|b| parse_bias(b))
+                .collect::<Result<_, _>>()?,
+            seed,
+            ..torchless_model::SamplerConfig::default()
+        };
+        if !self.dry_breakers.is_empty() {
+            c.dry_breakers = self.dry_breakers.clone();
+        }
+        c.check(vocab).map_err(|(field, why)| {
+            let flag = match field {
+                "temperature" => "temp".to_string(),
+                "typical_p" => "typical".to_string(),
+                f => f.replace('_', "-"),
+            };
+            CliError::Usage(format!("--{flag}: {why}"))
+        })?;
+        Ok(c)
+    }
+}
+
+/// `TOKEN_ID(+/-)BIAS`, as llama.cpp's `--logit-bias` takes it.
+fn parse_bias(s: &str) -> Result<(u32, f32), CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--logit-bias {s}: expected TOKEN_ID+BIAS or TOKEN_ID-BIAS, e.g. 15043+1"
+        ))
+    };
+    let at = s.find(['+', '-']).ok_or_else(bad)?;
+    let id = s[..at].trim().parse::<u32>().map_err(|_| bad())?;
+    let bias = s[at..].trim().parse::<f32>().map_err(|_| bad())?;
+    if bias.is_nan() || bias == f32::INFINITY {
+        return Err(bad());
+    }
+    Ok((id, bias))
 }
 
 #[derive(Args, Clone, Debug)]

@@ -383,3 +383,47 @@ fn convert_and_info_work_on_every_format() {
     ]);
     assert_clean_error(&out, &["q4_0"]);
 }
+
+#[test]
+fn sampler_flags_take_llama_cpp_forms_and_bad_ones_are_clear() {
+    let m = common::model("smollm2");
+    let m = m.to_str().unwrap();
+    let gen = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "-m",
+            m,
+            "-p",
+            "The capital of France is",
+            "-n",
+            "8",
+            "--temp",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        torchless(&args)
+    };
+    // " Paris" is token 7042 in SmolLM2: banned, another word comes first.
+    let plain = gen(&[]);
+    assert!(String::from_utf8_lossy(&plain.stdout).starts_with(" Paris."));
+    let banned = gen(&[
+        "--logit-bias",
+        "7042-inf",
+        "--repeat-penalty",
+        "1.1",
+        "--dry-multiplier",
+        "0.8",
+    ]);
+    assert!(
+        banned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&banned.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&banned.stdout).starts_with(" Paris"));
+    assert_clean_error(&gen(&["--logit-bias", "7042"]), &["--logit-bias 7042"]);
+    assert_clean_error(
+        &gen(&["--logit-bias", "99999999+1"]),
+        &["--logit-bias", "vocabulary"],
+    );
+    assert_clean_error(&gen(&["--typical", "2"]), &["--typical:", "[0, 1]"]);
+}

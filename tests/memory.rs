@@ -89,7 +89,7 @@ fn generation_allocates_nothing_per_token_and_stays_within_memory_bounds() {
         );
         let opts = GenerateOptions {
             max_tokens: 48,
-            sampler,
+            sampler: sampler.clone(),
             stop_at_eog: false,
             record_logits: false,
         };

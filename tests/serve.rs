@@ -208,6 +208,25 @@ fn each_error_has_its_status_and_openai_shape() {
         400,
         Some("messages"),
     );
+    for (body, param) in [
+        (
+            r#"{"prompt": "x", "presence_penalty": 3}"#,
+            "presence_penalty",
+        ),
+        (
+            r#"{"prompt": "x", "logit_bias": {"99999999": 1}}"#,
+            "logit_bias",
+        ),
+        (
+            r#"{"prompt": "x", "logit_bias": {"12": 101}}"#,
+            "logit_bias",
+        ),
+        (r#"{"prompt": "x", "logit_bias": {"x": 1}}"#, "logit_bias"),
+        (r#"{"prompt": "x", "repeat_penalty": 0}"#, "repeat_penalty"),
+        (r#"{"prompt": "x", "typical_p": 2}"#, "typical_p"),
+    ] {
+        check(call("/v1/completions", body), 400, Some(param));
+    }
     check(
         call("/v1/completions", r#"{"prompt": "x", "model": "gpt-9"}"#),
         404,
@@ -241,6 +260,36 @@ fn each_error_has_its_status_and_openai_shape() {
     s.state.shutting_down.store(true, Relaxed);
     check(call("/v1/completions", r#"{"prompt": "x"}"#), 503, None);
     assert_eq!(request(p, "GET", "/health", "", &[]).status, 503);
+}
+
+#[test]
+fn logit_bias_and_penalties_shape_the_answer() {
+    let s = server(smollm2(), engine_opts(), server_options());
+    let ask = |extra: serde_json::Value| {
+        let mut body =
+            json!({"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let r = post(s.port, "/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let plain = ask(json!({}));
+    let tok = smollm2();
+    let tok = tok.require_tokenizer().unwrap();
+    let first = tok.encode(&plain, false, false).unwrap()[0];
+    // Banning the greedy first token (-100, as OpenAI's) makes another one come first.
+    let banned = ask(json!({"logit_bias": {first.to_string(): -100}}));
+    assert_ne!(
+        tok.encode(&banned, false, false).unwrap()[0],
+        first,
+        "{plain:?} / {banned:?}"
+    );
+    // A strong repetition penalty changes a greedy answer that repeats its tokens, the same
+    // way every time (seeded settings reproduce).
+    let pen = json!({"repeat_penalty": 3.0, "frequency_penalty": 1.0, "max_tokens": 24});
+    assert_eq!(ask(pen.clone()), ask(pen));
 }
 
 #[test]

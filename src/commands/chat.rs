@@ -56,6 +56,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
         path: path.display().to_string(),
         source,
     })?;
+    // Checked here, against the model's vocabulary; the chat keeps the settings it can show.
+    let s = a.sampling.config(0, model.config().vocab)?;
     let opts = ChatOptions {
         session: SessionOptions {
             n_ctx: a.ctx,
@@ -65,10 +67,17 @@ pub fn run(a: Args) -> Result<(), CliError> {
         template: a.template.clone(),
         system: a.system.clone(),
         settings: Settings {
-            temperature: a.sampling.temperature,
-            top_k: a.sampling.top_k,
-            top_p: a.sampling.top_p,
-            min_p: a.sampling.min_p,
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            typical_p: s.typical_p,
+            repeat_penalty: s.repeat_penalty,
+            repeat_last_n: s.penalty_last_n,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            dry_multiplier: s.dry_multiplier,
+            logit_bias: s.logit_bias,
             max_tokens: a.n_predict.max(1),
             seed: a.seed,
             show_thinking: true,
@@ -155,6 +164,20 @@ fn run_command(chat: &mut Chat, cmd: Command, ui: &Ui, base: &ModelOpts) -> bool
         Command::TopK(n) => chat.settings_mut().top_k = n,
         Command::TopP(x) => chat.settings_mut().top_p = x,
         Command::MinP(x) => chat.settings_mut().min_p = x,
+        Command::TypicalP(x) => chat.settings_mut().typical_p = x,
+        Command::RepeatPenalty(x) => chat.settings_mut().repeat_penalty = x,
+        Command::PresencePenalty(x) => chat.settings_mut().presence_penalty = x,
+        Command::FrequencyPenalty(x) => chat.settings_mut().frequency_penalty = x,
+        Command::Dry(x) => chat.settings_mut().dry_multiplier = x,
+        Command::LogitBias(None) => chat.settings_mut().logit_bias.clear(),
+        Command::LogitBias(Some((id, b))) => {
+            let vocab = chat.model().config().vocab;
+            if id as usize >= vocab {
+                ui.notice(&format!("token {id} is not in the vocabulary of {vocab}"));
+            } else {
+                chat.settings_mut().logit_bias.push((id, b));
+            }
+        }
         Command::MaxTokens(n) => chat.settings_mut().max_tokens = n,
         Command::Seed(n) => chat.set_seed(n),
         Command::Thinking(on) => chat.settings_mut().show_thinking = on,
@@ -162,11 +185,19 @@ fn run_command(chat: &mut Chat, cmd: Command, ui: &Ui, base: &ModelOpts) -> bool
             let s = chat.settings();
             let seed = s.seed.map_or("from the clock".into(), |n| n.to_string());
             ui.line(&format!(
-                "temperature {}, top-k {}, top-p {}, min-p {}, max-tokens {}, seed {seed}, thinking {}",
+                "temperature {}, top-k {}, top-p {}, min-p {}, typical-p {}, repeat-penalty {}, \
+                 presence-penalty {}, frequency-penalty {}, dry {}, logit-bias {:?}, max-tokens {}, \
+                 seed {seed}, thinking {}",
                 s.temperature,
                 s.top_k,
                 s.top_p,
                 s.min_p,
+                s.typical_p,
+                s.repeat_penalty,
+                s.presence_penalty,
+                s.frequency_penalty,
+                s.dry_multiplier,
+                s.logit_bias,
                 s.max_tokens,
                 if s.show_thinking { "shown" } else { "hidden" }
             ));

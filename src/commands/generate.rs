@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use torchless_model::{generate, GenerateOptions, SamplerConfig, Session, SessionOptions};
+use torchless_model::{generate, GenerateOptions, Session, SessionOptions};
 use torchless_tokenizer::{Message, TextStream};
 
 use crate::options::{parse_ids, CliError, ModelOpts, SamplingOpts};
@@ -96,13 +96,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     });
     let opts = GenerateOptions {
         max_tokens: a.n_predict,
-        sampler: SamplerConfig {
-            temperature: a.sampling.temperature,
-            top_k: a.sampling.top_k,
-            top_p: a.sampling.top_p,
-            min_p: a.sampling.min_p,
-            seed,
-        },
+        sampler: a.sampling.config(seed, model.config().vocab)?,
         stop_at_eog: !a.ignore_eos,
         record_logits: a.logits_out.is_some(),
     };

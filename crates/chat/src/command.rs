@@ -14,6 +14,13 @@ pub enum Command {
     TopK(usize),
     TopP(f32),
     MinP(f32),
+    TypicalP(f32),
+    RepeatPenalty(f32),
+    PresencePenalty(f32),
+    FrequencyPenalty(f32),
+    Dry(f32),
+    /// A bias for a token, or `None`: clear every bias.
+    LogitBias(Option<(u32, f32)>),
     MaxTokens(usize),
     Seed(u64),
     Settings,
@@ -55,6 +62,21 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "/min-p X",
         "drop tokens less likely than X times the most likely",
+    ),
+    ("/typical-p X", "locally typical sampling (1: off)"),
+    (
+        "/repeat-penalty X",
+        "divide the logits of recent tokens (1: off)",
+    ),
+    ("/presence-penalty X", "lower recent tokens once (0: off)"),
+    (
+        "/frequency-penalty X",
+        "lower recent tokens per occurrence (0: off)",
+    ),
+    ("/dry X", "penalize extending repeated sequences (0: off)"),
+    (
+        "/logit-bias ID BIAS|clear",
+        "add BIAS to a token's logit (-inf bans it)",
     ),
     ("/max-tokens N", "most tokens of one answer"),
     ("/seed N", "seed of the next answer"),
@@ -133,6 +155,32 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         "top-p" => number("/top-p X (0 < X <= 1)", &|x| x > 0.0 && x <= 1.0).map(Command::TopP),
         "min-p" => {
             number("/min-p X (0 <= X <= 1)", &|x| (0.0..=1.0).contains(&x)).map(Command::MinP)
+        }
+        "typical-p" => number("/typical-p X (0 <= X <= 1)", &|x| (0.0..=1.0).contains(&x))
+            .map(Command::TypicalP),
+        "repeat-penalty" => {
+            number("/repeat-penalty X (X > 0)", &|x| x > 0.0).map(Command::RepeatPenalty)
+        }
+        "presence-penalty" => {
+            number("/presence-penalty X", &|_| true).map(Command::PresencePenalty)
+        }
+        "frequency-penalty" => {
+            number("/frequency-penalty X", &|_| true).map(Command::FrequencyPenalty)
+        }
+        "dry" => number("/dry X (X >= 0)", &|x| x >= 0.0).map(Command::Dry),
+        "logit-bias" => {
+            let form = "/logit-bias ID BIAS|clear";
+            let mut w = arg.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("clear"), None, None) => Ok(Command::LogitBias(None)),
+                (Some(id), Some(b), None) => match (id.parse::<u32>(), b.parse::<f32>()) {
+                    (Ok(id), Ok(b)) if !b.is_nan() && b != f32::INFINITY => {
+                        Ok(Command::LogitBias(Some((id, b))))
+                    }
+                    _ => Err(usage(form)),
+                },
+                _ => Err(usage(form)),
+            }
         }
         "max-tokens" => match count("/max-tokens N (N >= 1)") {
             Ok(0) => Err(usage("/max-tokens N (N >= 1)")),
@@ -216,6 +264,7 @@ mod tests {
                 .replace("TEXT", "x")
                 .replace(" X", " 0.5")
                 .replace(" N", " 3")
+                .replace("ID BIAS|clear", "5 -inf")
                 .replace("on|off", "on")
                 .replace("PATH|NAME [TEMPLATE]", "m")
                 .replace("NAME|FILE", "chatml")

@@ -16,6 +16,16 @@ pub struct Settings {
     pub top_k: usize,
     pub top_p: f32,
     pub min_p: f32,
+    pub typical_p: f32,
+    pub repeat_penalty: f32,
+    /// Tokens the penalties look back over.
+    pub repeat_last_n: usize,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// DRY's multiplier (0: off).
+    pub dry_multiplier: f32,
+    /// (token, bias) added to logits.
+    pub logit_bias: Vec<(u32, f32)>,
     /// Most tokens of one answer.
     pub max_tokens: usize,
     /// Seed of the first answer (each later answer takes the next); `None`: from the clock.
@@ -31,6 +41,13 @@ impl Default for Settings {
             top_k: 40,
             top_p: 0.95,
             min_p: 0.05,
+            typical_p: 1.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            dry_multiplier: 0.0,
+            logit_bias: Vec::new(),
             max_tokens: 1024,
             seed: None,
             show_thinking: true,

@@ -205,6 +205,11 @@ impl Engine {
         self.n_ctx
     }
 
+    /// Entries of the model's vocabulary.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
     pub fn options(&self) -> &EngineOptions {
         &self.opts
     }
@@ -377,12 +382,18 @@ impl Core {
         let vocab = self.model.config().vocab;
         let id = self.next_id;
         self.next_id += 1;
+        let tok = self.model.tokenizer();
+        let mut sampler = Sampler::with_texts(r.params.sampler.clone(), vocab, |t| {
+            tok.and_then(|k| k.token_text(t))
+        });
+        // Penalties and DRY see the prompt too (as `generate` feeds them).
+        r.prompt.iter().for_each(|&t| sampler.accept(t));
         let seq = Seq {
             id,
             name: r.name,
             prompt_len: r.prompt.len(),
             computed: 0,
-            sampler: Sampler::new(r.params.sampler, vocab),
+            sampler,
             filter: StopFilter::new(&r.params.stop),
             tokens: {
                 let mut t = Vec::with_capacity(r.prompt.len() + r.params.max_tokens);
@@ -623,6 +634,7 @@ fn emit(
         panic!("test hook: request {} panics in its output path", s.name);
     }
     let tok = s.sampler.sample(logits);
+    s.sampler.accept(tok);
     let lp = s.req.params.logprobs.map(|top| logprobs(logits, tok, top));
     s.tokens.push(tok);
     m.generated_tokens.fetch_add(1, Relaxed);

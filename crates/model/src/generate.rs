@@ -9,7 +9,7 @@ use crate::sampler::{Sampler, SamplerConfig};
 use crate::session::Session;
 
 /// What to generate.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct GenerateOptions {
     pub max_tokens: usize,
     pub sampler: SamplerConfig,
@@ -102,7 +102,11 @@ pub fn generate(
     let model = session.model_ref();
     let vocab = model.config().vocab;
     let tokenizer = model.tokenizer();
-    let mut sampler = Sampler::new(opts.sampler, vocab);
+    let mut sampler = Sampler::with_texts(opts.sampler.clone(), vocab, |t| {
+        tokenizer.and_then(|tok| tok.token_text(t))
+    });
+    // Penalties and DRY see the prompt as llama.cpp's CLI feeds it to its samplers.
+    prompt.iter().for_each(|&t| sampler.accept(t));
     let mut generated = Vec::with_capacity(opts.max_tokens);
     let mut timings = Timings {
         prompt_tokens: prompt.len(),
@@ -129,6 +133,7 @@ pub fn generate(
     let mut logits: &[f32] = &last;
     while generated.len() < opts.max_tokens {
         let tok = sampler.sample(logits);
+        sampler.accept(tok);
         generated.push(tok);
         let keep_going = on_token(tok);
         if opts.stop_at_eog && tokenizer.is_some_and(|t| t.is_eog(tok)) {

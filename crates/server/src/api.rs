@@ -30,6 +30,13 @@ pub struct Common {
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
     pub logit_bias: Option<Value>,
+    /// Extensions (llama.cpp's server names).
+    pub repeat_penalty: Option<f64>,
+    pub repeat_last_n: Option<i64>,
+    pub typical_p: Option<f64>,
+    pub dry_multiplier: Option<f64>,
+    pub dry_base: Option<f64>,
+    pub dry_allowed_length: Option<i64>,
     pub user: Option<String>,
     pub priority: Option<i64>,
     #[serde(default)]
@@ -181,23 +188,14 @@ impl Common {
             ("presence_penalty", self.presence_penalty),
             ("frequency_penalty", self.frequency_penalty),
         ] {
-            if v.is_some_and(|v| v != 0.0) {
+            if v.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
                 return Err(ApiError::bad_field(
                     name,
-                    format!("'{name}' is not supported yet; leave it out or set it to 0"),
+                    format!("{name} must lie in [-2, 2]"),
                 ));
             }
         }
-        if self
-            .logit_bias
-            .as_ref()
-            .is_some_and(|b| b.as_object().is_some_and(|o| !o.is_empty()))
-        {
-            return Err(ApiError::bad_field(
-                "logit_bias",
-                "'logit_bias' is not supported yet",
-            ));
-        }
+        let logit_bias = logit_bias(self.logit_bias.as_ref())?;
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             None => default_max,
             Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
@@ -247,7 +245,31 @@ impl Common {
                 top_k,
                 top_p: top_p as f32,
                 min_p: min_p as f32,
+                typical_p: self.typical_p.unwrap_or(1.0) as f32,
+                repeat_penalty: self.repeat_penalty.unwrap_or(1.0) as f32,
+                penalty_last_n: match self.repeat_last_n {
+                    None => 64,
+                    Some(n) => usize::try_from(n).map_err(|_| {
+                        ApiError::bad_field("repeat_last_n", "repeat_last_n must be 0 or more")
+                    })?,
+                },
+                presence_penalty: self.presence_penalty.unwrap_or(0.0) as f32,
+                frequency_penalty: self.frequency_penalty.unwrap_or(0.0) as f32,
+                dry_multiplier: self.dry_multiplier.unwrap_or(0.0) as f32,
+                dry_base: self.dry_base.unwrap_or(1.75) as f32,
+                dry_allowed_length: match self.dry_allowed_length {
+                    None => 2,
+                    Some(n) if n >= 1 => n as usize,
+                    Some(_) => {
+                        return Err(ApiError::bad_field(
+                            "dry_allowed_length",
+                            "dry_allowed_length must be at least 1",
+                        ))
+                    }
+                },
+                logit_bias,
                 seed,
+                ..SamplerConfig::default()
             },
             stop: stops(self.stop.as_ref())?,
             logprobs,
@@ -255,6 +277,39 @@ impl Common {
             ignore_eos: self.ignore_eos,
         })
     }
+}
+
+/// OpenAI's `logit_bias`: token ids (as strings) to biases in [-100, 100]; -100 bans a token.
+fn logit_bias(v: Option<&Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let bad = |why: String| ApiError::bad_field("logit_bias", why);
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad("logit_bias must map token ids to numbers".into()))?;
+    o.iter()
+        .map(|(k, b)| {
+            let id = k
+                .parse::<u32>()
+                .map_err(|_| bad(format!("'{k}' is not a token id")))?;
+            let b = b
+                .as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "the bias of token {id} must be a number in [-100, 100]"
+                    ))
+                })?;
+            // As OpenAI's: -100 bans the token.
+            let b = if b <= -100.0 {
+                f32::NEG_INFINITY
+            } else {
+                b as f32
+            };
+            Ok((id, b))
+        })
+        .collect()
 }
 
 /// A number of alternatives to report, checked against OpenAI's limit.

@@ -153,7 +153,16 @@ pub async fn completions(
         Some(n) => Some(api::top_count("logprobs", Some(n))?),
     };
     let params = req.common.params(16, logprobs)?;
+    check_sampler(&st, &params)?;
     run(st, Kind::Completion, &req.common, ids, params).await
+}
+
+/// The sampling settings against the model (token ids of `logit_bias`, value ranges).
+fn check_sampler(st: &AppState, params: &Params) -> Result<(), ApiError> {
+    params
+        .sampler
+        .check(st.engine.vocab())
+        .map_err(|(field, why)| ApiError::bad_field(field, why))
 }
 
 pub async fn chat(
@@ -176,6 +185,7 @@ pub async fn chat(
     let top = api::top_count("top_logprobs", req.top_logprobs)?;
     let logprobs = req.logprobs.then_some(top);
     let params = req.common.params(usize::MAX, logprobs)?;
+    check_sampler(&st, &params)?;
     run(st, Kind::Chat, &req.common, ids, params).await
 }
 
