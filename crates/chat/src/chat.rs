@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use torchless_gguf::LoadMode;
 use torchless_model::{
-    generate, GenerateOptions, LoadOptions, Model, ModelError, ModelRef, SamplerConfig, Session,
-    SessionOptions, StopReason,
+    generate, GenerateOptions, LoadOptions, Model, ModelError, ModelRef, Session, SessionOptions,
+    StopReason,
 };
 use torchless_tokenizer::{ChatTemplate, TextStream, TokenizerError};
 
@@ -49,6 +49,8 @@ pub enum ChatError {
     },
     #[error("{0}")]
     Nothing(&'static str),
+    #[error("the setting {0} is out of range: {1}")]
+    Setting(&'static str, String),
 }
 
 /// What a chat is started with.
@@ -341,26 +343,17 @@ impl Chat {
                 if dropped == 1 { " was" } else { "s were" }
             )));
         }
-        let reused = self.reuse(&ids);
         let settings = &conv.settings;
         let seed = self.next_seed.unwrap_or_else(clock_seed);
+        let sampler = settings.sampler(seed);
+        let vocab = self.session.model().config().vocab;
+        sampler
+            .check(vocab)
+            .map_err(|(name, why)| ChatError::Setting(name, why))?;
+        let reused = self.reuse(&ids);
         let opts = GenerateOptions {
             max_tokens: settings.max_tokens,
-            sampler: SamplerConfig {
-                temperature: settings.temperature,
-                top_k: settings.top_k,
-                top_p: settings.top_p,
-                min_p: settings.min_p,
-                typical_p: settings.typical_p,
-                repeat_penalty: settings.repeat_penalty,
-                penalty_last_n: settings.repeat_last_n,
-                presence_penalty: settings.presence_penalty,
-                frequency_penalty: settings.frequency_penalty,
-                dry_multiplier: settings.dry_multiplier,
-                logit_bias: settings.logit_bias.clone(),
-                seed,
-                ..SamplerConfig::default()
-            },
+            sampler,
             stop_at_eog: true,
             record_logits: false,
         };
@@ -496,6 +489,9 @@ impl Chat {
     /// the cache; returns the model and template it was saved with.
     pub fn load(&mut self, path: &Path) -> Result<(Option<String>, Option<String>), ChatError> {
         let (conv, model, template) = Conversation::load(path)?;
+        let vocab = self.session.model().config().vocab;
+        (conv.settings.sampler(0).check(vocab))
+            .map_err(|(name, why)| ChatError::Setting(name, why))?;
         let room = conv
             .settings
             .max_tokens

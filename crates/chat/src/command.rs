@@ -174,8 +174,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
             match (w.next(), w.next(), w.next()) {
                 (Some("clear"), None, None) => Ok(Command::LogitBias(None)),
                 (Some(id), Some(b), None) => match (id.parse::<u32>(), b.parse::<f32>()) {
+                    // A ban is kept as -1e30 (JSON has no -inf for /save).
                     (Ok(id), Ok(b)) if !b.is_nan() && b != f32::INFINITY => {
-                        Ok(Command::LogitBias(Some((id, b))))
+                        Ok(Command::LogitBias(Some((id, b.max(-1e30)))))
                     }
                     _ => Err(usage(form)),
                 },

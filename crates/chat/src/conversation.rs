@@ -55,6 +55,27 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// The sampler these settings describe, drawing from `seed`.
+    pub fn sampler(&self, seed: u64) -> torchless_model::SamplerConfig {
+        torchless_model::SamplerConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            typical_p: self.typical_p,
+            repeat_penalty: self.repeat_penalty,
+            penalty_last_n: self.repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            dry_multiplier: self.dry_multiplier,
+            logit_bias: self.logit_bias.clone(),
+            seed,
+            ..torchless_model::SamplerConfig::default()
+        }
+    }
+}
+
 /// One message as a conversation keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Turn {
@@ -161,7 +182,10 @@ impl Conversation {
             template: template.map(str::to_string),
             conversation: self.clone(),
         };
-        let text = serde_json::to_string_pretty(&saved).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&saved).map_err(|e| SaveError::Invalid {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         std::fs::write(path, text + "\n").map_err(|source| SaveError::Io {
             what: "write",
             path: path.display().to_string(),

@@ -384,7 +384,7 @@ impl Core {
         self.next_id += 1;
         let tok = self.model.tokenizer();
         let mut sampler = Sampler::with_texts(r.params.sampler.clone(), vocab, |t| {
-            tok.and_then(|k| k.token_text(t))
+            tok.map(|k| String::from_utf8_lossy(k.token_bytes(t, false)))
         });
         // Penalties and DRY see the prompt too (as `generate` feeds them).
         r.prompt.iter().for_each(|&t| sampler.accept(t));

@@ -103,11 +103,12 @@ pub fn generate(
     let vocab = model.config().vocab;
     let tokenizer = model.tokenizer();
     let mut sampler = Sampler::with_texts(opts.sampler.clone(), vocab, |t| {
-        tokenizer.and_then(|tok| tok.token_text(t))
+        tokenizer.map(|tok| String::from_utf8_lossy(tok.token_bytes(t, false)))
     });
-    // Penalties and DRY see the prompt as llama.cpp's CLI feeds it to its samplers.
-    prompt.iter().for_each(|&t| sampler.accept(t));
-    let mut generated = Vec::with_capacity(opts.max_tokens);
+    // Penalties and DRY see the whole text: what the session holds, then the prompt (as
+    // llama.cpp's CLI feeds its prompt to its samplers).
+    (session.history().iter().chain(prompt)).for_each(|&t| sampler.accept(t));
+    let mut generated = Vec::with_capacity(opts.max_tokens.min(session.n_ctx()));
     let mut timings = Timings {
         prompt_tokens: prompt.len(),
         ..Timings::default()

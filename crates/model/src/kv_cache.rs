@@ -17,7 +17,8 @@
 //! table points such blocks at a *hole*, one zeroed block that is never written, so that the
 //! attention kernels may address any position while the window mask keeps them from using
 //! one. A window group's pool is sized for the sequences and step the caller names
-//! ([`KvConfig::with_windows`]); a model whose every layer slides has only such groups.
+//! ([`KvConfig::with_windows`]); a model whose every layer slides has only such groups, and
+//! keeps them as large as a whole context's (the scheduler counts their blocks).
 //!
 //! Layout per group: keys `[layer][block][kv_head][slot][head_dim]`, values
 //! `[layer][block][kv_head][head_dim][slot]` (transposed, so consecutive positions of one
@@ -174,8 +175,11 @@ impl KvConfig {
     /// rollback, partial blocks at both ends and a copy of a shared one), at most `n_blocks`.
     pub fn pool_blocks(&self, window: Option<usize>) -> usize {
         let bs = self.block_size.max(1);
+        // Where every layer slides, the scheduler counts this pool's blocks as a whole
+        // context's: it stays as large.
+        let some_full = (0..self.n_layers).any(|l| self.window(l).is_none());
         match window {
-            Some(w) if self.max_seqs > 0 && self.max_step > 0 => {
+            Some(w) if some_full && self.max_seqs > 0 && self.max_step > 0 => {
                 let per_seq = (w + self.max_step + 3 * bs).div_ceil(bs) + 1;
                 self.max_seqs.saturating_mul(per_seq).min(self.n_blocks)
             }

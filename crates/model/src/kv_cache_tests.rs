@@ -128,6 +128,12 @@ fn a_shared_prefix_is_reused_and_copied_before_a_write() {
 
 /// Layer 0 sees everything, layer 1 a window of 6 positions; blocks of 4; one sequence
 /// growing by at most 4 positions a step.
+#[test]
+fn where_every_layer_slides_the_pool_stays_whole() {
+    let cfg = KvConfig::new(2, 2, 4, 4, 16, KvType::F32).with_windows(vec![Some(6); 2], 1, 4);
+    assert_eq!(cfg.pool_blocks(Some(6)), 16);
+}
+
 fn windowed(n_blocks: usize) -> KvCache {
     let cfg = KvConfig::new(2, 2, 4, 4, n_blocks, KvType::F32);
     KvCache::new(cfg.with_windows(vec![None, Some(6)], 1, 4))

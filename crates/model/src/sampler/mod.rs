@@ -12,6 +12,9 @@ pub mod stages;
 pub use rng::Rng;
 use stages::{Candidates, Chain, Stage};
 
+/// The longest window a penalty looks back over.
+pub const MAX_WINDOW: usize = 1 << 20;
+
 /// Sampling settings (each stage off at its neutral value).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerConfig {
@@ -94,6 +97,14 @@ impl SamplerConfig {
         if self.repeat_penalty <= 0.0 {
             return Err(("repeat_penalty", "repeat_penalty must be above 0".into()));
         }
+        for (name, n) in [
+            ("penalty_last_n", self.penalty_last_n),
+            ("dry_last_n", self.dry_last_n),
+        ] {
+            if n > MAX_WINDOW {
+                return Err((name, format!("{name} must be at most {MAX_WINDOW}")));
+            }
+        }
         if !(self.dry_base.is_finite() && self.dry_base >= 1.0) {
             return Err(("dry_base", "dry_base must be at least 1".into()));
         }
@@ -151,17 +162,16 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// The chain `cfg` describes; `token_text` gives each token's text where DRY needs to find
-    /// its breakers (without it no token breaks a match).
+    /// The chain `cfg` describes (no token breaks a DRY match: see [`Sampler::with_texts`]).
     pub fn new(cfg: SamplerConfig, vocab: usize) -> Sampler {
         Sampler::with_texts(cfg, vocab, |_| None)
     }
 
-    /// [`Sampler::new`] with the vocabulary's texts (for DRY's sequence breakers).
+    /// [`Sampler::new`] with each token's decoded text (for DRY's sequence breakers).
     pub fn with_texts<'t>(
         cfg: SamplerConfig,
         vocab: usize,
-        token_text: impl Fn(u32) -> Option<&'t str>,
+        token_text: impl Fn(u32) -> Option<std::borrow::Cow<'t, str>>,
     ) -> Sampler {
         let mut chain = Chain::default();
         if !cfg.logit_bias.is_empty() {

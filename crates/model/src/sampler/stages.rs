@@ -193,8 +193,8 @@ impl Penalties {
             repeat,
             frequency,
             presence,
-            window: VecDeque::with_capacity(last_n),
-            counts: HashMap::with_capacity(last_n),
+            window: VecDeque::with_capacity(last_n.min(4096)),
+            counts: HashMap::with_capacity(last_n.min(4096)),
         }
     }
 }
@@ -417,7 +417,11 @@ impl Stage for Dist {
                 return;
             }
         }
-        c.selected = c.items.last().map(|x| x.1);
+        // Rounding left a sliver: the last token that has any weight.
+        c.selected = (c.items.iter().rev())
+            .find(|&&(l, _)| weight(l) > 0.0)
+            .or(c.items.first())
+            .map(|x| x.1);
     }
 
     fn reset(&mut self) {
