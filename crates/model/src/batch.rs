@@ -16,6 +16,9 @@ pub struct Batch {
     /// The arithmetic-order policy of every operation of this pass (llama.cpp's by default;
     /// [`Numerics::BatchInvariant`] makes each entry's results independent of the others).
     pub numerics: Numerics,
+    /// Layers this pass skips (`skip_layers[l]`; empty: none): a self-speculative draft runs
+    /// the model with some layers left out, which write no keys or values for its tokens.
+    pub skip_layers: Vec<bool>,
 }
 
 impl Batch {
@@ -30,6 +33,7 @@ impl Batch {
             seq: Vec::with_capacity(n),
             logits: Vec::with_capacity(n),
             numerics: Numerics::default(),
+            skip_layers: Vec::new(),
         }
     }
 

@@ -37,6 +37,8 @@ pub enum ModelError {
     Kernel(#[from] MatmulError),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("speculative decoding: {0}")]
+    Speculation(String),
     #[error("{0}")]
     Cache(#[from] crate::kv_cache::CacheError),
 }

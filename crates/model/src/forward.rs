@@ -310,10 +310,15 @@ impl Model {
         out_rows.extend((0..n).filter(|&t| batch.logits[t]));
         let n_out = out_rows.len();
         *n_outputs = n_out;
-        let last = self.weights.layers.len().saturating_sub(1);
+        let skipped = |l: usize| batch.skip_layers.get(l).copied().unwrap_or(false);
+        let n_layers = self.weights.layers.len();
+        let last = (0..n_layers).rev().find(|&l| !skipped(l)).unwrap_or(0);
         let mut pruned = false;
 
         for (l, (w, spec)) in self.weights.layers.iter().zip(&plan.layers).enumerate() {
+            if skipped(l) {
+                continue;
+            }
             let a = spec.attention();
             let MixerWeights::Attention(aw) = &w.mixer;
             let (qd, kvd, hd) = (a.q_dim(), a.kv_dim(), a.head_dim);

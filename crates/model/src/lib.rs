@@ -9,7 +9,8 @@
 //! - [`weights`]: the tensors of every part, shapes checked;
 //! - [`kv_cache`]: the paged KV cache (block pool, per-sequence block tables);
 //! - [`batch`], [`workspace`], [`attention`], [`forward`]: the batched forward pass;
-//! - [`sampler`], [`session`], [`generate`], [`perplexity`]: running a model.
+//! - [`sampler`], [`session`], [`generate`], [`perplexity`]: running a model;
+//! - [`speculative`]: drafting several tokens and verifying them in one pass.
 //!
 //! This crate knows nothing of the command line, terminals or HTTP.
 
@@ -31,6 +32,7 @@ pub mod perplexity;
 pub mod sampler;
 pub mod session;
 pub mod source;
+pub mod speculative;
 pub mod weights;
 pub mod workspace;
 
@@ -44,4 +46,5 @@ pub use kv_cache::{KvCache, KvConfig, KvType, SeqId};
 pub use model::{physical_cores, Dump, LoadOptions, Model, Precision, SharedPool};
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{ModelRef, Session, SessionOptions};
+pub use speculative::{SpecOptions, SpecStats};
 pub use workspace::Workspace;

@@ -78,7 +78,7 @@ impl<'m> Session<'m> {
         Session::with_model(ModelRef::Shared(model), opts)
     }
 
-    fn with_model(model: ModelRef<'m>, opts: SessionOptions) -> Session<'m> {
+    pub fn with_model(model: ModelRef<'m>, opts: SessionOptions) -> Session<'m> {
         let c = model.config();
         let n_ctx = if opts.n_ctx == 0 {
             c.n_ctx_train.min(4096)
@@ -209,6 +209,34 @@ impl<'m> Session<'m> {
             }
         }
         Ok(())
+    }
+
+    /// The arithmetic-order policy of this session's passes.
+    pub fn numerics(&self) -> torchless_kernels::Numerics {
+        self.batch.numerics
+    }
+
+    /// Appends `tokens` running only the layers `skip` does not mark (`skip[l]`: layer `l` is
+    /// left out and writes nothing for these positions), and returns the logits after the last
+    /// one: a self-speculative draft. Truncate the positions away before the full model
+    /// evaluates them.
+    pub fn eval_skipping(&mut self, tokens: &[u32], skip: &[bool]) -> Result<&[f32], ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::Invalid("nothing to evaluate".into()));
+        }
+        let n_layers = self.model.config().n_layers;
+        if skip.len() != n_layers || skip.iter().all(|&s| s) {
+            return Err(ModelError::Invalid(format!(
+                "a layer-skipping draft needs one flag per layer ({n_layers}) and at least one \
+                 layer kept"
+            )));
+        }
+        self.batch.skip_layers.clear();
+        self.batch.skip_layers.extend_from_slice(skip);
+        let r = self.eval_with(tokens, false, |_, _| {});
+        self.batch.skip_layers.clear();
+        r?;
+        Ok(self.ws.logits_row(0))
     }
 
     /// Appends `tokens` and returns the logits after the last one.

@@ -152,10 +152,27 @@ impl Default for SamplerConfig {
     }
 }
 
+/// The last stage: what picks the token from the shaped candidates.
+enum Select {
+    Greedy(stages::Greedy),
+    Dist(stages::Dist),
+}
+
+impl Select {
+    fn stage(&mut self) -> &mut dyn Stage {
+        match self {
+            Select::Greedy(s) => s,
+            Select::Dist(s) => s,
+        }
+    }
+}
+
 /// A sampler: its chain of stages and candidate buffer.
 pub struct Sampler {
     cfg: SamplerConfig,
+    /// Every stage before the selection.
     chain: Chain,
+    select: Select,
     cand: Candidates,
     /// No stage needs more than an argmax.
     plain_greedy: bool,
@@ -200,20 +217,21 @@ impl Sampler {
                 breaker,
             ));
         }
-        if cfg.temperature <= 0.0 {
-            chain.push(stages::Greedy);
+        let select = if cfg.temperature <= 0.0 {
+            Select::Greedy(stages::Greedy)
         } else {
             chain.push(stages::TopK(cfg.top_k));
             chain.push(stages::Typical(cfg.typical_p));
             chain.push(stages::TopP(cfg.top_p));
             chain.push(stages::MinP(cfg.min_p));
             chain.push(stages::Temperature(cfg.temperature));
-            chain.push(stages::Dist::new(cfg.seed));
-        }
+            Select::Dist(stages::Dist::new(cfg.seed))
+        };
         Sampler {
             plain_greedy: cfg.temperature <= 0.0 && !cfg.reshapes(),
             cfg,
             chain,
+            select,
             cand: Candidates {
                 items: Vec::with_capacity(vocab),
                 ..Candidates::default()
@@ -227,7 +245,12 @@ impl Sampler {
 
     /// The stages in order.
     pub fn stages(&self) -> Vec<&'static str> {
-        self.chain.names()
+        let mut names = self.chain.names();
+        names.push(match &self.select {
+            Select::Greedy(s) => s.name(),
+            Select::Dist(s) => s.name(),
+        });
+        names
     }
 
     /// Picks a token from `logits` (one per vocabulary entry). It is not accepted: call
@@ -238,7 +261,43 @@ impl Sampler {
         }
         self.cand.fill(logits);
         self.chain.apply(&mut self.cand);
+        if self.cand.selected.is_none() && !self.cand.items.is_empty() {
+            self.select.stage().apply(&mut self.cand);
+        }
         self.cand.selected.unwrap_or(0)
+    }
+
+    /// The distribution [`Sampler::sample`] would draw from, given the tokens accepted so
+    /// far: (token, probability) pairs summing to 1, most likely first. Greedy: the one token
+    /// it picks, with probability 1. The generator is not advanced.
+    pub fn distribution(&mut self, logits: &[f32], out: &mut Vec<(u32, f64)>) {
+        out.clear();
+        if self.plain_greedy || logits.len() <= 1 {
+            out.push((greedy(logits), 1.0));
+            return;
+        }
+        self.cand.fill(logits);
+        self.chain.apply(&mut self.cand);
+        let c = &mut self.cand;
+        if c.selected.is_none() && !c.items.is_empty() {
+            if let Select::Greedy(g) = &mut self.select {
+                g.apply(c);
+            }
+        }
+        if let Some(t) = c.selected {
+            out.push((t, 1.0));
+            return;
+        }
+        if c.items.is_empty() {
+            out.push((0, 1.0));
+            return;
+        }
+        c.sort();
+        let (max, t) = (c.items[0].0, c.temperature);
+        out.extend((c.items.iter()).map(|&(l, id)| (id, stages::Dist::weight(l, max, t))));
+        let sum: f64 = out.iter().map(|x| x.1).sum();
+        out.iter_mut().for_each(|x| x.1 /= sum);
+        out.retain(|x| x.1 > 0.0);
     }
 
     /// Tells the stages that `token` is part of the text (prompt or output).
@@ -249,6 +308,7 @@ impl Sampler {
     /// Forgets every accepted token and restarts the generator.
     pub fn reset(&mut self) {
         self.chain.reset();
+        self.select.stage().reset();
     }
 }
 

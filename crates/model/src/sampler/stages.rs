@@ -397,6 +397,11 @@ impl Dist {
             rng: Rng::new(seed),
         }
     }
+
+    /// A candidate's unnormalized weight: `exp((logit - max) / temperature)`, in f64.
+    pub fn weight(logit: f32, max: f32, temperature: f64) -> f64 {
+        ((logit - max) as f64 / temperature).exp()
+    }
 }
 
 impl Stage for Dist {
@@ -407,7 +412,7 @@ impl Stage for Dist {
     fn apply(&mut self, c: &mut Candidates) {
         c.sort();
         let (max, t) = (c.items[0].0, c.temperature);
-        let weight = |l: f32| ((l - max) as f64 / t).exp();
+        let weight = |l: f32| Dist::weight(l, max, t);
         let sum: f64 = c.items.iter().map(|&(l, _)| weight(l)).sum();
         let mut r = self.rng.next_f64() * sum;
         for &(l, id) in &c.items {
