@@ -51,6 +51,107 @@ impl Format {
     }
 }
 
+/// Speculative decoding (`generate`): which proposer drafts, and how many tokens.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SpeculationOpts {
+    /// Draft with this smaller model (a path or a known model name); its vocabulary must be
+    /// the target's. Speculation computes in the batch-invariant numerics.
+    #[arg(long = "draft-model", value_name = "MODEL", conflicts_with_all = ["speculative", "lookup"])]
+    pub draft_model: Option<String>,
+    /// Self-speculation: the model drafts for itself with some of its layers skipped.
+    #[arg(long, conflicts_with = "lookup")]
+    pub speculative: bool,
+    /// Layers the self-speculative draft runs, e.g. 0-5,14-27 (default: the first fifth and
+    /// the second half).
+    #[arg(long, value_name = "LAYERS", requires = "speculative")]
+    pub draft_layers: Option<String>,
+    /// Prompt lookup: draft the tokens that followed the latest earlier occurrence of the
+    /// text's last N tokens (the longest match of up to N).
+    #[arg(long, value_name = "N")]
+    pub lookup: Option<usize>,
+    /// Tokens drafted per round (where adaptive, the first round's; it then moves between 2
+    /// and 8).
+    #[arg(long = "speculation-length", value_name = "K", default_value_t = 5)]
+    pub length: usize,
+    /// Keep the draft length at --speculation-length.
+    #[arg(long)]
+    pub no_adaptive_speculation: bool,
+    /// A draft model or layer-skipping draft stops at a token it gives less than this
+    /// probability (the target would likely reject it; 0: draft the full length).
+    #[arg(long = "draft-p-min", value_name = "P", default_value_t = 0.0)]
+    pub p_min: f32,
+}
+
+impl SpeculationOpts {
+    pub fn enabled(&self) -> bool {
+        self.draft_model.is_some() || self.speculative || self.lookup.is_some()
+    }
+
+    pub fn options(&self) -> Result<torchless_model::SpecOptions, CliError> {
+        let max = torchless_model::speculative::MAX_DRAFT;
+        if !(1..=max).contains(&self.length) {
+            return Err(CliError::Usage(format!(
+                "--speculation-length must be between 1 and {max}"
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.p_min) {
+            return Err(CliError::Usage("--draft-p-min must lie in [0, 1]".into()));
+        }
+        if self.lookup == Some(0) {
+            return Err(CliError::Usage(
+                "--lookup needs an n-gram size of at least 1".into(),
+            ));
+        }
+        Ok(torchless_model::SpecOptions {
+            length: self.length,
+            adaptive: !self.no_adaptive_speculation,
+        })
+    }
+
+    /// The proposer these options name for `target` (None: no speculation). A draft model is
+    /// loaded as `load` says, on the target's threads.
+    pub fn proposer<'m>(
+        &self,
+        target: &'m Model,
+        load: &ModelOpts,
+        n_ctx: usize,
+        sampler: &torchless_model::SamplerConfig,
+    ) -> Result<Option<Box<dyn torchless_model::speculative::Proposer + 'm>>, CliError> {
+        use torchless_model::speculative::{parse_layers, DraftModel, LayerSkip, PromptLookup};
+        let vocab = target.config().vocab;
+        if let Some(n) = self.lookup {
+            return Ok(Some(Box::new(PromptLookup::new(n))));
+        }
+        if self.speculative {
+            let n_layers = target.config().n_layers;
+            let keep = match &self.draft_layers {
+                Some(spec) => parse_layers(spec)
+                    .map_err(|e| CliError::Usage(format!("--draft-layers: {e}")))?,
+                None => LayerSkip::default_layers(n_layers),
+            };
+            let mut p = LayerSkip::new(n_layers, &keep, sampler, vocab)?;
+            p.p_min = self.p_min;
+            return Ok(Some(Box::new(p)));
+        }
+        let Some(name) = &self.draft_model else {
+            return Ok(None);
+        };
+        let path = torchless_hub::resolve(Some(name))?;
+        let opts = LoadOptions {
+            pool: Some(target.shared_pool()),
+            ..load.load_options()?
+        };
+        let draft = Model::load(&path, &opts).map_err(|source| CliError::Load {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let draft = torchless_model::ModelRef::Shared(std::sync::Arc::new(draft));
+        let mut p = DraftModel::new(draft, target, n_ctx, sampler)?;
+        p.p_min = self.p_min;
+        Ok(Some(Box::new(p)))
+    }
+}
+
 /// How tokens are drawn (`generate`, `chat`).
 #[derive(Args, Clone, Debug)]
 pub struct SamplingOpts {

@@ -5,7 +5,7 @@ use std::io::Write;
 use torchless_model::{generate, GenerateOptions, Session, SessionOptions};
 use torchless_tokenizer::{Message, TextStream};
 
-use crate::options::{parse_ids, CliError, ModelOpts, SamplingOpts};
+use crate::options::{parse_ids, CliError, ModelOpts, SamplingOpts, SpeculationOpts};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,6 +22,8 @@ pub struct Args {
     pub n_predict: usize,
     #[command(flatten)]
     pub sampling: SamplingOpts,
+    #[command(flatten)]
+    pub speculation: SpeculationOpts,
     /// Random seed (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -116,7 +118,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         SessionOptions {
             n_ctx: a.ctx,
             n_batch: a.batch,
-            numerics: if a.batch_invariant {
+            numerics: if a.batch_invariant || a.speculation.enabled() {
                 torchless_kernels::Numerics::BatchInvariant
             } else {
                 torchless_kernels::Numerics::LlamaCpp
@@ -131,37 +133,68 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
         .into());
     }
+    let spec = if a.speculation.enabled() {
+        if a.logits_out.is_some() {
+            return Err(CliError::Usage(
+                "--logits-out cannot be combined with speculative decoding".into(),
+            ));
+        }
+        let o = a.speculation.options()?;
+        let p = a
+            .speculation
+            .proposer(&model, &a.model, session.n_ctx(), &opts.sampler)?;
+        p.map(|p| (p, o))
+    } else {
+        None
+    };
     let tok = model.tokenizer();
     let mut stream = TextStream::new();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let streaming = !a.json;
-    let result = generate(
-        &mut session,
-        &prompt_ids,
-        &opts,
-        |row| {
-            if let Some(f) = logits_file.as_mut() {
-                let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
-                if let Err(e) = f.write_all(&bytes) {
-                    write_err.get_or_insert(e);
-                }
+    let mut on_token = |t: u32| {
+        if streaming {
+            if let Some(tok) = tok {
+                let text = stream.push(tok.token_bytes(t, false));
+                // A closed stdout (e.g. `| head`) ends generation quietly.
+                return out
+                    .write_all(text.as_bytes())
+                    .and_then(|_| out.flush())
+                    .is_ok();
             }
-        },
-        |t| {
-            if streaming {
-                if let Some(tok) = tok {
-                    let text = stream.push(tok.token_bytes(t, false));
-                    // A closed stdout (e.g. `| head`) ends generation quietly.
-                    return out
-                        .write_all(text.as_bytes())
-                        .and_then(|_| out.flush())
-                        .is_ok();
-                }
-            }
-            true
-        },
-    )?;
+        }
+        true
+    };
+    let (result, spec_stats) = match spec {
+        Some((mut proposer, spec_opts)) => {
+            let (g, s) = torchless_model::speculative::generate(
+                &mut session,
+                proposer.as_mut(),
+                &prompt_ids,
+                &opts,
+                &spec_opts,
+                &mut on_token,
+            )?;
+            (g, Some((proposer.name(), s)))
+        }
+        None => (
+            generate(
+                &mut session,
+                &prompt_ids,
+                &opts,
+                |row| {
+                    if let Some(f) = logits_file.as_mut() {
+                        let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+                        if let Err(e) = f.write_all(&bytes) {
+                            write_err.get_or_insert(e);
+                        }
+                    }
+                },
+                &mut on_token,
+            )?,
+            None,
+        ),
+    };
     if streaming {
         let _ = writeln!(out, "{}", stream.finish());
     }
@@ -198,8 +231,30 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 "generation_tokens_per_s": t.gen_tps(),
             },
         });
+        let mut j = j;
+        if let Some((name, s)) = &spec_stats {
+            j["speculation"] = serde_json::json!({
+                "proposer": name,
+                "rounds": s.rounds,
+                "drafted": s.drafted,
+                "accepted": s.accepted,
+                "acceptance": s.acceptance(),
+                "tokens_per_pass": s.tokens_per_pass(),
+                "draft_share": s.draft_share(),
+            });
+        }
         let _ = writeln!(out, "{j}");
     } else {
+        if let Some((name, s)) = &spec_stats {
+            eprintln!(
+                "\nspeculation ({name}): {:.1}% of {} drafted tokens accepted, {:.2} tokens per \
+                 target pass, drafting {:.0}% of the time",
+                100.0 * s.acceptance(),
+                s.drafted,
+                s.tokens_per_pass(),
+                100.0 * s.draft_share()
+            );
+        }
         eprintln!(
             "\nprompt: {} tokens, {:.1} tokens/s | generation: {} tokens, {:.1} tokens/s | stop: {}",
             t.prompt_tokens,

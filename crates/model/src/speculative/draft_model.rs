@@ -20,6 +20,8 @@ pub struct DraftModel<'d> {
     /// Ids the target knows (drafts stop at any other).
     target_vocab: usize,
     context: Vec<u32>,
+    /// Stop drafting at a token the draft gives less than this probability.
+    pub p_min: f32,
 }
 
 impl<'d> DraftModel<'d> {
@@ -43,6 +45,7 @@ impl<'d> DraftModel<'d> {
             picker: Picker::new(sampler, vocab),
             target_vocab: target.config().vocab,
             context: Vec::with_capacity(n_ctx),
+            p_min: 0.0,
         })
     }
 }
@@ -103,7 +106,9 @@ impl Proposer for DraftModel<'_> {
         let kept = self.session.truncate(shared);
         let mut logits = self.session.eval(&ctx[kept..])?;
         for i in 0..max {
-            let t = self.picker.pick(logits, draft);
+            let Some(t) = self.picker.pick(logits, draft, self.p_min) else {
+                break;
+            };
             if t as usize >= self.target_vocab {
                 draft.truncate(i);
                 break;
