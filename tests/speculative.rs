@@ -325,6 +325,17 @@ fn the_cli_speculates_and_reports_and_refuses_bad_settings() {
         assert!(s["rounds"].as_u64().unwrap() > 0, "{j}");
         assert!(s["acceptance"].as_f64().is_some(), "{j}");
     }
+    let out = torchless(&[
+        "bench", "-m", m, "-p", "0", "-n", "8", "-r", "1", "--lookup", "2",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("greedy tg8 +lookup"), "{text}");
+    assert!(text.contains("speculation (lookup"), "{text}");
     let gemma = common::model("gemma-3-270m");
     for (extra, says) in [
         (vec!["--draft-model", gemma.to_str().unwrap()], "vocabulary"),

@@ -5,9 +5,14 @@
 use std::time::Instant;
 
 use torchless_kernels::Numerics;
-use torchless_model::{Model, Session, SessionOptions};
+use torchless_model::{GenerateOptions, Model, Session, SessionOptions, SpecOptions, SpecStats};
 
-use crate::options::{CliError, ModelOpts};
+use crate::options::{CliError, ModelOpts, SpeculationOpts};
+
+/// The prompt of the speculative generation tests: code to continue.
+const SPEC_PROMPT: &str = "# Python: parse a CSV file of transactions (date, account, amount) \
+and total them by account and month.\nimport csv\nfrom collections import defaultdict\n\n\n\
+def totals_by_account_month(path):\n";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -36,6 +41,14 @@ pub struct Args {
     /// llama.cpp's.
     #[arg(long)]
     pub batch_invariant: bool,
+    /// With a proposer (--draft-model, --speculative, --lookup): greedy generation of
+    /// --n-gen tokens from --spec-prompt, plain and speculative, with the speculation's
+    /// statistics.
+    #[command(flatten)]
+    pub speculation: SpeculationOpts,
+    /// The prompt of the speculative generation tests.
+    #[arg(long = "spec-prompt", default_value = SPEC_PROMPT)]
+    pub spec_prompt: String,
 }
 
 fn stats(xs: &[f64]) -> (f64, f64) {
@@ -120,6 +133,42 @@ fn tg(model: &Model, n: usize, depth: usize, batch: usize, nm: Numerics) -> Resu
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Greedy generation of `n` tokens after `prompt`: tokens per second of generation, and the
+/// speculation's statistics when `proposer` drafts.
+fn greedy_gen(
+    model: &Model,
+    prompt: &[u32],
+    n: usize,
+    nm: Numerics,
+    proposer: Option<(&mut dyn torchless_model::speculative::Proposer, SpecOptions)>,
+) -> Result<(f64, Option<SpecStats>), CliError> {
+    let mut s = Session::new(
+        model,
+        SessionOptions {
+            n_ctx: prompt.len() + n + 1,
+            numerics: nm,
+            ..SessionOptions::default()
+        },
+    );
+    let opts = GenerateOptions {
+        max_tokens: n,
+        sampler: torchless_model::SamplerConfig::greedy(),
+        stop_at_eog: false,
+        record_logits: false,
+    };
+    Ok(match proposer {
+        None => {
+            let g = torchless_model::generate(&mut s, prompt, &opts, |_| {}, |_| true)?;
+            (g.timings.gen_tps(), None)
+        }
+        Some((p, spec)) => {
+            let (g, st) =
+                torchless_model::speculative::generate(&mut s, p, prompt, &opts, &spec, |_| true)?;
+            (g.timings.gen_tps(), Some(st))
+        }
+    })
+}
+
 pub fn run(a: Args) -> Result<(), CliError> {
     let model = a.model.load()?;
     let path = a.model.path()?;
@@ -163,6 +212,34 @@ pub fn run(a: Args) -> Result<(), CliError> {
             tg(&model, a.n_gen, a.depth, a.batch, nm)
         })?;
     }
+    let mut spec_stats = None;
+    if a.speculation.enabled() && a.n_gen > 0 {
+        let spec = &a.speculation;
+        let spec_opts = spec.options()?;
+        let prompt = model
+            .require_tokenizer()?
+            .encode(&a.spec_prompt, true, true)?;
+        let n_ctx = prompt.len() + a.n_gen + 1;
+        let greedy = torchless_model::SamplerConfig::greedy();
+        let proposer = std::cell::RefCell::new(
+            spec.proposer(&model, &a.model, n_ctx, &greedy)?
+                .ok_or_else(|| CliError::Usage("no proposer".into()))?,
+        );
+        let name = proposer.borrow().name();
+        let last = std::cell::Cell::new(None);
+        let inv = Numerics::BatchInvariant;
+        run_test(format!("greedy tg{} (batch-invariant)", a.n_gen), &|| {
+            Ok(greedy_gen(&model, &prompt, a.n_gen, inv, None)?.0)
+        })?;
+        run_test(format!("greedy tg{} +{name}", a.n_gen), &|| {
+            let mut p = proposer.borrow_mut();
+            let (tps, st) =
+                greedy_gen(&model, &prompt, a.n_gen, inv, Some((p.as_mut(), spec_opts)))?;
+            last.set(st);
+            Ok(tps)
+        })?;
+        spec_stats = last.get().map(|s| (name, s));
+    }
     // Peak memory of the tests themselves, before the bandwidth probe allocates its buffer.
     let peak = peak_rss();
     let pool = torchless_kernels::ThreadPool::new(model.threads());
@@ -176,6 +253,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
             "results": results.iter().map(|(l, m, s, xs)| serde_json::json!({"test": l, "tokens_per_s": m, "stddev": s, "samples": xs})).collect::<Vec<_>>(),
             "peak_rss_bytes": peak, "read_bandwidth_bytes_per_s": bw,
             "weight_bytes_per_token": bytes_per_token, "generation_bound_tokens_per_s": bound,
+            "speculation": spec_stats.map(|(name, s)| serde_json::json!({
+                "proposer": name, "acceptance": s.acceptance(),
+                "tokens_per_pass": s.tokens_per_pass(), "draft_share": s.draft_share(),
+            })),
         });
         println!("{j:#}");
         return Ok(());
@@ -201,6 +282,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
         bytes_per_token as f64 / 1048576.0,
         bound
     );
+    if let Some((name, s)) = spec_stats {
+        println!(
+            "speculation ({name}, last run): {:.1}% of {} drafted tokens accepted, {:.2} tokens \
+             per target pass, drafting {:.0}% of the time",
+            100.0 * s.acceptance(),
+            s.drafted,
+            s.tokens_per_pass(),
+            100.0 * s.draft_share()
+        );
+    }
     if let Some((_, mean, _, _)) = results.iter().find(|r| r.0.starts_with("tg")) {
         println!(
             "generation at {:.0}% of the bandwidth bound",
