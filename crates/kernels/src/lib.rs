@@ -19,6 +19,7 @@
 pub mod attention;
 pub mod bandwidth;
 pub mod dispatch;
+pub mod flash;
 pub mod isa;
 pub mod lanes;
 pub mod matmul;

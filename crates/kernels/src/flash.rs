@@ -1,0 +1,410 @@
+//! Flash attention: attention of queries over a paged KV cache in tiles, with the online
+//! softmax (a running maximum and sum, earlier work rescaled when the maximum grows), so that
+//! no score row as long as the context is ever held.
+//!
+//! The arithmetic of one query is fixed by the positions it sees and nothing else (not the
+//! batch, not the thread count): positions are cut into *splits* of [`SPLIT`] positions at
+//! absolute multiples of [`SPLIT`], each split into tiles of the chosen tile size, also at
+//! absolute multiples. Each split yields a partial state (maximum, sum, weighted values) from
+//! a fresh start; the partials are folded into the query's running state in split order. A
+//! caller may compute the splits of one query on different threads and fold them later, or
+//! one after another on one thread: the bits are the same.
+//!
+//! Per tile: scores in eight-lane fused multiply-adds over the head dimension (the batched
+//! order of [`crate::lanes`]) times the scale, an optional soft-cap, the tile maximum, the
+//! rescale factor and weights by ggml's exp, the sum in position order, values accumulated
+//! by fused multiply-adds position after position. Keys and values are read as rows
+//! (`[slot][head_dim]`) in f32, f16, Q8_0 or Q4_0, converted to f32 one tile at a time.
+//!
+//! This module computes; it does not decide which queries go together or where a sequence's
+//! blocks are (the model's attention module does).
+
+use half::f16;
+
+use crate::lanes::{expf_ggml, hsum8, LANES};
+
+/// Positions of one split: the unit of work that threads share for a long context.
+pub const SPLIT: usize = 256;
+
+/// The default tile (positions scored and weighted together).
+pub const DEFAULT_TILE: usize = 32;
+
+/// Whether `tile` is a usable tile size: a power of two from 8 to [`SPLIT`].
+pub fn valid_tile(tile: usize) -> bool {
+    tile.is_power_of_two() && (8..=SPLIT).contains(&tile)
+}
+
+/// Floats of one query's state: maximum, sum, then `head_dim` weighted values.
+pub fn state_len(head_dim: usize) -> usize {
+    head_dim + 2
+}
+
+/// Bytes of Q8_0 and Q4_0 blocks of 32 elements.
+const Q8_0_BYTES: usize = 34;
+const Q4_0_BYTES: usize = 18;
+const QK: usize = 32;
+
+/// The elements of one of K or V, whatever their type. Quantized rows hold `head_dim / 32`
+/// blocks; an element index `e` (a multiple of 32) starts at byte `e / 32 · block bytes`.
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Q8_0(&'a [u8]),
+    Q4_0(&'a [u8]),
+}
+
+/// One KV head of one sequence, rows addressed through a block table: row `pos` starts at
+/// element `base + blocks[pos / block_size] · block_stride + (pos % block_size) · head_dim`.
+#[derive(Clone, Copy)]
+pub struct PagedRows<'a> {
+    pub rows: Rows<'a>,
+    pub blocks: &'a [u32],
+    pub base: usize,
+    pub block_stride: usize,
+    pub block_size: usize,
+    pub head_dim: usize,
+}
+
+impl PagedRows<'_> {
+    /// Converts rows `pos..pos + n` to f32 into `out` (`n · head_dim`); false where a row
+    /// has no block or lies outside the data (then `out` is unspecified).
+    #[inline(always)]
+    fn convert(&self, pos: usize, n: usize, out: &mut [f32]) -> bool {
+        let (bs, hd) = (self.block_size.max(1), self.head_dim);
+        let mut done = 0;
+        while done < n {
+            let p = pos + done;
+            let run = (bs - p % bs).min(n - done);
+            let Some(&b) = self.blocks.get(p / bs) else {
+                return false;
+            };
+            let start = (b as usize)
+                .checked_mul(self.block_stride)
+                .and_then(|x| x.checked_add(self.base + (p % bs) * hd));
+            let Some(start) = start else { return false };
+            let dst = &mut out[done * hd..(done + run) * hd];
+            if !convert_run(self.rows, start, dst) {
+                return false;
+            }
+            done += run;
+        }
+        true
+    }
+}
+
+/// Converts `dst.len()` elements from element index `start` of `rows`.
+#[inline(always)]
+fn convert_run(rows: Rows<'_>, start: usize, dst: &mut [f32]) -> bool {
+    let n = dst.len();
+    match rows {
+        Rows::F32(x) => match x.get(start..start + n) {
+            Some(s) => {
+                dst.copy_from_slice(s);
+                true
+            }
+            None => false,
+        },
+        Rows::F16(x) => match x.get(start..start + n) {
+            Some(s) => {
+                for (d, h) in dst.iter_mut().zip(s) {
+                    *d = h.to_f32();
+                }
+                true
+            }
+            None => false,
+        },
+        Rows::Q8_0(x) => {
+            if !start.is_multiple_of(QK) || !n.is_multiple_of(QK) {
+                return false;
+            }
+            let b0 = start / QK * Q8_0_BYTES;
+            let Some(src) = x.get(b0..b0 + n / QK * Q8_0_BYTES) else {
+                return false;
+            };
+            for (blk, out) in src.chunks_exact(Q8_0_BYTES).zip(dst.chunks_exact_mut(QK)) {
+                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                for (o, &q) in out.iter_mut().zip(&blk[2..]) {
+                    *o = q as i8 as f32 * d;
+                }
+            }
+            true
+        }
+        Rows::Q4_0(x) => {
+            if !start.is_multiple_of(QK) || !n.is_multiple_of(QK) {
+                return false;
+            }
+            let b0 = start / QK * Q4_0_BYTES;
+            let Some(src) = x.get(b0..b0 + n / QK * Q4_0_BYTES) else {
+                return false;
+            };
+            for (blk, out) in src.chunks_exact(Q4_0_BYTES).zip(dst.chunks_exact_mut(QK)) {
+                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                let (lo, hi) = out.split_at_mut(QK / 2);
+                for (j, &q) in blk[2..].iter().enumerate() {
+                    lo[j] = ((q & 0x0f) as i32 - 8) as f32 * d;
+                    hi[j] = ((q >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+            true
+        }
+    }
+}
+
+/// Encodes a row of f32 as the cache stores it: Q8_0 as llama.cpp's activation encoder
+/// (what its KV copy runs), Q4_0 as its reference quantizer. False where the lengths do not
+/// match whole blocks.
+pub fn encode_row(ty: crate::GgmlType, src: &[f32], dst: &mut [u8]) -> bool {
+    match ty {
+        crate::GgmlType::Q8_0 => crate::quant::quantize(ty, src, dst),
+        crate::GgmlType::Q4_0 => crate::quant::weights::quantize_weights(ty, src, dst),
+        _ => false,
+    }
+}
+
+/// Bytes that `n` elements (a multiple of 32 for the quantized types) take in each encoding.
+pub fn q8_0_bytes(n: usize) -> usize {
+    n.div_ceil(QK) * Q8_0_BYTES
+}
+
+/// See [`q8_0_bytes`].
+pub fn q4_0_bytes(n: usize) -> usize {
+    n.div_ceil(QK) * Q4_0_BYTES
+}
+
+/// One query: its vector (`head_dim` long) and the positions it sees, `first..n_kv`.
+#[derive(Clone, Copy)]
+pub struct FlashQuery<'a> {
+    pub q: &'a [f32],
+    pub first: usize,
+    pub n_kv: usize,
+}
+
+/// The settings of a flash attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct FlashParams {
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    /// Positions per tile ([`valid_tile`]).
+    pub tile: usize,
+}
+
+/// Floats of scratch [`split_partials`] needs for `tile` and `head_dim`.
+pub fn tile_scratch_len(tile: usize, head_dim: usize) -> usize {
+    tile + 2 * tile * head_dim
+}
+
+/// The splits that positions `first..n_kv` touch.
+pub fn splits(first: usize, n_kv: usize) -> std::ops::Range<usize> {
+    if n_kv <= first {
+        return 0..0;
+    }
+    first / SPLIT..n_kv.div_ceil(SPLIT)
+}
+
+/// Computes, for every query of `qs`, the partial state of split `split` into `states`
+/// (`qs.len()` states of [`state_len`] floats): maximum, sum and weighted values of the
+/// positions of the split the query sees, from a fresh start (maximum −∞ where it sees none).
+/// `scratch` holds [`tile_scratch_len`] floats. Returns false where a key or value row
+/// cannot be read (a position without a block, data too short, a quantized row not made of
+/// whole blocks): the states are then unspecified.
+///
+/// # Panics
+/// If `states` or `scratch` is too short, or a query is shorter than `head_dim` (a caller's
+/// bug).
+#[allow(clippy::too_many_arguments)]
+pub fn split_partials(
+    k: &crate::Kernels,
+    p: &FlashParams,
+    qs: &[FlashQuery<'_>],
+    keys: &PagedRows<'_>,
+    values: &PagedRows<'_>,
+    split: usize,
+    states: &mut [f32],
+    scratch: &mut [f32],
+) -> bool {
+    let hd = keys.head_dim;
+    let fits = states.len() >= qs.len() * state_len(hd)
+        && scratch.len() >= tile_scratch_len(p.tile, hd)
+        && qs.iter().all(|q| q.q.len() >= hd)
+        && values.head_dim == hd
+        && valid_tile(p.tile);
+    assert!(
+        fits,
+        "split_partials: states, scratch or queries do not fit"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if k.has_fma() {
+        // SAFETY: `has_fma` says the CPU supports AVX2 and FMA.
+        return unsafe { split_fma(p, qs, keys, values, split, states, scratch) };
+    }
+    let _ = k;
+    split_impl(p, qs, keys, values, split, states, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn split_fma(
+    p: &FlashParams,
+    qs: &[FlashQuery<'_>],
+    keys: &PagedRows<'_>,
+    values: &PagedRows<'_>,
+    split: usize,
+    states: &mut [f32],
+    scratch: &mut [f32],
+) -> bool {
+    split_impl(p, qs, keys, values, split, states, scratch)
+}
+
+#[inline(always)]
+fn split_impl(
+    p: &FlashParams,
+    qs: &[FlashQuery<'_>],
+    keys: &PagedRows<'_>,
+    values: &PagedRows<'_>,
+    split: usize,
+    states: &mut [f32],
+    scratch: &mut [f32],
+) -> bool {
+    let hd = keys.head_dim;
+    let sl = state_len(hd);
+    let t = p.tile;
+    let (s0, s1) = (split * SPLIT, (split + 1) * SPLIT);
+    for st in states.chunks_exact_mut(sl).take(qs.len()) {
+        st[0] = f32::NEG_INFINITY;
+        st[1..].fill(0.0);
+    }
+    // The positions of this split some query sees.
+    let lo = qs.iter().map(|q| q.first).min().unwrap_or(0).max(s0);
+    let hi = qs.iter().map(|q| q.n_kv).max().unwrap_or(0).min(s1);
+    if lo >= hi {
+        return true;
+    }
+    let (scores, rest) = scratch.split_at_mut(t);
+    let (kt, rest) = rest.split_at_mut(t * hd);
+    let vt = &mut rest[..t * hd];
+    let mut t0 = s0 + (lo - s0) / t * t;
+    while t0 < hi {
+        let t1 = (t0 + t).min(hi);
+        let a = t0.max(lo);
+        let n = t1 - a;
+        if !keys.convert(a, n, &mut kt[..n * hd]) || !values.convert(a, n, &mut vt[..n * hd]) {
+            return false;
+        }
+        for (q, st) in qs.iter().zip(states.chunks_exact_mut(sl)) {
+            let (from, to) = (a.max(q.first), t1.min(q.n_kv));
+            if from >= to {
+                continue;
+            }
+            let rows = from - a..to - a;
+            let s = &mut scores[..rows.len()];
+            for (o, j) in s.iter_mut().zip(rows.clone()) {
+                *o = dot8(&q.q[..hd], &kt[j * hd..(j + 1) * hd]) * p.scale;
+            }
+            if let Some(cap) = p.softcap {
+                crate::ops::softcap(s, cap);
+            }
+            let tmax = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let (m_old, l_old) = (st[0], st[1]);
+            let m = m_old.max(tmax);
+            if m == f32::NEG_INFINITY {
+                continue;
+            }
+            let alpha = expf_ggml(m_old - m);
+            let mut sum = 0.0f32;
+            for w in s.iter_mut() {
+                *w = expf_ggml(*w - m);
+                sum += *w;
+            }
+            st[0] = m;
+            st[1] = l_old.mul_add(alpha, sum);
+            let acc = &mut st[2..2 + hd];
+            if alpha != 1.0 {
+                for x in acc.iter_mut() {
+                    *x *= alpha;
+                }
+            }
+            for (&w, j) in s.iter().zip(rows) {
+                let v = &vt[j * hd..(j + 1) * hd];
+                for (x, &vv) in acc.iter_mut().zip(v) {
+                    *x = w.mul_add(vv, *x);
+                }
+            }
+        }
+        t0 += t;
+    }
+    true
+}
+
+/// `q·k` in eight lanes of fused multiply-adds, summed by [`hsum8`]; a tail past a multiple
+/// of eight added in order.
+#[inline(always)]
+fn dot8(q: &[f32], k: &[f32]) -> f32 {
+    let n = q.len().min(k.len());
+    let n8 = n / LANES * LANES;
+    let mut acc = [0.0f32; LANES];
+    for (qc, kc) in q[..n8].chunks_exact(LANES).zip(k[..n8].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] = kc[l].mul_add(qc[l], acc[l]);
+        }
+    }
+    let mut s = hsum8(&acc);
+    for i in n8..n {
+        s = k[i].mul_add(q[i], s);
+    }
+    s
+}
+
+/// Folds a partial state into a running one (both [`state_len`] floats): the larger maximum,
+/// each side rescaled to it by ggml's exp, sums and values added. Folding the splits of a
+/// query in order gives the same bits whichever thread computed each.
+pub fn fold(k: &crate::Kernels, run: &mut [f32], part: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if k.has_fma() {
+        // SAFETY: `has_fma` says the CPU supports AVX2 and FMA.
+        unsafe { fold_fma(run, part) };
+        return;
+    }
+    let _ = k;
+    fold_impl(run, part)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fold_fma(run: &mut [f32], part: &[f32]) {
+    fold_impl(run, part)
+}
+
+#[inline(always)]
+fn fold_impl(run: &mut [f32], part: &[f32]) {
+    let n = run.len().min(part.len());
+    let (m1, m2) = (run[0], part[0]);
+    if m2 == f32::NEG_INFINITY {
+        return;
+    }
+    if m1 == f32::NEG_INFINITY {
+        run[..n].copy_from_slice(&part[..n]);
+        return;
+    }
+    let m = m1.max(m2);
+    let (a, b) = (expf_ggml(m1 - m), expf_ggml(m2 - m));
+    run[0] = m;
+    run[1] = run[1].mul_add(a, part[1] * b);
+    for (x, &y) in run[2..n].iter_mut().zip(&part[2..n]) {
+        *x = x.mul_add(a, y * b);
+    }
+}
+
+/// The attention output of a finished running state: the weighted values over the sum
+/// (zeros where the query saw no position).
+pub fn finish(state: &[f32], out: &mut [f32]) {
+    let l = state[1];
+    let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+    for (o, &x) in out.iter_mut().zip(&state[2..]) {
+        *o = x * inv;
+    }
+}
+
+#[cfg(test)]
+#[path = "flash_tests.rs"]
+mod tests;
