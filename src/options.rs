@@ -388,3 +388,74 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>, CliError> {
         })
         .collect()
 }
+
+/// Attention and KV cache settings (`generate`, `chat`, `serve`, `bench`, `perplexity`).
+#[derive(Args, Clone, Debug)]
+pub struct AttentionOpts {
+    /// Flash attention (tiles with the online softmax; other bits than llama.cpp's reference
+    /// path): on, off, or auto (on for contexts above 4096 positions and for quantized KV
+    /// caches).
+    #[arg(
+        long = "flash-attn",
+        value_name = "on|off|auto",
+        default_value = "auto"
+    )]
+    pub flash_attn: String,
+    /// Positions per flash attention tile (a power of two from 8 to 256).
+    #[arg(long = "flash-tile-size", value_name = "N", default_value_t = torchless_kernels::flash::DEFAULT_TILE)]
+    pub flash_tile_size: usize,
+    /// Element type of the KV cache, keys and values: f32, f16, q8_0 or q4_0 (the quantized
+    /// types run flash attention). Default: f16 (f32 with --precise).
+    #[arg(long = "kv-cache-dtype", value_name = "TYPE")]
+    pub kv_cache_dtype: Option<String>,
+    /// Element type of the keys alone (overrides --kv-cache-dtype for them).
+    #[arg(long = "cache-type-k", value_name = "TYPE")]
+    pub cache_type_k: Option<String>,
+    /// Element type of the values alone (overrides --kv-cache-dtype for them).
+    #[arg(long = "cache-type-v", value_name = "TYPE")]
+    pub cache_type_v: Option<String>,
+}
+
+impl Default for AttentionOpts {
+    fn default() -> Self {
+        AttentionOpts {
+            flash_attn: "auto".into(),
+            flash_tile_size: torchless_kernels::flash::DEFAULT_TILE,
+            kv_cache_dtype: None,
+            cache_type_k: None,
+            cache_type_v: None,
+        }
+    }
+}
+
+impl AttentionOpts {
+    /// The options these flags give; an error naming the flag that does not parse.
+    pub fn options(
+        &self,
+    ) -> Result<torchless_model::attention_options::AttentionOptions, CliError> {
+        use torchless_model::attention_options::{AttentionOptions, FlashMode};
+        use torchless_model::KvType;
+        let flash = FlashMode::parse(&self.flash_attn).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--flash-attn {}: expected on, off or auto",
+                self.flash_attn
+            ))
+        })?;
+        let ty = |flag: &str, v: &Option<String>| -> Result<Option<KvType>, CliError> {
+            v.as_deref()
+                .map(|s| {
+                    KvType::parse(s).ok_or_else(|| {
+                        CliError::Usage(format!("{flag} {s}: expected f32, f16, q8_0 or q4_0"))
+                    })
+                })
+                .transpose()
+        };
+        let both = ty("--kv-cache-dtype", &self.kv_cache_dtype)?;
+        Ok(AttentionOptions {
+            flash,
+            flash_tile: self.flash_tile_size,
+            k_type: ty("--cache-type-k", &self.cache_type_k)?.or(both),
+            v_type: ty("--cache-type-v", &self.cache_type_v)?.or(both),
+        })
+    }
+}

@@ -7,7 +7,9 @@ use std::time::Instant;
 use torchless_kernels::Numerics;
 use torchless_model::{GenerateOptions, Model, Session, SessionOptions, SpecOptions, SpecStats};
 
-use crate::options::{CliError, ModelOpts, SpeculationOpts};
+use torchless_model::attention_options::AttentionOptions;
+
+use crate::options::{AttentionOpts, CliError, ModelOpts, SpeculationOpts};
 
 /// The prompt of the speculative generation tests: code to continue.
 const SPEC_PROMPT: &str = "# Python: parse a CSV file of transactions (date, account, amount) \
@@ -49,6 +51,23 @@ pub struct Args {
     /// The prompt of the speculative generation tests.
     #[arg(long = "spec-prompt", default_value = SPEC_PROMPT)]
     pub spec_prompt: String,
+    #[command(flatten)]
+    pub attention: AttentionOpts,
+}
+
+/// How each test's session computes.
+#[derive(Clone, Copy)]
+struct Setup {
+    numerics: Numerics,
+    attention: AttentionOptions,
+}
+
+/// Resident memory of this process in bytes (Linux), if known.
+fn rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn stats(xs: &[f64]) -> (f64, f64) {
@@ -90,17 +109,18 @@ fn session_at_depth(
     depth: usize,
     n: usize,
     batch: usize,
-    numerics: torchless_kernels::Numerics,
+    setup: Setup,
 ) -> Result<Session<'_>, CliError> {
-    let mut s = Session::new(
-        model,
+    let mut s = Session::try_with_model(
+        torchless_model::ModelRef::Borrowed(model),
         SessionOptions {
             n_ctx: depth + n + 1,
             n_batch: batch,
-            numerics,
+            numerics: setup.numerics,
+            attention: setup.attention,
             ..SessionOptions::default()
         },
-    );
+    )?;
     if depth > 0 {
         // Different ids from the timed tokens, so no test replays the fill.
         let fill: Vec<u32> = tokens(depth + n, model.config().vocab)
@@ -113,7 +133,7 @@ fn session_at_depth(
     Ok(s)
 }
 
-fn pp(model: &Model, n: usize, depth: usize, batch: usize, nm: Numerics) -> Result<f64, CliError> {
+fn pp(model: &Model, n: usize, depth: usize, batch: usize, nm: Setup) -> Result<f64, CliError> {
     let toks = tokens(n, model.config().vocab);
     let mut s = session_at_depth(model, depth, n, batch, nm)?;
     let t = Instant::now();
@@ -121,7 +141,7 @@ fn pp(model: &Model, n: usize, depth: usize, batch: usize, nm: Numerics) -> Resu
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
-fn tg(model: &Model, n: usize, depth: usize, batch: usize, nm: Numerics) -> Result<f64, CliError> {
+fn tg(model: &Model, n: usize, depth: usize, batch: usize, nm: Setup) -> Result<f64, CliError> {
     let toks = tokens(n, model.config().vocab);
     // Without a depth to fill, the workspace is sized for one token, as generation needs.
     let batch = if depth == 0 { 1 } else { batch };
@@ -172,10 +192,36 @@ fn greedy_gen(
 pub fn run(a: Args) -> Result<(), CliError> {
     let model = a.model.load()?;
     let path = a.model.path()?;
-    let nm = if a.batch_invariant {
-        Numerics::BatchInvariant
-    } else {
-        Numerics::LlamaCpp
+    let nm = Setup {
+        numerics: if a.batch_invariant {
+            Numerics::BatchInvariant
+        } else {
+            Numerics::LlamaCpp
+        },
+        attention: a.attention.options()?,
+    };
+    // The cache a test builds, and what filling it makes resident (measured once, untimed).
+    let kv = {
+        let before = rss();
+        let n = a.n_prompt.max(a.n_gen);
+        let s = session_at_depth(&model, a.depth, n, a.batch, nm)?;
+        let after = rss();
+        let att = s.attention();
+        let kv_desc = format!(
+            "{}/{} (keys/values), {} attention",
+            att.k_type.name(),
+            att.v_type.name(),
+            if att.flash_tile.is_some() {
+                "flash"
+            } else {
+                "reference"
+            }
+        );
+        (
+            kv_desc,
+            s.kv_bytes(),
+            before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+        )
     };
     let name = path
         .file_name()
@@ -253,6 +299,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             "results": results.iter().map(|(l, m, s, xs)| serde_json::json!({"test": l, "tokens_per_s": m, "stddev": s, "samples": xs})).collect::<Vec<_>>(),
             "peak_rss_bytes": peak, "read_bandwidth_bytes_per_s": bw,
             "weight_bytes_per_token": bytes_per_token, "generation_bound_tokens_per_s": bound,
+            "kv_cache": {"types": kv.0, "bytes": kv.1, "resident_after_fill_bytes": kv.2, "filled_positions": a.depth},
             "speculation": spec_stats.map(|(name, s)| serde_json::json!({
                 "proposer": name, "acceptance": s.acceptance(),
                 "tokens_per_pass": s.tokens_per_pass(), "draft_share": s.draft_share(),
@@ -281,6 +328,15 @@ pub fn run(a: Args) -> Result<(), CliError> {
         bw / 1e9,
         bytes_per_token as f64 / 1048576.0,
         bound
+    );
+    println!(
+        "KV cache: {}; {:.1} MiB for {} positions; resident after filling {} positions: {}",
+        kv.0,
+        kv.1 as f64 / 1048576.0,
+        a.depth + a.n_prompt.max(a.n_gen) + 1,
+        a.depth,
+        kv.2.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
+            .unwrap_or_else(|| "unknown".into())
     );
     if let Some((name, s)) = spec_stats {
         println!(

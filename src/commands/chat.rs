@@ -13,12 +13,14 @@ use torchless_chat::command::{self, Command, HELP};
 use torchless_chat::{Chat, ChatOptions, Event, Settings, TurnStats};
 use torchless_model::{Model, SessionOptions, StopReason};
 
-use crate::options::{CliError, ModelOpts, SamplingOpts};
+use crate::options::{AttentionOpts, CliError, ModelOpts, SamplingOpts};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelOpts,
+    #[command(flatten)]
+    pub attention: AttentionOpts,
     /// System prompt.
     #[arg(long)]
     pub system: Option<String>,
@@ -58,10 +60,22 @@ pub fn run(a: Args) -> Result<(), CliError> {
     })?;
     // Checked here, against the model's vocabulary; the chat keeps the settings it can show.
     let s = a.sampling.config(0, model.config().vocab)?;
+    // Attention settings that cannot work with this model are refused before the first turn.
+    {
+        let c = model.config();
+        let n_ctx = if a.ctx == 0 {
+            c.n_ctx_train.min(4096)
+        } else {
+            a.ctx
+        };
+        let kv = model.precision().kv_type();
+        a.attention.options()?.resolve(n_ctx, c.head_dim, kv)?;
+    }
     let opts = ChatOptions {
         session: SessionOptions {
             n_ctx: a.ctx,
             n_batch: a.batch,
+            attention: a.attention.options()?,
             ..SessionOptions::default()
         },
         template: a.template.clone(),

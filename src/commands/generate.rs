@@ -5,7 +5,9 @@ use std::io::Write;
 use torchless_model::{generate, GenerateOptions, Session, SessionOptions};
 use torchless_tokenizer::{Message, TextStream};
 
-use crate::options::{parse_ids, CliError, ModelOpts, SamplingOpts, SpeculationOpts};
+use crate::options::{
+    parse_ids, AttentionOpts, CliError, ModelOpts, SamplingOpts, SpeculationOpts,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -24,6 +26,8 @@ pub struct Args {
     pub sampling: SamplingOpts,
     #[command(flatten)]
     pub speculation: SpeculationOpts,
+    #[command(flatten)]
+    pub attention: AttentionOpts,
     /// Random seed (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -113,8 +117,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
         None => None,
     };
     let mut write_err = None;
-    let mut session = Session::new(
-        &model,
+    let mut session = Session::try_with_model(
+        torchless_model::session::ModelRef::Borrowed(&model),
         SessionOptions {
             n_ctx: a.ctx,
             n_batch: a.batch,
@@ -123,9 +127,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
             } else {
                 torchless_kernels::Numerics::LlamaCpp
             },
+            attention: a.attention.options()?,
             ..SessionOptions::default()
         },
-    );
+    )?;
     if prompt_ids.len() > session.n_ctx() {
         return Err(torchless_model::ModelError::ContextFull {
             need: prompt_ids.len(),

@@ -1,6 +1,7 @@
 //! `torchless info`: what a model file holds and what running it costs.
 
 use std::collections::BTreeMap;
+use torchless_model::KvType;
 
 use torchless_model::checkpoint::parse_arch;
 use torchless_model::{Arch, Checkpoint, Format, ModelConfig};
@@ -111,6 +112,19 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let params: u64 = types.values().map(|v| v.1).sum();
     let weight_bytes: u64 = types.values().map(|v| v.2).sum();
     let kv_f16 = config.as_ref().map(|c| c.kv_bytes(c.n_ctx_train, 2) as u64);
+    // The KV cache at the trained context for each element type (keys and values alike);
+    // quantized types only where the head size is made of whole blocks of 32.
+    let kv_types: Vec<(KvType, u64)> = config
+        .as_ref()
+        .map(|c| {
+            let n = c.kv_elements(c.n_ctx_train);
+            KvType::ALL
+                .into_iter()
+                .filter(|t| !t.is_quantized() || c.head_dim.is_multiple_of(32))
+                .map(|t| (t, 2 * t.bytes_for(n) as u64))
+                .collect()
+        })
+        .unwrap_or_default();
 
     if a.json {
         let j = serde_json::json!({
@@ -138,6 +152,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             "parameters": params,
             "weight_bytes": weight_bytes,
             "kv_cache_bytes_at_context_f16": kv_f16,
+            "kv_cache_bytes_at_context": kv_types.iter().map(|(t, b)| (t.name().to_string(), serde_json::json!(b))).collect::<serde_json::Map<_, _>>(),
             "tokenizer": tokenizer.as_ref().map(|t| serde_json::json!({
                 "kind": t.describe(), "tokens": t.len(),
                 "bos": t.vocab().bos, "eos": t.vocab().eos, "add_bos": t.vocab().add_bos,
@@ -238,17 +253,17 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
         None => println!("tokenizer       none"),
     }
-    println!(
-        "memory          weights {:.1} MiB{}",
-        mib(weight_bytes),
-        match (kv_f16, &config) {
-            (Some(kv), Some(c)) => format!(
-                ", KV cache {:.1} MiB at {} tokens (f16)",
-                mib(kv),
-                c.n_ctx_train
-            ),
-            _ => String::new(),
-        }
-    );
+    println!("memory          weights {:.1} MiB", mib(weight_bytes));
+    if let Some(c) = &config {
+        let per: Vec<String> = kv_types
+            .iter()
+            .map(|(t, b)| format!("{} {:.1} MiB", t.name(), mib(*b)))
+            .collect();
+        println!(
+            "KV cache        at {} tokens: {} (--kv-cache-dtype)",
+            c.n_ctx_train,
+            per.join(", ")
+        );
+    }
     Ok(())
 }

@@ -2,14 +2,16 @@
 
 use std::io::Write;
 
-use torchless_model::perplexity::perplexity;
+use torchless_model::perplexity::perplexity_with;
 
-use crate::options::{CliError, ModelOpts};
+use crate::options::{AttentionOpts, CliError, ModelOpts};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelOpts,
+    #[command(flatten)]
+    pub attention: AttentionOpts,
     /// The text file.
     #[arg(short = 'f', long = "file")]
     pub file: std::path::PathBuf,
@@ -31,7 +33,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let tokens = model.require_tokenizer()?.encode(&text, true, false)?;
     eprintln!("perplexity: {} tokens, chunks of {}", tokens.len(), a.ctx);
     let start = std::time::Instant::now();
-    let r = perplexity(&model, &tokens, a.ctx, a.batch, |done, total, ppl| {
+    let att = a.attention.options()?;
+    let r = perplexity_with(&model, &tokens, a.ctx, a.batch, att, |done, total, ppl| {
         eprint!("[{done}/{total}] {ppl:.4}  ");
         let _ = std::io::stderr().flush();
     })?;

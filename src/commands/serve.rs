@@ -9,12 +9,14 @@ use torchless_engine::{Engine, EngineOptions};
 use torchless_kernels::Numerics;
 use torchless_server::{AppState, ServerOptions};
 
-use crate::options::{CliError, ModelOpts};
+use crate::options::{AttentionOpts, CliError, ModelOpts};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelOpts,
+    #[command(flatten)]
+    pub attention: AttentionOpts,
     /// Address to bind (127.0.0.1: this machine only).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -131,6 +133,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             } else {
                 Numerics::BatchInvariant
             },
+            attention: a.attention.options()?,
         },
     )?;
     let name = a.alias.clone().unwrap_or_else(|| {

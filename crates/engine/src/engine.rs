@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use torchless_kernels::Numerics;
+use torchless_model::attention_options::AttentionOptions;
 use torchless_model::{Batch, KvCache, KvConfig, Model, ModelError, Sampler, SeqId, Workspace};
 
 use crate::metrics::Metrics;
@@ -49,6 +50,8 @@ pub struct EngineOptions {
     pub preemption: bool,
     pub prefix_cache: bool,
     pub numerics: Numerics,
+    /// Flash attention and the KV cache's element types.
+    pub attention: AttentionOptions,
 }
 
 impl Default for EngineOptions {
@@ -65,6 +68,7 @@ impl Default for EngineOptions {
             preemption: true,
             prefix_cache: true,
             numerics: Numerics::BatchInvariant,
+            attention: AttentionOptions::default(),
         }
     }
 }
@@ -125,6 +129,9 @@ impl Engine {
                 opts.batch_tokens, opts.max_running
             )));
         }
+        let att = opts
+            .attention
+            .resolve(n_ctx, c.head_dim, model.precision().kv_type())?;
         let mut cfg = KvConfig::new(
             c.n_layers,
             c.n_head_kv,
@@ -134,6 +141,7 @@ impl Engine {
             model.precision().kv_type(),
         )
         .with_windows(c.layer_windows(), opts.max_running, opts.batch_tokens);
+        cfg = att.apply(cfg);
         let block_bytes = cfg.block_bytes().max(1);
         let one_ctx = n_ctx.div_ceil(bs);
         cfg.n_blocks = match (opts.n_blocks, opts.kv_memory) {
@@ -159,9 +167,13 @@ impl Engine {
             mib = kv_bytes >> 20,
             n_ctx,
             numerics = opts.numerics.name(),
+            flash_attention = att.flash_tile.is_some(),
+            k_type = att.k_type.name(),
+            v_type = att.v_type.name(),
             "KV cache ready"
         );
-        let ws = Workspace::new(c, opts.batch_tokens, n_ctx, model.threads());
+        let ws =
+            Workspace::with_attention(c, opts.batch_tokens, n_ctx, model.threads(), att.flash_tile);
         let shared = Arc::new(Shared {
             metrics: Metrics::default(),
             queued: AtomicUsize::new(0),

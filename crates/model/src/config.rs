@@ -357,10 +357,15 @@ impl ModelConfig {
     /// a sliding-window layer holds its window (and a block of 16 positions to spare), the
     /// others every position.
     pub fn kv_bytes(&self, n_ctx: usize, bytes_per_value: usize) -> usize {
-        let per_layer_token = 2 * self.kv_dim() * bytes_per_value;
+        self.kv_elements(n_ctx) * 2 * bytes_per_value
+    }
+
+    /// Elements of K (as many of V) one sequence of `n_ctx` positions stores, windows as in
+    /// [`ModelConfig::kv_bytes`].
+    pub fn kv_elements(&self, n_ctx: usize) -> usize {
         self.layer_windows()
             .iter()
-            .map(|w| w.map_or(n_ctx, |w| n_ctx.min(w + 16)) * per_layer_token)
+            .map(|w| w.map_or(n_ctx, |w| n_ctx.min(w + 16)) * self.kv_dim())
             .sum()
     }
 }

@@ -21,6 +21,7 @@ use torchless_kernels::{matmul, matmul_f32, matmul_many, Activations, GgmlType, 
 use crate::attention::{attend, AttnShape};
 use crate::batch::Batch;
 use crate::error::ModelError;
+use crate::flash_attention::attend_flash;
 use crate::kv_cache::KvCache;
 use crate::model::{Dump, Model, Precision};
 use crate::parts::{Activation, NormKind};
@@ -273,6 +274,7 @@ impl Model {
             rope,
             rope_freqs,
             scores,
+            flash_tile,
             acts,
             out_rows,
             out_hidden,
@@ -393,18 +395,32 @@ impl Model {
                 window: a.window,
                 softcap: a.softcap,
             };
-            attend(
-                nm,
-                &self.kernels,
-                &self.pool,
-                &shape,
-                batch,
-                cache,
-                &q[..n * qd],
-                &mut att[..n * qd],
-                scores,
-                *max_ctx,
-            )?;
+            match *flash_tile {
+                Some(tile) => attend_flash(
+                    &self.kernels,
+                    &self.pool,
+                    &shape,
+                    batch,
+                    cache,
+                    &q[..n * qd],
+                    &mut att[..n * qd],
+                    scores,
+                    *max_ctx,
+                    tile,
+                )?,
+                None => attend(
+                    nm,
+                    &self.kernels,
+                    &self.pool,
+                    &shape,
+                    batch,
+                    cache,
+                    &q[..n * qd],
+                    &mut att[..n * qd],
+                    scores,
+                    *max_ctx,
+                )?,
+            }
             dump!(self, "kqv_out-{l}", &att[..n * qd], n);
             self.project(
                 nm,

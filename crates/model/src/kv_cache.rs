@@ -22,8 +22,10 @@
 //!
 //! Layout per group: keys `[layer][block][kv_head][slot][head_dim]`, values
 //! `[layer][block][kv_head][head_dim][slot]` (transposed, so consecutive positions of one
-//! dimension are contiguous, as the attention kernel reads them). Values are stored as f16
-//! (llama.cpp's default, the reference numerics) or f32 (`--precise`).
+//! dimension are contiguous, as the attention kernel reads them), or in rows like the keys
+//! where flash attention reads them. Keys and values are stored as f16 (llama.cpp's default,
+//! the reference numerics), f32 (`--precise`), or, for flash attention, Q8_0 or Q4_0
+//! (`--kv-cache-dtype`), each of K and V its own type.
 //! This module holds and addresses memory; it computes nothing.
 
 use std::collections::BTreeMap;
@@ -35,19 +37,51 @@ use crate::kv_blocks::{chain_hash, BlockPool, ROOT};
 /// Identifies a sequence in the cache.
 pub type SeqId = u32;
 
-/// Element type of the cache.
+/// Element type of the cache's keys or values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvType {
     F16,
     F32,
+    /// Blocks of 32: an f16 scale and 32 signed bytes (34 bytes).
+    Q8_0,
+    /// Blocks of 32: an f16 scale and 32 four-bit values (18 bytes).
+    Q4_0,
 }
 
 impl KvType {
-    pub fn bytes(self) -> usize {
+    /// Every type, in the order `info` lists them.
+    pub const ALL: [KvType; 4] = [KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0];
+
+    /// Bytes `n` elements take (quantized types: whole blocks of 32).
+    pub fn bytes_for(self, n: usize) -> usize {
         match self {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
+            KvType::F16 => 2 * n,
+            KvType::F32 => 4 * n,
+            KvType::Q8_0 => torchless_kernels::flash::q8_0_bytes(n),
+            KvType::Q4_0 => torchless_kernels::flash::q4_0_bytes(n),
         }
+    }
+
+    /// Whether elements are stored in blocks of 32 (rows only, read by flash attention).
+    pub fn is_quantized(self) -> bool {
+        matches!(self, KvType::Q8_0 | KvType::Q4_0)
+    }
+
+    /// The name the CLI takes and prints (`f16`, `q8_0` …).
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+        }
+    }
+
+    /// The type named `s` (as [`KvType::name`] spells it, any case).
+    pub fn parse(s: &str) -> Option<KvType> {
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
     }
 }
 
@@ -55,6 +89,8 @@ impl KvType {
 pub enum KvStore {
     F16(Vec<f16>),
     F32(Vec<f32>),
+    Q8_0(Vec<u8>),
+    Q4_0(Vec<u8>),
 }
 
 impl KvStore {
@@ -63,11 +99,44 @@ impl KvStore {
         match ty {
             KvType::F16 => KvStore::F16(vec![f16::ZERO; len]),
             KvType::F32 => KvStore::F32(vec![0.0; len]),
+            KvType::Q8_0 => KvStore::Q8_0(vec![0; ty.bytes_for(len)]),
+            KvType::Q4_0 => KvStore::Q4_0(vec![0; ty.bytes_for(len)]),
         }
     }
 
-    /// Writes `src` at `at`, `at + stride`, `at + 2 * stride` …
+    /// The element type.
+    pub fn ty(&self) -> KvType {
+        match self {
+            KvStore::F16(_) => KvType::F16,
+            KvStore::F32(_) => KvType::F32,
+            KvStore::Q8_0(_) => KvType::Q8_0,
+            KvStore::Q4_0(_) => KvType::Q4_0,
+        }
+    }
+
+    /// The elements as flash attention reads them.
+    pub fn rows(&self) -> torchless_kernels::flash::Rows<'_> {
+        use torchless_kernels::flash::Rows;
+        match self {
+            KvStore::F16(v) => Rows::F16(v),
+            KvStore::F32(v) => Rows::F32(v),
+            KvStore::Q8_0(v) => Rows::Q8_0(v),
+            KvStore::Q4_0(v) => Rows::Q4_0(v),
+        }
+    }
+
+    /// Writes `src` at `at`, `at + stride`, `at + 2 * stride` … (quantized types: a stride
+    /// of 1 and whole blocks, checked by [`KvConfig::check`]).
     fn write(&mut self, at: usize, stride: usize, src: &[f32]) {
+        use torchless_kernels::GgmlType;
+        let encode = |ty: GgmlType, v: &mut Vec<u8>| {
+            let (from, len) = (ty.row_bytes(at), ty.row_bytes(src.len()));
+            if let (Some(from), Some(len), 1) = (from, len, stride) {
+                if let Some(dst) = v.get_mut(from..from + len) {
+                    torchless_kernels::flash::encode_row(ty, src, dst);
+                }
+            }
+        };
         match self {
             KvStore::F16(v) => {
                 for (i, s) in src.iter().enumerate() {
@@ -79,6 +148,8 @@ impl KvStore {
                     v[at + i * stride] = *s;
                 }
             }
+            KvStore::Q8_0(v) => encode(GgmlType::Q8_0, v),
+            KvStore::Q4_0(v) => encode(GgmlType::Q4_0, v),
         }
     }
 
@@ -86,13 +157,23 @@ impl KvStore {
         match self {
             KvStore::F16(v) => v.iter_mut().for_each(|x| *x = f16::ZERO),
             KvStore::F32(v) => v.iter_mut().for_each(|x| *x = 0.0),
+            KvStore::Q8_0(v) | KvStore::Q4_0(v) => v.iter_mut().for_each(|x| *x = 0),
         }
     }
 
+    /// Copies elements `src..src + n` to `dst` (quantized types: whole blocks).
     fn copy_within(&mut self, src: usize, n: usize, dst: usize) {
         match self {
             KvStore::F16(v) => v.copy_within(src..src + n, dst),
             KvStore::F32(v) => v.copy_within(src..src + n, dst),
+            KvStore::Q8_0(v) => {
+                let b = |e: usize| KvType::Q8_0.bytes_for(e);
+                v.copy_within(b(src)..b(src + n), b(dst))
+            }
+            KvStore::Q4_0(v) => {
+                let b = |e: usize| KvType::Q4_0.bytes_for(e);
+                v.copy_within(b(src)..b(src + n), b(dst))
+            }
         }
     }
 }
@@ -108,7 +189,12 @@ pub struct KvConfig {
     /// Blocks in the pool of the layers that see the whole context (and the most any group's
     /// pool holds).
     pub n_blocks: usize,
-    pub ty: KvType,
+    /// Element types of keys and of values.
+    pub k_ty: KvType,
+    pub v_ty: KvType,
+    /// Values stored as rows (`[slot][head_dim]`, what flash attention reads) instead of
+    /// transposed.
+    pub v_rows: bool,
     /// Each layer's sliding window: the keys a query sees, its own included (`None`, or no
     /// entry: the whole context).
     pub windows: Vec<Option<usize>>,
@@ -135,7 +221,9 @@ impl KvConfig {
             head_dim,
             block_size,
             n_blocks,
-            ty,
+            k_ty: ty,
+            v_ty: ty,
+            v_rows: false,
             windows: Vec::new(),
             max_seqs: 0,
             max_step: 0,
@@ -154,6 +242,35 @@ impl KvConfig {
         self.max_seqs = max_seqs;
         self.max_step = max_step;
         self
+    }
+
+    /// The same cache with keys of type `k`, values of type `v`, values in rows or not.
+    pub fn with_types(mut self, k: KvType, v: KvType, v_rows: bool) -> KvConfig {
+        self.k_ty = k;
+        self.v_ty = v;
+        self.v_rows = v_rows;
+        self
+    }
+
+    /// Whether this layout can be stored: quantized keys or values need a head size made of
+    /// whole blocks of 32, quantized values need rows.
+    pub fn check(&self) -> Result<(), String> {
+        for (what, ty) in [("keys", self.k_ty), ("values", self.v_ty)] {
+            if ty.is_quantized() && !self.head_dim.is_multiple_of(32) {
+                return Err(format!(
+                    "{what} in {} need a head size that is a multiple of 32, and this model's is {}",
+                    ty.name(),
+                    self.head_dim
+                ));
+            }
+        }
+        if self.v_ty.is_quantized() && !self.v_rows {
+            return Err(format!(
+                "values in {} are only read by flash attention",
+                self.v_ty.name()
+            ));
+        }
+        Ok(())
     }
 
     /// The sliding window of `layer`.
@@ -194,7 +311,7 @@ impl KvConfig {
 
     /// Bytes the cache occupies once every block is in use (a window group's hole included).
     pub fn bytes(&self) -> usize {
-        let per_layer_block = 2 * self.block_elems() * self.ty.bytes();
+        let per_layer_block = self.block_bytes_of_layer();
         self.group_windows()
             .into_iter()
             .map(|w| {
@@ -208,7 +325,12 @@ impl KvConfig {
     /// Bytes of one block of every layer: what one more block of the primary pool costs at
     /// most, with its share of the window groups.
     pub fn block_bytes(&self) -> usize {
-        2 * self.n_layers * self.block_elems() * self.ty.bytes()
+        self.n_layers * self.block_bytes_of_layer()
+    }
+
+    /// Bytes of one block of one layer, keys and values.
+    fn block_bytes_of_layer(&self) -> usize {
+        self.k_ty.bytes_for(self.block_elems()) + self.v_ty.bytes_for(self.block_elems())
     }
 }
 
@@ -320,8 +442,8 @@ impl KvCache {
                     n_blocks,
                     layers,
                     per_layer,
-                    k: KvStore::new(cfg.ty, len),
-                    v: KvStore::new(cfg.ty, len),
+                    k: KvStore::new(cfg.k_ty, len),
+                    v: KvStore::new(cfg.v_ty, len),
                     pool: BlockPool::new(n_blocks),
                 }
             })
@@ -745,10 +867,14 @@ impl KvCache {
         s.len = s.len.max(pos + 1);
         for h in 0..self.cfg.n_kv_heads {
             let at = self.offset(layer, block, h, pos % bs);
-            let vat = self.offset(layer, block, h, 0) + pos % bs;
+            let (vat, vstride) = if self.cfg.v_rows {
+                (at, 1)
+            } else {
+                (self.offset(layer, block, h, 0) + pos % bs, bs)
+            };
             let group = &mut self.groups[g];
             group.k.write(at, 1, &k[h * hd..(h + 1) * hd]);
-            group.v.write(vat, bs, &v[h * hd..(h + 1) * hd]);
+            group.v.write(vat, vstride, &v[h * hd..(h + 1) * hd]);
         }
         Ok(())
     }

@@ -16,11 +16,13 @@
 
 pub mod arch;
 pub mod attention;
+pub mod attention_options;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod flash_attention;
 pub mod forward;
 pub mod generate;
 pub mod hf_config;

@@ -3,6 +3,7 @@
 //! (every prediction has at least n_ctx/2 tokens of context). The ± figure is the standard
 //! error of the mean negative log-likelihood, scaled by the perplexity.
 
+use crate::attention_options::AttentionOptions;
 use crate::error::ModelError;
 use crate::model::Model;
 use crate::session::{Session, SessionOptions};
@@ -31,6 +32,19 @@ pub fn perplexity(
     tokens: &[u32],
     n_ctx: usize,
     n_batch: usize,
+    progress: impl FnMut(usize, usize, f64),
+) -> Result<Perplexity, ModelError> {
+    let att = AttentionOptions::default();
+    perplexity_with(model, tokens, n_ctx, n_batch, att, progress)
+}
+
+/// [`perplexity`] with the given attention path and KV cache types.
+pub fn perplexity_with(
+    model: &Model,
+    tokens: &[u32],
+    n_ctx: usize,
+    n_batch: usize,
+    attention: AttentionOptions,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<Perplexity, ModelError> {
     if n_ctx < 4 {
@@ -51,14 +65,15 @@ pub fn perplexity(
         .and_then(|t| t.vocab().bos);
     let chunks = tokens.len() / n_ctx;
     let first = n_ctx / 2;
-    let mut session = Session::new(
-        model,
+    let mut session = Session::try_with_model(
+        crate::session::ModelRef::Borrowed(model),
         SessionOptions {
             n_ctx,
             n_batch: n_batch.min(n_ctx),
+            attention,
             ..SessionOptions::default()
         },
-    );
+    )?;
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
     let mut chunk_tokens = Vec::with_capacity(n_ctx);
     for c in 0..chunks {

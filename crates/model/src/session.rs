@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crate::attention_options::{AttentionOptions, ResolvedAttention};
 use crate::batch::Batch;
 use crate::error::ModelError;
 use crate::kv_cache::{KvCache, KvConfig, SeqId};
@@ -26,6 +27,8 @@ pub struct SessionOptions {
     /// The arithmetic-order policy (llama.cpp's by default; batch-invariant reproduces what
     /// `torchless serve` computes for the same request).
     pub numerics: torchless_kernels::Numerics,
+    /// Flash attention and the KV cache's element types.
+    pub attention: AttentionOptions,
 }
 
 impl Default for SessionOptions {
@@ -35,6 +38,7 @@ impl Default for SessionOptions {
             n_batch: 512,
             block_size: 16,
             numerics: torchless_kernels::Numerics::LlamaCpp,
+            attention: AttentionOptions::default(),
         }
     }
 }
@@ -66,6 +70,10 @@ pub struct Session<'m> {
     history: Vec<u32>,
     n_ctx: usize,
     n_batch: usize,
+    attention: ResolvedAttention,
+    /// Why the options could not be honoured ([`Session::with_model`] made the session
+    /// anyway): every evaluation reports it.
+    broken: Option<ModelError>,
 }
 
 impl<'m> Session<'m> {
@@ -78,13 +86,56 @@ impl<'m> Session<'m> {
         Session::with_model(ModelRef::Shared(model), opts)
     }
 
+    /// A session; where `opts.attention` cannot be honoured, every evaluation returns why
+    /// ([`Session::try_with_model`] says it at once).
     pub fn with_model(model: ModelRef<'m>, opts: SessionOptions) -> Session<'m> {
+        match Session::try_with_model(model.clone(), opts) {
+            Ok(s) => s,
+            Err(e) => {
+                let plain = SessionOptions {
+                    attention: AttentionOptions::default(),
+                    ..opts
+                };
+                let mut s = Session::build(model, plain, None);
+                s.broken = Some(e);
+                s
+            }
+        }
+    }
+
+    /// A session, or why its attention options cannot be honoured.
+    pub fn try_with_model(
+        model: ModelRef<'m>,
+        opts: SessionOptions,
+    ) -> Result<Session<'m>, ModelError> {
+        let n_ctx = Session::context(&model, &opts);
         let c = model.config();
-        let n_ctx = if opts.n_ctx == 0 {
-            c.n_ctx_train.min(4096)
+        let att = opts
+            .attention
+            .resolve(n_ctx, c.head_dim, model.precision().kv_type())?;
+        Ok(Session::build(model, opts, Some(att)))
+    }
+
+    fn context(model: &Model, opts: &SessionOptions) -> usize {
+        if opts.n_ctx == 0 {
+            model.config().n_ctx_train.min(4096)
         } else {
             opts.n_ctx
-        };
+        }
+    }
+
+    fn build(
+        model: ModelRef<'m>,
+        opts: SessionOptions,
+        att: Option<ResolvedAttention>,
+    ) -> Session<'m> {
+        let c = model.config();
+        let n_ctx = Session::context(&model, &opts);
+        let att = att.unwrap_or(ResolvedAttention {
+            flash_tile: None,
+            k_type: model.precision().kv_type(),
+            v_type: model.precision().kv_type(),
+        });
         let bs = opts.block_size.max(1);
         let n_batch = opts.n_batch.clamp(1, n_ctx.max(1));
         let cfg = KvConfig::new(
@@ -95,8 +146,9 @@ impl<'m> Session<'m> {
             n_ctx.div_ceil(bs),
             model.precision().kv_type(),
         );
-        let cache = KvCache::new(cfg.with_windows(c.layer_windows(), 1, n_batch));
-        let ws = Workspace::new(c, n_batch, n_ctx, model.threads());
+        let cfg = att.apply(cfg.with_windows(c.layer_windows(), 1, n_batch));
+        let cache = KvCache::new(cfg);
+        let ws = Workspace::with_attention(c, n_batch, n_ctx, model.threads(), att.flash_tile);
         Session {
             model,
             cache,
@@ -110,7 +162,14 @@ impl<'m> Session<'m> {
             history: Vec::with_capacity(n_ctx),
             n_ctx,
             n_batch,
+            attention: att,
+            broken: None,
         }
+    }
+
+    /// The attention path and KV cache types this session settled on.
+    pub fn attention(&self) -> ResolvedAttention {
+        self.attention
     }
 
     pub fn model(&self) -> &Model {
@@ -178,6 +237,9 @@ impl<'m> Session<'m> {
         all: bool,
         mut on_logits: impl FnMut(usize, &[f32]),
     ) -> Result<(), ModelError> {
+        if let Some(e) = &self.broken {
+            return Err(ModelError::Invalid(e.to_string()));
+        }
         let need = self.history.len() + tokens.len();
         if need > self.n_ctx {
             return Err(ModelError::ContextFull {

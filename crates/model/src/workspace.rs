@@ -38,8 +38,11 @@ pub struct Workspace {
     pub(crate) rope: Vec<f32>,
     /// The angle parameters of each rotary embedding for this workspace's context.
     pub(crate) rope_freqs: Vec<torchless_kernels::ops::RopeFreqs>,
-    /// Attention scratch (`attention::scratch_len`).
+    /// Attention scratch (`attention::scratch_len`, or `flash_attention::scratch_len` with
+    /// flash attention, which does not grow with the context).
     pub(crate) scores: Vec<f32>,
+    /// The flash attention tile, or `None` for the reference attention path.
+    pub(crate) flash_tile: Option<usize>,
     /// Activations encoded for quantized dot products.
     pub(crate) acts: Activations,
     /// Rows whose logits are wanted, and their final hidden states.
@@ -53,7 +56,23 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new(c: &ModelConfig, max_batch: usize, max_ctx: usize, threads: usize) -> Workspace {
+        Workspace::with_attention(c, max_batch, max_ctx, threads, None)
+    }
+
+    /// A workspace for flash attention with tiles of `flash_tile` positions (`None`: the
+    /// reference attention path).
+    pub fn with_attention(
+        c: &ModelConfig,
+        max_batch: usize,
+        max_ctx: usize,
+        threads: usize,
+        flash_tile: Option<usize>,
+    ) -> Workspace {
         let b = max_batch.max(1);
+        let scratch = match flash_tile {
+            Some(tile) => crate::flash_attention::scratch_len(c.n_head, c.head_dim, tile, threads),
+            None => crate::attention::scratch_len(max_ctx, c.head_dim, c.n_head, threads),
+        };
         let ffn_rows = b.min(FFN_CHUNK);
         let mut acts = Activations::new();
         // Activations are encoded for the widest input of a product: q_dim or n_embd wide for
@@ -74,10 +93,8 @@ impl Workspace {
             up: vec![0.0; ffn_rows * c.n_ff],
             rope: vec![0.0; c.plan.ropes.len() * b * c.plan.max_rope_dims()],
             rope_freqs: c.plan.ropes.iter().map(|r| r.freqs(max_ctx)).collect(),
-            scores: vec![
-                0.0;
-                crate::attention::scratch_len(max_ctx, c.head_dim, c.n_head, threads)
-            ],
+            scores: vec![0.0; scratch],
+            flash_tile,
             acts,
             out_rows: Vec::with_capacity(b),
             out_hidden: vec![0.0; c.n_embd],
