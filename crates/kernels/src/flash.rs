@@ -70,7 +70,7 @@ impl PagedRows<'_> {
     /// Converts rows `pos..pos + n` to f32 into `out` (`n · head_dim`); false where a row
     /// has no block or lies outside the data (then `out` is unspecified).
     #[inline(always)]
-    fn convert(&self, pos: usize, n: usize, out: &mut [f32]) -> bool {
+    fn convert<O: TileOps>(&self, ops: O, pos: usize, n: usize, out: &mut [f32]) -> bool {
         let (bs, hd) = (self.block_size.max(1), self.head_dim);
         let mut done = 0;
         while done < n {
@@ -84,7 +84,7 @@ impl PagedRows<'_> {
                 .and_then(|x| x.checked_add(self.base + (p % bs) * hd));
             let Some(start) = start else { return false };
             let dst = &mut out[done * hd..(done + run) * hd];
-            if !convert_run(self.rows, start, dst) {
+            if !convert_run(ops, self.rows, start, dst) {
                 return false;
             }
             done += run;
@@ -95,7 +95,7 @@ impl PagedRows<'_> {
 
 /// Converts `dst.len()` elements from element index `start` of `rows`.
 #[inline(always)]
-fn convert_run(rows: Rows<'_>, start: usize, dst: &mut [f32]) -> bool {
+fn convert_run<O: TileOps>(ops: O, rows: Rows<'_>, start: usize, dst: &mut [f32]) -> bool {
     let n = dst.len();
     match rows {
         Rows::F32(x) => match x.get(start..start + n) {
@@ -107,9 +107,7 @@ fn convert_run(rows: Rows<'_>, start: usize, dst: &mut [f32]) -> bool {
         },
         Rows::F16(x) => match x.get(start..start + n) {
             Some(s) => {
-                for (d, h) in dst.iter_mut().zip(s) {
-                    *d = h.to_f32();
-                }
+                ops.widen(s, dst);
                 true
             }
             None => false,
@@ -170,6 +168,88 @@ pub fn q8_0_bytes(n: usize) -> usize {
 /// See [`q8_0_bytes`].
 pub fn q4_0_bytes(n: usize) -> usize {
     n.div_ceil(QK) * Q4_0_BYTES
+}
+
+/// The element-wise steps of a tile, one implementation per instruction set, all with the
+/// arithmetic of [`Scalar`] (the definition), bit for bit.
+pub(crate) trait TileOps: Copy {
+    /// `q·k` in eight lanes of fused multiply-adds (`k·q + acc`), summed by [`hsum8`]; a tail
+    /// past a multiple of eight added in order.
+    fn dot(self, q: &[f32], k: &[f32]) -> f32;
+    /// `out[j] = dot(q, k[j·hd..(j+1)·hd])` for every j of `out`.
+    fn scores(self, q: &[f32], k: &[f32], hd: usize, out: &mut [f32]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = self.dot(q, &k[j * hd..(j + 1) * hd]);
+        }
+    }
+    /// `axpy(acc, w[j], v[j·hd..(j+1)·hd])` for j in order.
+    fn accumulate(self, acc: &mut [f32], w: &[f32], v: &[f32], hd: usize) {
+        for (j, &wj) in w.iter().enumerate() {
+            self.axpy(acc, wj, &v[j * hd..(j + 1) * hd]);
+        }
+    }
+    /// `s[j] = exp(s[j] − m)` by ggml's exp; returns their sum, added in position order.
+    fn exp_sum(self, s: &mut [f32], m: f32) -> f32;
+    /// `acc[d] *= a`.
+    fn scale(self, acc: &mut [f32], a: f32);
+    /// `acc[d] = w·v[d] + acc[d]` (fused).
+    fn axpy(self, acc: &mut [f32], w: f32, v: &[f32]);
+    /// f16 to f32.
+    fn widen(self, src: &[f16], dst: &mut [f32]);
+}
+
+/// The portable implementation of [`TileOps`], and its definition.
+#[derive(Clone, Copy)]
+pub(crate) struct Scalar;
+
+impl TileOps for Scalar {
+    #[inline(always)]
+    fn dot(self, q: &[f32], k: &[f32]) -> f32 {
+        let n = q.len().min(k.len());
+        let n8 = n / LANES * LANES;
+        let mut acc = [0.0f32; LANES];
+        for (qc, kc) in q[..n8].chunks_exact(LANES).zip(k[..n8].chunks_exact(LANES)) {
+            for l in 0..LANES {
+                acc[l] = kc[l].mul_add(qc[l], acc[l]);
+            }
+        }
+        let mut s = hsum8(&acc);
+        for i in n8..n {
+            s = k[i].mul_add(q[i], s);
+        }
+        s
+    }
+
+    #[inline(always)]
+    fn exp_sum(self, s: &mut [f32], m: f32) -> f32 {
+        let mut sum = 0.0f32;
+        for w in s.iter_mut() {
+            *w = expf_ggml(*w - m);
+            sum += *w;
+        }
+        sum
+    }
+
+    #[inline(always)]
+    fn scale(self, acc: &mut [f32], a: f32) {
+        for x in acc.iter_mut() {
+            *x *= a;
+        }
+    }
+
+    #[inline(always)]
+    fn axpy(self, acc: &mut [f32], w: f32, v: &[f32]) {
+        for (x, &vv) in acc.iter_mut().zip(v) {
+            *x = w.mul_add(vv, *x);
+        }
+    }
+
+    #[inline(always)]
+    fn widen(self, src: &[f16], dst: &mut [f32]) {
+        for (d, h) in dst.iter_mut().zip(src) {
+            *d = h.to_f32();
+        }
+    }
 }
 
 /// One query: its vector (`head_dim` long) and the positions it sees, `first..n_kv`.
@@ -235,29 +315,20 @@ pub fn split_partials(
     );
     #[cfg(target_arch = "x86_64")]
     if k.has_fma() {
-        // SAFETY: `has_fma` says the CPU supports AVX2 and FMA.
-        return unsafe { split_fma(p, qs, keys, values, split, states, scratch) };
+        // SAFETY: `has_fma` says the CPU supports AVX2, FMA and F16C.
+        return unsafe {
+            crate::simd::avx2::flash_split(p, qs, keys, values, split, states, scratch)
+        };
     }
     let _ = k;
-    split_impl(p, qs, keys, values, split, states, scratch)
+    split_impl(Scalar, p, qs, keys, values, split, states, scratch)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn split_fma(
-    p: &FlashParams,
-    qs: &[FlashQuery<'_>],
-    keys: &PagedRows<'_>,
-    values: &PagedRows<'_>,
-    split: usize,
-    states: &mut [f32],
-    scratch: &mut [f32],
-) -> bool {
-    split_impl(p, qs, keys, values, split, states, scratch)
-}
-
+/// [`split_partials`] with the tile steps of `ops`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn split_impl(
+pub(crate) fn split_impl<O: TileOps>(
+    ops: O,
     p: &FlashParams,
     qs: &[FlashQuery<'_>],
     keys: &PagedRows<'_>,
@@ -288,7 +359,9 @@ fn split_impl(
         let t1 = (t0 + t).min(hi);
         let a = t0.max(lo);
         let n = t1 - a;
-        if !keys.convert(a, n, &mut kt[..n * hd]) || !values.convert(a, n, &mut vt[..n * hd]) {
+        if !keys.convert(ops, a, n, &mut kt[..n * hd])
+            || !values.convert(ops, a, n, &mut vt[..n * hd])
+        {
             return false;
         }
         for (q, st) in qs.iter().zip(states.chunks_exact_mut(sl)) {
@@ -298,8 +371,9 @@ fn split_impl(
             }
             let rows = from - a..to - a;
             let s = &mut scores[..rows.len()];
-            for (o, j) in s.iter_mut().zip(rows.clone()) {
-                *o = dot8(&q.q[..hd], &kt[j * hd..(j + 1) * hd]) * p.scale;
+            ops.scores(&q.q[..hd], &kt[rows.start * hd..rows.end * hd], hd, s);
+            for o in s.iter_mut() {
+                *o *= p.scale;
             }
             if let Some(cap) = p.softcap {
                 crate::ops::softcap(s, cap);
@@ -311,48 +385,18 @@ fn split_impl(
                 continue;
             }
             let alpha = expf_ggml(m_old - m);
-            let mut sum = 0.0f32;
-            for w in s.iter_mut() {
-                *w = expf_ggml(*w - m);
-                sum += *w;
-            }
+            let sum = ops.exp_sum(s, m);
             st[0] = m;
             st[1] = l_old.mul_add(alpha, sum);
             let acc = &mut st[2..2 + hd];
             if alpha != 1.0 {
-                for x in acc.iter_mut() {
-                    *x *= alpha;
-                }
+                ops.scale(acc, alpha);
             }
-            for (&w, j) in s.iter().zip(rows) {
-                let v = &vt[j * hd..(j + 1) * hd];
-                for (x, &vv) in acc.iter_mut().zip(v) {
-                    *x = w.mul_add(vv, *x);
-                }
-            }
+            ops.accumulate(acc, s, &vt[rows.start * hd..rows.end * hd], hd);
         }
         t0 += t;
     }
     true
-}
-
-/// `q·k` in eight lanes of fused multiply-adds, summed by [`hsum8`]; a tail past a multiple
-/// of eight added in order.
-#[inline(always)]
-fn dot8(q: &[f32], k: &[f32]) -> f32 {
-    let n = q.len().min(k.len());
-    let n8 = n / LANES * LANES;
-    let mut acc = [0.0f32; LANES];
-    for (qc, kc) in q[..n8].chunks_exact(LANES).zip(k[..n8].chunks_exact(LANES)) {
-        for l in 0..LANES {
-            acc[l] = kc[l].mul_add(qc[l], acc[l]);
-        }
-    }
-    let mut s = hsum8(&acc);
-    for i in n8..n {
-        s = k[i].mul_add(q[i], s);
-    }
-    s
 }
 
 /// Folds a partial state into a running one (both [`state_len`] floats): the larger maximum,

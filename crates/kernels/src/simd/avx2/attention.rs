@@ -449,7 +449,7 @@ pub unsafe fn attend_group4_f16(
 /// `[hsum(a[0]), …, hsum(a[7])]`: eight horizontal sums at once, each in exactly [`hsum`]'s
 /// order (`((x0+x4) + (x2+x6)) + ((x1+x5) + (x3+x7))`).
 #[inline(always)]
-pub(super) unsafe fn hsum_each(a: &[__m256; 8]) -> __m256 {
+pub(crate) unsafe fn hsum_each(a: &[__m256; 8]) -> __m256 {
     // Lanes j and j+4 of each vector: s = [s(a_i) | s(a_i+4)].
     let s = |i: usize| {
         _mm256_add_ps(

@@ -97,6 +97,7 @@ macro_rules! avx2_tiles {
 
 mod attention;
 mod codebook;
+mod flash;
 mod float;
 mod kquants;
 mod kquants_rows8;
@@ -108,6 +109,7 @@ mod quantize;
 
 pub(crate) use attention::*;
 pub(crate) use codebook::*;
+pub(crate) use flash::*;
 pub(crate) use float::*;
 pub(crate) use kquants::*;
 pub(crate) use kquants_rows8::*;
