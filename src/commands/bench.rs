@@ -53,6 +53,9 @@ pub struct Args {
     pub spec_prompt: String,
     #[command(flatten)]
     pub attention: AttentionOpts,
+    /// Skip the warm-up run before each test's repetitions.
+    #[arg(long)]
+    pub no_warmup: bool,
 }
 
 /// How each test's session computes.
@@ -231,8 +234,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let mut results = Vec::new();
     let mut run_test =
         |label: String, f: &dyn Fn() -> Result<f64, CliError>| -> Result<(), CliError> {
-            eprint!("bench: {label} warm-up");
-            f()?;
+            if !a.no_warmup {
+                eprint!("bench: {label} warm-up");
+                f()?;
+            }
             let mut xs = Vec::with_capacity(a.reps);
             for r in 0..a.reps.max(1) {
                 eprint!("\rbench: {label} run {}/{}   ", r + 1, a.reps.max(1));
