@@ -7,7 +7,8 @@ mod common;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 
-use torchless_engine::{Engine, EngineOptions, Event, Finish, Params, Request};
+use torchless_engine::{Engine, EngineOptions, Event, Finish, Params, Request, SpecConfig};
+use torchless_model::attention_options::{AttentionOptions, FlashMode};
 use torchless_model::{LoadOptions, Model};
 
 fn model(name: &str) -> Arc<Model> {
@@ -106,11 +107,20 @@ fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Outcome {
 }
 
 fn solo(model: &Arc<Model>, prompts: &[Vec<u32>]) -> Vec<Outcome> {
+    solo_with(model, prompts, AttentionOptions::default())
+}
+
+fn solo_with(
+    model: &Arc<Model>,
+    prompts: &[Vec<u32>],
+    attention: AttentionOptions,
+) -> Vec<Outcome> {
     let engine = Engine::start(
         model.clone(),
         EngineOptions {
             prefix_cache: false,
             n_ctx: 512,
+            attention,
             ..EngineOptions::default()
         },
     )
@@ -126,7 +136,18 @@ fn solo(model: &Arc<Model>, prompts: &[Vec<u32>]) -> Vec<Outcome> {
         .collect()
 }
 
-fn together(model: &Arc<Model>, prompts: &[Vec<u32>], opts: EngineOptions) -> (Vec<Outcome>, u64) {
+/// What the metrics counted of a run: preemptions, drafted and accepted tokens.
+struct Counts {
+    preemptions: u64,
+    drafted: u64,
+    accepted: u64,
+}
+
+fn together(
+    model: &Arc<Model>,
+    prompts: &[Vec<u32>],
+    opts: EngineOptions,
+) -> (Vec<Outcome>, Counts) {
     let engine = Engine::start(model.clone(), opts).unwrap();
     let rxs: Vec<_> = prompts
         .iter()
@@ -145,7 +166,12 @@ fn together(model: &Arc<Model>, prompts: &[Vec<u32>], opts: EngineOptions) -> (V
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     assert_eq!(m.kv_blocks_used.load(Relaxed), 0, "every block given back");
-    (out, m.preemptions.load(Relaxed))
+    let counts = Counts {
+        preemptions: m.preemptions.load(Relaxed),
+        drafted: m.spec_drafted.load(Relaxed),
+        accepted: m.spec_accepted.load(Relaxed),
+    };
+    (out, counts)
 }
 
 fn check_invariance(name: &str) {
@@ -176,10 +202,37 @@ fn check_invariance(name: &str) {
             },
         ),
     ];
+    let lookup = Some(SpecConfig {
+        lookup: 3,
+        length: 5,
+    });
+    let cases = cases.into_iter().chain([
+        (
+            "speculating by prompt lookup",
+            EngineOptions {
+                speculation: lookup,
+                ..base
+            },
+        ),
+        (
+            "speculating in a pool small enough to preempt",
+            EngineOptions {
+                speculation: lookup,
+                n_blocks: Some(40),
+                batch_tokens: 64,
+                ..base
+            },
+        ),
+    ]);
     for (what, opts) in cases {
-        let (got, preemptions) = together(&model, &ps, opts);
+        let (got, counts) = together(&model, &ps, opts);
         if what.contains("preempt") {
-            assert!(preemptions > 0, "{what}: no preemption happened");
+            assert!(counts.preemptions > 0, "{what}: no preemption happened");
+        }
+        if what.contains("speculating") {
+            let (d, a) = (counts.drafted, counts.accepted);
+            eprintln!("{name}, {what}: {a} of {d} drafted tokens accepted");
+            assert!(a > 0 && a < d, "{what}: {a} of {d} drafted tokens accepted");
         }
         for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
             assert_eq!(
@@ -187,6 +240,32 @@ fn check_invariance(name: &str) {
                 "{name}, {what}: request {i} differs from its solo run"
             );
         }
+    }
+}
+
+/// With flash attention (and prompt-lookup speculation) a request's tokens and
+/// log-probabilities are the bits of its solo run with flash attention.
+#[test]
+fn flash_attention_results_do_not_depend_on_the_batch() {
+    let model = model("smollm2");
+    let ps = prompts(&model, 16);
+    let flash = AttentionOptions {
+        flash: FlashMode::On,
+        ..AttentionOptions::default()
+    };
+    let alone = solo_with(&model, &ps, flash);
+    let opts = EngineOptions {
+        n_ctx: 512,
+        attention: flash,
+        speculation: Some(SpecConfig {
+            lookup: 3,
+            length: 5,
+        }),
+        ..EngineOptions::default()
+    };
+    let (got, _) = together(&model, &ps, opts);
+    for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+        assert_eq!(g, a, "request {i} differs from its solo run");
     }
 }
 

@@ -17,6 +17,14 @@ pub struct Args {
     pub model: ModelOpts,
     #[command(flatten)]
     pub attention: AttentionOpts,
+    /// Speculate per sequence by prompt lookup: draft the tokens that followed the latest
+    /// earlier occurrence of the context's last n-gram (up to N tokens long), verified in the
+    /// same batch. Greedy requests get the same tokens as without it.
+    #[arg(long, value_name = "N")]
+    pub lookup: Option<usize>,
+    /// Most tokens drafted per sequence and step (1 to 16).
+    #[arg(long = "speculation-length", value_name = "K", default_value_t = 5)]
+    pub speculation_length: usize,
     /// Address to bind (127.0.0.1: this machine only).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -134,6 +142,30 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 Numerics::BatchInvariant
             },
             attention: a.attention.options()?,
+            speculation: match a.lookup {
+                Some(0) => {
+                    return Err(CliError::Usage(
+                        "--lookup 0: the n-gram needs at least one token".into(),
+                    ))
+                }
+                Some(n)
+                    if (1..=torchless_model::speculative::MAX_DRAFT)
+                        .contains(&a.speculation_length) =>
+                {
+                    Some(torchless_engine::SpecConfig {
+                        lookup: n,
+                        length: a.speculation_length,
+                    })
+                }
+                Some(_) => {
+                    return Err(CliError::Usage(format!(
+                        "--speculation-length {}: expected 1 to {}",
+                        a.speculation_length,
+                        torchless_model::speculative::MAX_DRAFT
+                    )))
+                }
+                None => None,
+            },
         },
     )?;
     let name = a.alias.clone().unwrap_or_else(|| {

@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::output::{logprobs, StopFilter};
 use crate::request::{Event, Finish, Request, Usage};
 use crate::scheduler::{schedule, Limits, Running, Waiting};
+use crate::speculation::{SeqSpec, SpecConfig};
 
 /// How the engine is sized.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +53,8 @@ pub struct EngineOptions {
     pub numerics: Numerics,
     /// Flash attention and the KV cache's element types.
     pub attention: AttentionOptions,
+    /// Speculation per sequence (prompt lookup), or none.
+    pub speculation: Option<SpecConfig>,
 }
 
 impl Default for EngineOptions {
@@ -69,6 +72,7 @@ impl Default for EngineOptions {
             prefix_cache: true,
             numerics: Numerics::BatchInvariant,
             attention: AttentionOptions::default(),
+            speculation: None,
         }
     }
 }
@@ -128,6 +132,13 @@ impl Engine {
                 "--batch-tokens ({}) must be at least --batch-size ({}), which must be at least 1",
                 opts.batch_tokens, opts.max_running
             )));
+        }
+        if opts.speculation.is_some() && opts.numerics != Numerics::BatchInvariant {
+            return Err(ModelError::Invalid(
+                "speculation needs the batch-invariant numerics (drop --llama-cpp-numerics), so \
+                 that verifying a draft gives the logits of one-at-a-time decoding"
+                    .into(),
+            ));
         }
         let att = opts
             .attention
@@ -313,6 +324,10 @@ struct Seq {
     t_arrival: Instant,
     t_last: Option<Instant>,
     ttft: f64,
+    /// Speculation state, where the engine speculates.
+    spec: Option<SeqSpec>,
+    /// Tokens drafted after the pending one in the current step.
+    n_draft: usize,
 }
 
 struct RequestParts {
@@ -400,7 +415,13 @@ impl Core {
         });
         // Penalties and DRY see the prompt too (as `generate` feeds them).
         r.prompt.iter().for_each(|&t| sampler.accept(t));
+        let spec = self
+            .opts
+            .speculation
+            .map(|c| SeqSpec::new(c, r.params.sampler.seed));
         let seq = Seq {
+            spec,
+            n_draft: 0,
             id,
             name: r.name,
             prompt_len: r.prompt.len(),
@@ -531,7 +552,48 @@ impl Core {
                 self.running.push(s);
             }
         }
-        // The batch: each sequence's next tokens, logits where its known tokens end.
+        // Drafts for decoding sequences that speculate, within the step's token budget and
+        // only where the cache has room for all of them.
+        let planned: usize = plan.work.iter().map(|w| w.1).sum();
+        let mut budget = self.opts.batch_tokens.saturating_sub(planned);
+        let t_draft = Instant::now();
+        let mut drafted_any = false;
+        for &(id, k) in &plan.work {
+            let Some(s) = self.running.iter_mut().find(|s| s.id == id) else {
+                continue;
+            };
+            s.n_draft = 0;
+            let decoding = k >= 1 && s.computed + 1 == s.tokens.len();
+            let left = (s.req.params.max_tokens.saturating_sub(s.generated() + 1))
+                .min(self.n_ctx.saturating_sub(s.tokens.len()))
+                .min(budget);
+            if let (true, Some(sp)) = (decoding, s.spec.as_mut()) {
+                s.n_draft = sp.propose(&s.tokens, left);
+                budget -= s.n_draft;
+                drafted_any |= s.n_draft > 0;
+            }
+        }
+        if drafted_any {
+            m.spec_draft_us
+                .fetch_add(t_draft.elapsed().as_micros() as u64, Relaxed);
+            let wants: Vec<(SeqId, usize)> = (plan.work.iter())
+                .filter_map(|&(id, k)| {
+                    let s = self.running.iter().find(|s| s.id == id)?;
+                    let k = k.min(s.tokens.len() - s.computed);
+                    Some((s.cache_id(), s.computed + k + s.n_draft))
+                })
+                .collect();
+            if self.cache.check_room(wants.iter().copied()).is_err() {
+                for s in &mut self.running {
+                    s.n_draft = 0;
+                    if let Some(sp) = s.spec.as_mut() {
+                        sp.drop_draft();
+                    }
+                }
+            }
+        }
+        // The batch: each sequence's next tokens, logits where its known tokens end, and
+        // after a pending token its draft, each with logits.
         self.batch.clear();
         let mut work: Vec<(usize, usize)> = Vec::with_capacity(plan.work.len());
         for &(id, k) in &plan.work {
@@ -547,6 +609,11 @@ impl Core {
                 let last = p + 1 == s.tokens.len();
                 self.batch.push(s.tokens[p], p, s.cache_id(), last);
             }
+            if let (n, Some(sp)) = (s.n_draft, s.spec.as_ref()) {
+                for (j, &d) in sp.drafted().iter().take(n).enumerate() {
+                    self.batch.push(d, s.tokens.len() + j, s.cache_id(), true);
+                }
+            }
             work.push((i, k));
         }
         if self.batch.is_empty() {
@@ -557,9 +624,12 @@ impl Core {
             return;
         }
         let model = self.model.clone();
+        let t_step = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
             model.forward(&self.batch, &mut self.cache, &mut self.ws)
         }));
+        m.step_us
+            .fetch_add(t_step.elapsed().as_micros() as u64, Relaxed);
         m.steps.fetch_add(1, Relaxed);
         let failure = match result {
             Ok(Ok(())) => None,
@@ -585,6 +655,31 @@ impl Core {
         let mut done: Vec<u64> = Vec::new();
         for &(i, k) in &work {
             let s = &mut self.running[i];
+            if s.n_draft > 0 {
+                let rows = 1 + s.n_draft;
+                let logits = &self.ws.logits()[row * vocab..(row + rows) * vocab];
+                row += rows;
+                let tokenizer = self.model.tokenizer();
+                let n_ctx = self.n_ctx;
+                let cache = &mut self.cache;
+                let out = catch_unwind(AssertUnwindSafe(|| {
+                    verify_drafts(s, logits, vocab, cache, tokenizer, n_ctx, m)
+                }));
+                match out {
+                    Ok(true) => done.push(s.id),
+                    Ok(false) => {}
+                    Err(_) => {
+                        let _ = s.req.events.send(Event::Error(format!(
+                            "internal error while producing the output of request {}",
+                            s.name
+                        )));
+                        m.requests_server_error.fetch_add(1, Relaxed);
+                        s.req.events = closed_sender();
+                        done.push(s.id);
+                    }
+                }
+                continue;
+            }
             s.computed += k;
             self.cache.commit(s.cache_id(), &s.tokens);
             if s.computed != s.tokens.len() {
@@ -642,10 +737,60 @@ fn emit(
     n_ctx: usize,
     m: &Metrics,
 ) -> bool {
+    let tok = s.sampler.sample(logits);
+    emit_token(s, tok, logits, tokenizer, n_ctx, m)
+}
+
+/// Verifies the draft of `s` from its rows of the step (`logits`: the pending token's row,
+/// then one per drafted token), emits the tokens that stand and the one after them, and cuts
+/// the cache back to what those tokens computed. Says whether the request is finished.
+fn verify_drafts(
+    s: &mut Seq,
+    logits: &[f32],
+    vocab: usize,
+    cache: &mut KvCache,
+    tokenizer: Option<&torchless_tokenizer::Tokenizer>,
+    n_ctx: usize,
+    m: &Metrics,
+) -> bool {
+    let n = s.n_draft;
+    s.n_draft = 0;
+    // The cache now holds the pending token and the whole draft.
+    s.computed = s.tokens.len() + n;
+    m.spec_verifications.fetch_add(1, Relaxed);
+    m.spec_drafted.fetch_add(n as u64, Relaxed);
+    let mut finished = false;
+    for j in 0..=n {
+        let row = &logits[j * vocab..(j + 1) * vocab];
+        let Some(sp) = s.spec.as_mut() else { break };
+        let (tok, stands) = sp.choose(&mut s.sampler, row, j);
+        m.spec_accepted.fetch_add(stands as u64, Relaxed);
+        m.spec_emitted.fetch_add(1, Relaxed);
+        finished = emit_token(s, tok, row, tokenizer, n_ctx, m);
+        if finished || !stands {
+            break;
+        }
+    }
+    // Positions computed from tokens that stand: all but the last token emitted.
+    let keep = s.tokens.len() - 1;
+    s.computed = cache.truncate(s.cache_id(), keep);
+    cache.commit(s.cache_id(), &s.tokens);
+    finished
+}
+
+/// Emits `tok`, chosen from `logits`, for `s`: accepts it into the sampler, sends what it
+/// releases, and says whether the request is finished (then its `Done` was sent).
+fn emit_token(
+    s: &mut Seq,
+    tok: u32,
+    logits: &[f32],
+    tokenizer: Option<&torchless_tokenizer::Tokenizer>,
+    n_ctx: usize,
+    m: &Metrics,
+) -> bool {
     if s.req.panic_in_output {
         panic!("test hook: request {} panics in its output path", s.name);
     }
-    let tok = s.sampler.sample(logits);
     s.sampler.accept(tok);
     let lp = s.req.params.logprobs.map(|top| logprobs(logits, tok, top));
     s.tokens.push(tok);

@@ -15,7 +15,9 @@ pub mod metrics;
 pub mod output;
 pub mod request;
 pub mod scheduler;
+pub mod speculation;
 
 pub use engine::{Engine, EngineOptions, SubmitError};
 pub use metrics::Metrics;
 pub use request::{Event, Finish, Logprobs, Params, Request, Usage};
+pub use speculation::SpecConfig;

@@ -60,6 +60,15 @@ pub struct Metrics {
     pub prefix_hit_tokens: AtomicU64,
     pub preemptions: AtomicU64,
     pub steps: AtomicU64,
+    /// Microseconds the engine spent in forward passes, and in drafting.
+    pub step_us: AtomicU64,
+    pub spec_draft_us: AtomicU64,
+    /// Speculation: sequences' drafts verified, tokens drafted, drafted tokens kept, tokens
+    /// emitted by verifications (kept ones, plus the one after them).
+    pub spec_verifications: AtomicU64,
+    pub spec_drafted: AtomicU64,
+    pub spec_accepted: AtomicU64,
+    pub spec_emitted: AtomicU64,
     /// Gauges, set by the engine every step.
     pub queue_depth: AtomicU64,
     pub running: AtomicU64,
@@ -122,6 +131,42 @@ impl Metrics {
                 "counter",
                 "Forward passes run.",
                 &self.steps,
+            ),
+            (
+                "torchless_engine_step_microseconds_total",
+                "counter",
+                "Time spent in forward passes.",
+                &self.step_us,
+            ),
+            (
+                "torchless_speculative_draft_microseconds_total",
+                "counter",
+                "Time spent drafting (its share of the forward passes' time is the draft share).",
+                &self.spec_draft_us,
+            ),
+            (
+                "torchless_speculative_verifications_total",
+                "counter",
+                "Drafts verified (one per sequence and step that drafted).",
+                &self.spec_verifications,
+            ),
+            (
+                "torchless_speculative_drafted_tokens_total",
+                "counter",
+                "Tokens drafted.",
+                &self.spec_drafted,
+            ),
+            (
+                "torchless_speculative_accepted_tokens_total",
+                "counter",
+                "Drafted tokens that stood (acceptance rate: over drafted).",
+                &self.spec_accepted,
+            ),
+            (
+                "torchless_speculative_emitted_tokens_total",
+                "counter",
+                "Tokens emitted by verifications (tokens per target pass: over verifications).",
+                &self.spec_emitted,
             ),
             (
                 "torchless_queue_depth",

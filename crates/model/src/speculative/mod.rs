@@ -83,7 +83,8 @@ impl Draft {
         (!d.is_empty()).then_some(d.as_slice())
     }
 
-    fn truncate(&mut self, n: usize) {
+    /// Keeps the first `n` drafted tokens.
+    pub fn truncate(&mut self, n: usize) {
         self.tokens.truncate(n);
     }
 }
