@@ -204,11 +204,26 @@ pub fn run(a: Args) -> Result<(), CliError> {
         attention: a.attention.options()?,
     };
     // The cache a test builds, and what filling it makes resident (measured once, untimed).
+    // The cache a test builds, and what filling it makes resident: positions past the first
+    // pass (which also touches the weights and the workspace) measured, untimed.
     let kv = {
-        let before = rss();
         let n = a.n_prompt.max(a.n_gen);
-        let s = session_at_depth(&model, a.depth, n, a.batch, nm)?;
-        let after = rss();
+        let mut s = session_at_depth(&model, 0, a.depth + n, a.batch, nm)?;
+        let fill: Vec<u32> = tokens(a.depth, model.config().vocab);
+        let first = a.batch.min(a.depth);
+        let mut grown = None;
+        if a.depth > first {
+            s.eval(&fill[..first])?;
+            let before = rss();
+            s.eval(&fill[first..])?;
+            let after = rss();
+            let per_position = s.kv_bytes() as f64 / s.n_ctx() as f64;
+            let positions = a.depth - first;
+            grown = before.zip(after).map(|(b, r)| {
+                let predicted = (per_position * positions as f64) as u64;
+                (positions, predicted, r.saturating_sub(b))
+            });
+        }
         let att = s.attention();
         let kv_desc = format!(
             "{}/{} (keys/values), {} attention",
@@ -220,11 +235,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 "reference"
             }
         );
-        (
-            kv_desc,
-            s.kv_bytes(),
-            before.zip(after).map(|(b, a)| a.saturating_sub(b)),
-        )
+        (kv_desc, s.kv_bytes(), grown)
     };
     let name = path
         .file_name()
@@ -304,7 +315,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             "results": results.iter().map(|(l, m, s, xs)| serde_json::json!({"test": l, "tokens_per_s": m, "stddev": s, "samples": xs})).collect::<Vec<_>>(),
             "peak_rss_bytes": peak, "read_bandwidth_bytes_per_s": bw,
             "weight_bytes_per_token": bytes_per_token, "generation_bound_tokens_per_s": bound,
-            "kv_cache": {"types": kv.0, "bytes": kv.1, "resident_after_fill_bytes": kv.2, "filled_positions": a.depth},
+            "kv_cache": {"types": kv.0, "bytes": kv.1, "fill": kv.2.map(|(n, p, r)| serde_json::json!({"positions": n, "predicted_bytes": p, "resident_growth_bytes": r}))},
             "speculation": spec_stats.map(|(name, s)| serde_json::json!({
                 "proposer": name, "acceptance": s.acceptance(),
                 "tokens_per_pass": s.tokens_per_pass(), "draft_share": s.draft_share(),
@@ -335,13 +346,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
         bound
     );
     println!(
-        "KV cache: {}; {:.1} MiB for {} positions; resident after filling {} positions: {}",
+        "KV cache: {}; {:.1} MiB for {} positions{}",
         kv.0,
         kv.1 as f64 / 1048576.0,
         a.depth + a.n_prompt.max(a.n_gen) + 1,
-        a.depth,
-        kv.2.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
-            .unwrap_or_else(|| "unknown".into())
+        kv.2.map(|(n, p, r)| format!(
+            "; filling {n} more positions: predicted {:.1} MiB, resident memory grew {:.1} MiB",
+            p as f64 / 1048576.0,
+            r as f64 / 1048576.0
+        ))
+        .unwrap_or_default()
     );
     if let Some((name, s)) = spec_stats {
         println!(

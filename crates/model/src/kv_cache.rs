@@ -97,7 +97,9 @@ impl KvStore {
     fn new(ty: KvType, len: usize) -> KvStore {
         // Zeroed allocations are lazily committed: memory becomes resident as it is used.
         match ty {
-            KvType::F16 => KvStore::F16(vec![f16::ZERO; len]),
+            // `vec![f16::ZERO; n]` would write every element (only primitive zeros come from
+            // the allocator's zeroed pages): zeroed u16s, reinterpreted.
+            KvType::F16 => KvStore::F16(bytemuck::allocation::cast_vec(vec![0u16; len])),
             KvType::F32 => KvStore::F32(vec![0.0; len]),
             KvType::Q8_0 => KvStore::Q8_0(vec![0; ty.bytes_for(len)]),
             KvType::Q4_0 => KvStore::Q4_0(vec![0; ty.bytes_for(len)]),
