@@ -16,6 +16,12 @@ fn smollm2() -> PathBuf {
 }
 
 fn chat_with(n_ctx: usize, max_tokens: usize) -> Chat {
+    chat_speculating(n_ctx, max_tokens, None)
+}
+
+/// A chat, speculating by prompt lookup where `lookup` says (then in the batch-invariant
+/// numerics, as the CLI sets them).
+fn chat_speculating(n_ctx: usize, max_tokens: usize, lookup: Option<usize>) -> Chat {
     let path = smollm2();
     let load = LoadOptions {
         threads: 2,
@@ -25,8 +31,14 @@ fn chat_with(n_ctx: usize, max_tokens: usize) -> Chat {
     let opts = ChatOptions {
         session: SessionOptions {
             n_ctx,
+            numerics: if lookup.is_some() {
+                torchless_kernels::Numerics::BatchInvariant
+            } else {
+                torchless_kernels::Numerics::LlamaCpp
+            },
             ..SessionOptions::default()
         },
+        lookup,
         template: None,
         system: Some("You are a helpful assistant.".into()),
         settings: Settings {
@@ -58,6 +70,24 @@ fn retry(c: &mut Chat) -> (String, TurnStats) {
         })
         .unwrap();
     (answer, stats)
+}
+
+/// Speculating by prompt lookup, a greedy chat answers two turns (the second one asking for
+/// an edit of the first answer, which lookup drafts well) exactly as without it.
+#[test]
+fn lookup_speculation_gives_the_same_answers() {
+    let turns = [
+        "Write a Python function that adds the numbers of a list.",
+        "Repeat that function, renamed to total_of.",
+    ];
+    let mut plain = chat_speculating(1024, 96, None);
+    let mut fast = chat_speculating(1024, 96, Some(3));
+    for t in turns {
+        let (a, _, _) = say(&mut plain, t).unwrap();
+        let (b, _, _) = say(&mut fast, t).unwrap();
+        assert_eq!(a, b, "{t}");
+        assert!(!a.trim().is_empty());
+    }
 }
 
 #[test]

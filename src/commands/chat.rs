@@ -42,6 +42,11 @@ pub struct Args {
     /// Prompt tokens per forward pass.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     pub batch: usize,
+    /// Speculate by prompt lookup (n-grams of up to N tokens): faster answers that repeat
+    /// the conversation (edits, quotes), distributed as without it. Computes in the
+    /// batch-invariant numerics.
+    #[arg(long, value_name = "N")]
+    pub lookup: Option<usize>,
     /// Neither read nor write the input history (kept in the cache directory).
     #[arg(long)]
     pub no_history: bool,
@@ -76,7 +81,20 @@ pub fn run(a: Args) -> Result<(), CliError> {
             n_ctx: a.ctx,
             n_batch: a.batch,
             attention: a.attention.options()?,
+            numerics: if a.lookup.is_some() {
+                torchless_kernels::Numerics::BatchInvariant
+            } else {
+                torchless_kernels::Numerics::LlamaCpp
+            },
             ..SessionOptions::default()
+        },
+        lookup: match a.lookup {
+            Some(0) => {
+                return Err(CliError::Usage(
+                    "--lookup 0: the n-gram needs at least one token".into(),
+                ))
+            }
+            l => l,
         },
         template: a.template.clone(),
         system: a.system.clone(),

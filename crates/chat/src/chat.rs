@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use torchless_gguf::LoadMode;
+use torchless_model::speculative::{self, PromptLookup};
 use torchless_model::{
     generate, GenerateOptions, LoadOptions, Model, ModelError, ModelRef, Session, SessionOptions,
-    StopReason,
+    SpecOptions, StopReason,
 };
 use torchless_tokenizer::{ChatTemplate, TextStream, TokenizerError};
 
@@ -61,6 +62,9 @@ pub struct ChatOptions {
     pub template: Option<String>,
     pub system: Option<String>,
     pub settings: Settings,
+    /// Speculate by prompt lookup with n-grams of up to this many tokens (the session must
+    /// compute in the batch-invariant numerics); answers are distributed as without it.
+    pub lookup: Option<usize>,
 }
 
 /// What a turn reports as it goes.
@@ -190,6 +194,7 @@ pub struct Chat {
     next_seed: Option<u64>,
     last: Option<TurnStats>,
     totals: Totals,
+    lookup: Option<usize>,
 }
 
 impl Chat {
@@ -212,6 +217,7 @@ impl Chat {
             loaded,
             session,
             session_opts: opts.session,
+            lookup: opts.lookup,
             conversation,
             last: None,
             totals: Totals::default(),
@@ -366,18 +372,29 @@ impl Chat {
             Part::Answer => on(Event::Answer(t)),
             Part::Thinking => on(Event::Thinking(t)),
         };
-        let g = generate(
-            &mut self.session,
-            &ids[reused..],
-            &opts,
-            |_| {},
-            |t| {
-                let piece = stream.push(tok.token_bytes(t, false));
-                answer.push_str(&piece);
-                think.push(&piece, &mut emit);
-                !cancel.load(Ordering::Relaxed)
-            },
-        );
+        let mut on_token = |t: u32| {
+            let piece = stream.push(tok.token_bytes(t, false));
+            answer.push_str(&piece);
+            think.push(&piece, &mut emit);
+            !cancel.load(Ordering::Relaxed)
+        };
+        let prompt = &ids[reused..];
+        let g = match self.lookup {
+            Some(n) => {
+                let mut lookup = PromptLookup::new(n);
+                let spec = SpecOptions::default();
+                speculative::generate(
+                    &mut self.session,
+                    &mut lookup,
+                    prompt,
+                    &opts,
+                    &spec,
+                    on_token,
+                )
+                .map(|(g, _)| g)
+            }
+            None => generate(&mut self.session, prompt, &opts, |_| {}, &mut on_token),
+        };
         let g = match g {
             Ok(g) => g,
             Err(e) => {
