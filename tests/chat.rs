@@ -16,12 +16,17 @@ fn smollm2() -> PathBuf {
 }
 
 fn chat_with(n_ctx: usize, max_tokens: usize) -> Chat {
-    chat_speculating(n_ctx, max_tokens, None)
+    chat_speculating(n_ctx, max_tokens, None, false)
 }
 
-/// A chat, speculating by prompt lookup where `lookup` says (then in the batch-invariant
-/// numerics, as the CLI sets them).
-fn chat_speculating(n_ctx: usize, max_tokens: usize, lookup: Option<usize>) -> Chat {
+/// A chat, speculating by prompt lookup where `lookup` says, in the batch-invariant numerics
+/// where `invariant` says (speculation needs them; the CLI sets them with `--lookup`).
+fn chat_speculating(
+    n_ctx: usize,
+    max_tokens: usize,
+    lookup: Option<usize>,
+    invariant: bool,
+) -> Chat {
     let path = smollm2();
     let load = LoadOptions {
         threads: 2,
@@ -31,7 +36,7 @@ fn chat_speculating(n_ctx: usize, max_tokens: usize, lookup: Option<usize>) -> C
     let opts = ChatOptions {
         session: SessionOptions {
             n_ctx,
-            numerics: if lookup.is_some() {
+            numerics: if invariant {
                 torchless_kernels::Numerics::BatchInvariant
             } else {
                 torchless_kernels::Numerics::LlamaCpp
@@ -80,8 +85,8 @@ fn lookup_speculation_gives_the_same_answers() {
         "Write a Python function that adds the numbers of a list.",
         "Repeat that function, renamed to total_of.",
     ];
-    let mut plain = chat_speculating(1024, 96, None);
-    let mut fast = chat_speculating(1024, 96, Some(3));
+    let mut plain = chat_speculating(1024, 96, None, true);
+    let mut fast = chat_speculating(1024, 96, Some(3), true);
     for t in turns {
         let (a, _, _) = say(&mut plain, t).unwrap();
         let (b, _, _) = say(&mut fast, t).unwrap();
