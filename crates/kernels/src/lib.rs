@@ -20,6 +20,7 @@ pub mod attention;
 pub mod bandwidth;
 pub mod dispatch;
 pub mod flash;
+pub mod flash_tiles;
 pub mod isa;
 pub mod lanes;
 pub mod matmul;

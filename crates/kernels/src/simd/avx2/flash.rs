@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::{expf8, hsum, hsum_each};
-use crate::flash::{split_impl, FlashParams, FlashQuery, PagedRows, TileOps};
+use crate::flash_tiles::{split_impl, FlashParams, FlashQuery, PagedRows, TileOps};
 use crate::lanes::expf_ggml;
 
 /// AVX2/FMA/F16C tile steps. Only [`flash_split`] makes one, inside a function compiled for
