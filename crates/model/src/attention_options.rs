@@ -97,7 +97,9 @@ impl AttentionOptions {
                 flash::SPLIT
             )));
         }
-        let quantized = k.is_quantized() || v.is_quantized();
+        // The reference path reads keys and values of one type, f16 or f32; anything else
+        // (quantized, or two types) only flash attention reads.
+        let quantized = k.is_quantized() || v.is_quantized() || k != v;
         let flash = match self.flash {
             FlashMode::On => true,
             FlashMode::Off if quantized => {
@@ -152,6 +154,21 @@ mod tests {
         };
         let e = off.resolve(512, 64, KvType::F16).unwrap_err().to_string();
         assert!(e.contains("flash attention"), "{e}");
+        let mixed = AttentionOptions {
+            k_type: Some(KvType::F32),
+            v_type: Some(KvType::F16),
+            ..o
+        };
+        assert!(mixed
+            .resolve(512, 64, KvType::F16)
+            .unwrap()
+            .flash_tile
+            .is_some());
+        let mixed_off = AttentionOptions {
+            flash: FlashMode::Off,
+            ..mixed
+        };
+        assert!(mixed_off.resolve(512, 64, KvType::F16).is_err());
         let e = q.resolve(512, 48, KvType::F16).unwrap_err().to_string();
         assert!(e.contains("multiple of 32"), "{e}");
         let bad = AttentionOptions {

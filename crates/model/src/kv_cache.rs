@@ -127,16 +127,17 @@ impl KvStore {
         }
     }
 
-    /// Writes `src` at `at`, `at + stride`, `at + 2 * stride` … (quantized types: a stride
-    /// of 1 and whole blocks, checked by [`KvConfig::check`]).
-    fn write(&mut self, at: usize, stride: usize, src: &[f32]) {
+    /// Writes `src` at `at`, `at + stride`, `at + 2 * stride` …; false where it cannot
+    /// (quantized types: a stride other than 1, or not whole blocks inside the store).
+    fn write(&mut self, at: usize, stride: usize, src: &[f32]) -> bool {
         use torchless_kernels::GgmlType;
         let encode = |ty: GgmlType, v: &mut Vec<u8>| {
             let (from, len) = (ty.row_bytes(at), ty.row_bytes(src.len()));
-            if let (Some(from), Some(len), 1) = (from, len, stride) {
-                if let Some(dst) = v.get_mut(from..from + len) {
-                    torchless_kernels::flash::encode_row(ty, src, dst);
-                }
+            match (from, len, stride) {
+                (Some(from), Some(len), 1) => v
+                    .get_mut(from..from + len)
+                    .is_some_and(|dst| torchless_kernels::flash::encode_row(ty, src, dst)),
+                _ => false,
             }
         };
         match self {
@@ -144,11 +145,13 @@ impl KvStore {
                 for (i, s) in src.iter().enumerate() {
                     v[at + i * stride] = f16::from_f32(*s);
                 }
+                true
             }
             KvStore::F32(v) => {
                 for (i, s) in src.iter().enumerate() {
                     v[at + i * stride] = *s;
                 }
+                true
             }
             KvStore::Q8_0(v) => encode(GgmlType::Q8_0, v),
             KvStore::Q4_0(v) => encode(GgmlType::Q4_0, v),
@@ -351,6 +354,8 @@ pub enum CacheError {
     Shared { seq: SeqId, pos: usize },
     #[error("sequence {seq} already holds positions; a prefix can only be attached to a new one")]
     NotEmpty { seq: SeqId },
+    #[error("the KV cache cannot store this layout: {0}")]
+    Layout(String),
     #[error("{what} of {got} values do not fill the {need} of one position's KV heads")]
     Width {
         what: &'static str,
@@ -875,8 +880,13 @@ impl KvCache {
                 (self.offset(layer, block, h, 0) + pos % bs, bs)
             };
             let group = &mut self.groups[g];
-            group.k.write(at, 1, &k[h * hd..(h + 1) * hd]);
-            group.v.write(vat, vstride, &v[h * hd..(h + 1) * hd]);
+            let ok = group.k.write(at, 1, &k[h * hd..(h + 1) * hd])
+                && group.v.write(vat, vstride, &v[h * hd..(h + 1) * hd]);
+            if !ok {
+                return Err(CacheError::Layout(self.cfg.check().err().unwrap_or_else(
+                    || "a position could not be encoded in the cache's element type".into(),
+                )));
+            }
         }
         Ok(())
     }

@@ -218,3 +218,36 @@ fn a_prefix_needs_the_window_layers_last_blocks() {
     }
     assert_eq!(c.attach_prefix(4, &tokens[..13]), Ok(0));
 }
+
+/// A quantized cache whose rows are not whole blocks of 32 refuses the write (no silent skip),
+/// and one that fits stores what it is given.
+#[test]
+fn quantized_writes_store_or_fail() {
+    let bad =
+        KvConfig::new(1, 1, 16, 4, 4, KvType::F32).with_types(KvType::Q8_0, KvType::F32, true);
+    assert!(bad.check().is_err());
+    let mut c = KvCache::new(bad);
+    c.reserve(0, 1).unwrap();
+    let e = c.write(0, 0, 0, &[1.0; 16], &[1.0; 16]).unwrap_err();
+    assert!(matches!(e, CacheError::Layout(_)), "{e}");
+    let good =
+        KvConfig::new(1, 1, 32, 4, 4, KvType::F32).with_types(KvType::Q8_0, KvType::Q4_0, true);
+    assert!(good.check().is_ok());
+    let mut c = KvCache::new(good);
+    c.reserve(0, 2).unwrap();
+    let row: Vec<f32> = (0..32).map(|i| i as f32 - 16.0).collect();
+    c.write(0, 0, 1, &row, &row).unwrap();
+    let KvStore::Q8_0(k) = c.keys(0) else {
+        panic!("keys are Q8_0")
+    };
+    let at = c.offset(0, c.blocks(0, 0)[0], 0, 1) / 32 * 34;
+    let mut back = vec![0.0; 32];
+    assert!(torchless_kernels::quant::dequantize(
+        torchless_kernels::GgmlType::Q8_0,
+        &k[at..at + 34],
+        &mut back
+    ));
+    for (a, b) in back.iter().zip(&row) {
+        assert!((a - b).abs() <= 16.0 / 127.0, "{a} vs {b}");
+    }
+}
