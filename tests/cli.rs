@@ -427,3 +427,40 @@ fn sampler_flags_take_llama_cpp_forms_and_bad_ones_are_clear() {
     );
     assert_clean_error(&gen(&["--typical", "2"]), &["--typical:", "[0, 1]"]);
 }
+
+/// Attention flags: a bad value, a tile that is not a power of two, an unknown cache type and a
+/// quantized cache with flash attention off are one-line errors naming the flag; a quantized
+/// cache generates.
+#[test]
+fn attention_flags_are_checked() {
+    let m = common::model("smollm2");
+    let m = m.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "-m", m, "-p", "Hello", "-n", "4", "--temp", "0"];
+        args.extend_from_slice(extra);
+        torchless(&args)
+    };
+    assert_clean_error(&run(&["--flash-attn", "maybe"]), &["--flash-attn maybe"]);
+    assert_clean_error(
+        &run(&["--flash-tile-size", "24"]),
+        &["--flash-tile-size 24"],
+    );
+    assert_clean_error(&run(&["--kv-cache-dtype", "q9"]), &["--kv-cache-dtype q9"]);
+    assert_clean_error(
+        &run(&["--kv-cache-dtype", "q8_0", "--flash-attn", "off"]),
+        &["q8_0", "--flash-attn off"],
+    );
+    let out = run(&["--cache-type-k", "q8_0", "--cache-type-v", "q4_0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    let out = torchless(&["info", "-m", m, "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kv = &j["kv_cache_bytes_at_context"];
+    assert_eq!(kv["f16"].as_u64().unwrap(), 8192 * 2 * 30 * 192 * 2);
+    assert_eq!(kv["q8_0"].as_u64().unwrap(), 8192 * 2 * 30 * 192 / 32 * 34);
+    assert_eq!(kv["q4_0"].as_u64().unwrap(), 8192 * 2 * 30 * 192 / 32 * 18);
+}

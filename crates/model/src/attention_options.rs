@@ -91,7 +91,7 @@ impl AttentionOptions {
             self.v_type.unwrap_or(default),
         );
         if !flash::valid_tile(self.flash_tile) {
-            return Err(ModelError::Invalid(format!(
+            return Err(ModelError::Attention(format!(
                 "--flash-tile-size {} is not a power of two from 8 to {}",
                 self.flash_tile,
                 flash::SPLIT
@@ -103,7 +103,7 @@ impl AttentionOptions {
         let flash = match self.flash {
             FlashMode::On => true,
             FlashMode::Off if quantized => {
-                return Err(ModelError::Invalid(format!(
+                return Err(ModelError::Attention(format!(
                     "a {}/{} KV cache (keys/values) is read only by flash attention; drop --flash-attn off",
                     k.name(),
                     v.name()
@@ -114,7 +114,7 @@ impl AttentionOptions {
         };
         for (what, ty) in [("keys", k), ("values", v)] {
             if ty.is_quantized() && !head_dim.is_multiple_of(32) {
-                return Err(ModelError::Invalid(format!(
+                return Err(ModelError::Attention(format!(
                     "{what} in {} need a head size that is a multiple of 32, and this model's is {head_dim}; use f16",
                     ty.name()
                 )));

@@ -37,6 +37,9 @@ pub enum ModelError {
     Kernel(#[from] MatmulError),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Attention settings that cannot go together or with this model (a flag to change).
+    #[error("{0}")]
+    Attention(String),
     #[error("speculative decoding: {0}")]
     Speculation(String),
     #[error("{0}")]
