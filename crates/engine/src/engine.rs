@@ -665,18 +665,8 @@ impl Core {
                 let out = catch_unwind(AssertUnwindSafe(|| {
                     verify_drafts(s, logits, vocab, cache, tokenizer, n_ctx, m)
                 }));
-                match out {
-                    Ok(true) => done.push(s.id),
-                    Ok(false) => {}
-                    Err(_) => {
-                        let _ = s.req.events.send(Event::Error(format!(
-                            "internal error while producing the output of request {}",
-                            s.name
-                        )));
-                        m.requests_server_error.fetch_add(1, Relaxed);
-                        s.req.events = closed_sender();
-                        done.push(s.id);
-                    }
+                if output_done(s, out.map_err(|_| ()), m) {
+                    done.push(s.id);
                 }
                 continue;
             }
@@ -690,18 +680,8 @@ impl Core {
             let tokenizer = self.model.tokenizer();
             let n_ctx = self.n_ctx;
             let out = catch_unwind(AssertUnwindSafe(|| emit(s, logits, tokenizer, n_ctx, m)));
-            match out {
-                Ok(true) => done.push(s.id),
-                Ok(false) => {}
-                Err(_) => {
-                    let _ = s.req.events.send(Event::Error(format!(
-                        "internal error while producing the output of request {}",
-                        s.name
-                    )));
-                    m.requests_server_error.fetch_add(1, Relaxed);
-                    s.req.events = closed_sender();
-                    done.push(s.id);
-                }
+            if output_done(s, out.map_err(|_| ()), m) {
+                done.push(s.id);
             }
         }
         done.sort_unstable();
@@ -720,6 +700,23 @@ impl Core {
                 true
             }
         });
+    }
+}
+
+/// Whether `s` is finished after its output path returned `out` (`Err`: it panicked, which
+/// fails this request alone, with an error event).
+fn output_done(s: &mut Seq, out: Result<bool, ()>, m: &Metrics) -> bool {
+    match out {
+        Ok(finished) => finished,
+        Err(()) => {
+            let _ = s.req.events.send(Event::Error(format!(
+                "internal error while producing the output of request {}",
+                s.name
+            )));
+            m.requests_server_error.fetch_add(1, Relaxed);
+            s.req.events = closed_sender();
+            true
+        }
     }
 }
 
