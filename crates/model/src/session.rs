@@ -71,7 +71,7 @@ pub struct Session<'m> {
     n_ctx: usize,
     n_batch: usize,
     attention: ResolvedAttention,
-    /// Why the options could not be honoured ([`Session::with_model`] made the session
+    /// Why the attention options could not be honoured ([`Session::with_model`] made the session
     /// anyway): every evaluation reports it.
     broken: Option<ModelError>,
 }
@@ -238,7 +238,7 @@ impl<'m> Session<'m> {
         mut on_logits: impl FnMut(usize, &[f32]),
     ) -> Result<(), ModelError> {
         if let Some(e) = &self.broken {
-            return Err(ModelError::Invalid(e.to_string()));
+            return Err(ModelError::Attention(e.to_string()));
         }
         let need = self.history.len() + tokens.len();
         if need > self.n_ctx {
