@@ -51,6 +51,13 @@ impl Format {
     }
 }
 
+/// The draft's default vocabulary window, for a vocabulary of more than `DRAFT_VOCAB_MIN` ids.
+/// Measured on Qwen2.5-Coder-0.5B drafting for 1.5B (151936 ids, four code prompts, two Xeon
+/// threads): 32768 ids keep 74-96% of drafts accepted and make a draft token ~15% cheaper,
+/// 1.41x plain decoding on average against 1.29x with the whole head; 8192 ids accept too few.
+const DRAFT_VOCAB: usize = 32768;
+const DRAFT_VOCAB_MIN: usize = 65536;
+
 /// Speculative decoding (`generate`): which proposer drafts, and how many tokens.
 #[derive(Args, Clone, Debug, Default)]
 pub struct SpeculationOpts {
@@ -80,6 +87,12 @@ pub struct SpeculationOpts {
     /// probability (the target would likely reject it; 0: draft the full length).
     #[arg(long = "draft-p-min", value_name = "P", default_value_t = 0.0)]
     pub p_min: f32,
+    /// The draft model computes the logits of the first N token ids only (a byte-level BPE
+    /// numbers its tokens most frequent first); 0: the whole vocabulary. Default: 32768 for a
+    /// vocabulary of more than 65536 ids, else the whole vocabulary. Drafts only: the output
+    /// is the target's either way.
+    #[arg(long = "draft-vocab", value_name = "N", requires = "draft_model")]
+    pub draft_vocab: Option<usize>,
 }
 
 impl SpeculationOpts {
@@ -148,6 +161,13 @@ impl SpeculationOpts {
         let draft = torchless_model::ModelRef::Shared(std::sync::Arc::new(draft));
         let mut p = DraftModel::new(draft, target, n_ctx, sampler)?;
         p.p_min = self.p_min;
+        let window = match self.draft_vocab {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => (vocab > DRAFT_VOCAB_MIN).then_some(DRAFT_VOCAB),
+        };
+        let ids = p.set_vocab_window(window);
+        tracing::info!(ids, "draft vocabulary");
         Ok(Some(Box::new(p)))
     }
 }

@@ -225,11 +225,13 @@ impl Tensor {
         })
     }
 
-    /// A view of `count` rows starting at row `first` of a two-dimensional tensor in the file's
-    /// layout (a part of a fused projection: q, k and v of one `qkv` matrix). None when the rows
-    /// are out of range or interleaved.
+    /// A view of `count` rows starting at row `first` of a two-dimensional tensor (a part of a
+    /// fused projection: q, k and v of one `qkv` matrix; the first rows of an output head). In
+    /// the interleaved layout only whole groups of eight rows can be cut out. None when the rows
+    /// are out of range or cut a group.
     pub fn rows_view(&self, first: usize, count: usize) -> Option<Tensor> {
-        if self.layout != Layout::Rows || self.dims.len() != 2 {
+        let whole_groups = first.is_multiple_of(8) && count.is_multiple_of(8);
+        if self.dims.len() != 2 || (self.layout == Layout::Rows8 && !whole_groups) {
             return None;
         }
         let rb = self.row_bytes();
@@ -243,7 +245,7 @@ impl Tensor {
             storage: self.storage.clone(),
             offset: self.offset + first * rb,
             len: count * rb,
-            layout: Layout::Rows,
+            layout: self.layout,
         })
     }
 
@@ -357,6 +359,29 @@ mod tests {
         assert!(t.rows_view(3, 2).is_none());
         assert!(t.rows_view(0, 0).is_none());
         assert!(t.rows_view(usize::MAX, 2).is_none());
+    }
+
+    #[test]
+    fn interleaved_views_take_whole_groups() {
+        // 24 rows of one Q8_0 block each: scale 1, quants equal to the row number.
+        let mut bytes = Vec::new();
+        for r in 0..24u8 {
+            bytes.extend_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
+            bytes.extend(std::iter::repeat_n(r, 32));
+        }
+        let st = Arc::new(Storage::from_bytes(&bytes));
+        let t = Tensor::new(GgmlType::Q8_0, &[32, 24], st, 0).unwrap();
+        let packed = t.interleaved().unwrap();
+        let v = packed.rows_view(8, 16).unwrap();
+        assert_eq!((v.layout(), v.rows()), (Layout::Rows8, 16));
+        let mut row = [0.0f32; 32];
+        for r in 0..16 {
+            assert!(v.row_to_f32(r, &mut row));
+            assert!(row.iter().all(|&x| x == (r + 8) as f32), "row {r}: {row:?}");
+        }
+        assert!(packed.rows_view(4, 8).is_none());
+        assert!(packed.rows_view(8, 4).is_none());
+        assert!(packed.rows_view(16, 16).is_none());
     }
 
     #[test]

@@ -282,6 +282,7 @@ impl Model {
             max_ctx,
             max_batch,
             n_outputs,
+            head_window,
             ..
         } = ws;
 
@@ -529,18 +530,38 @@ impl Model {
         if logits.len() < n_out * c.vocab {
             logits.resize(n_out * c.vocab, 0.0);
         }
+        // A vocabulary window computes the first rows of the head only (a draft's cheaper
+        // head); the ids past it get -inf, a probability of zero.
+        let (head, cols) = match head_window {
+            Some(h) => (&*h, h.rows().min(c.vocab)),
+            None => (&self.weights.output, c.vocab),
+        };
         self.project(
             nm,
             acts,
             &out_hidden[..n_out * d],
             n_out,
-            &mut [(&self.weights.output, &mut logits[..n_out * c.vocab])],
+            &mut [(head, &mut logits[..n_out * cols])],
         )?;
         if let Some(cap) = plan.final_softcap {
-            softcap(&mut logits[..n_out * c.vocab], cap);
+            softcap(&mut logits[..n_out * cols], cap);
+        }
+        if cols < c.vocab {
+            spread_rows(&mut logits[..n_out * c.vocab], cols, c.vocab);
         }
         dump!(self, "result_output", &logits[..n_out * c.vocab], n_out);
         Ok(())
+    }
+}
+
+/// Moves the rows of `cols` values packed at the front of `buf` to rows of `stride` values,
+/// filling the rest of each row with -inf (last row first, so that nothing is overwritten
+/// before it moves).
+fn spread_rows(buf: &mut [f32], cols: usize, stride: usize) {
+    let n = buf.len() / stride;
+    for i in (0..n).rev() {
+        buf.copy_within(i * cols..(i + 1) * cols, i * stride);
+        buf[i * stride + cols..(i + 1) * stride].fill(f32::NEG_INFINITY);
     }
 }
 

@@ -167,6 +167,13 @@ impl<'m> Session<'m> {
         }
     }
 
+    /// Computes the logits of the ids below `n` only, the others being -inf (see
+    /// [`Workspace::set_vocab_window`]); `None` restores the whole vocabulary. Returns the
+    /// number of ids computed.
+    pub fn set_vocab_window(&mut self, n: Option<usize>) -> usize {
+        self.ws.set_vocab_window(&self.model.weights().output, n)
+    }
+
     /// The attention path and KV cache types this session settled on.
     pub fn attention(&self) -> ResolvedAttention {
         self.attention
@@ -194,6 +201,10 @@ impl<'m> Session<'m> {
             ));
         }
         self.model = model;
+        if let Some(n) = self.ws.head_window.as_ref().map(|h| h.rows()) {
+            self.ws
+                .set_vocab_window(&self.model.weights().output, Some(n));
+        }
         Ok(())
     }
 

@@ -52,6 +52,9 @@ pub struct Workspace {
     pub(crate) logits: Vec<f32>,
     pub(crate) n_outputs: usize,
     pub(crate) vocab: usize,
+    /// The first rows of the output head when only they are computed (a vocabulary window,
+    /// see [`Workspace::set_vocab_window`]); `None` computes every id.
+    pub(crate) head_window: Option<torchless_kernels::Tensor>,
 }
 
 impl Workspace {
@@ -101,7 +104,26 @@ impl Workspace {
             logits: vec![0.0; c.vocab],
             n_outputs: 0,
             vocab: c.vocab,
+            head_window: None,
         }
+    }
+
+    /// Computes logits for the ids below `n` only (rounded up to a whole group of eight rows);
+    /// the others get -inf. A draft model's window over the most frequent ids (a byte-level
+    /// BPE numbers its merges in the order it learned them, most frequent first) drafts nearly
+    /// as well for a fraction of a large vocabulary's head. `None`, or a window that covers the
+    /// vocabulary, computes every id. Returns the ids computed.
+    pub fn set_vocab_window(
+        &mut self,
+        output: &torchless_kernels::Tensor,
+        n: Option<usize>,
+    ) -> usize {
+        let rows = output.rows();
+        let want = n
+            .map(|n| n.max(1).next_multiple_of(8))
+            .filter(|&n| n < rows.min(self.vocab));
+        self.head_window = want.and_then(|n| output.rows_view(0, n));
+        self.head_window.as_ref().map_or(self.vocab, |h| h.rows())
     }
 
     pub fn max_batch(&self) -> usize {

@@ -82,6 +82,15 @@ fn check_vocab(draft: &Model, target: &Model) -> Result<(), ModelError> {
     Ok(())
 }
 
+impl DraftModel<'_> {
+    /// Drafts from the ids below `n` only (see [`Session::set_vocab_window`]): a large
+    /// vocabulary's head is a large share of a small draft's reading. Returns the ids the
+    /// draft computes.
+    pub fn set_vocab_window(&mut self, n: Option<usize>) -> usize {
+        self.session.set_vocab_window(n)
+    }
+}
+
 impl Proposer for DraftModel<'_> {
     fn name(&self) -> &'static str {
         "draft-model"
