@@ -149,26 +149,42 @@ impl SpeculationOpts {
         let Some(name) = &self.draft_model else {
             return Ok(None);
         };
-        let path = torchless_hub::resolve(Some(name))?;
-        let opts = LoadOptions {
-            pool: Some(target.shared_pool()),
-            ..load.load_options()?
-        };
-        let draft = Model::load(&path, &opts).map_err(|source| CliError::Load {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let draft = torchless_model::ModelRef::Shared(std::sync::Arc::new(draft));
+        let draft = load_draft(name, target, load)?;
+        let draft = torchless_model::ModelRef::Shared(draft);
         let mut p = DraftModel::new(draft, target, n_ctx, sampler)?;
         p.p_min = self.p_min;
-        let window = match self.draft_vocab {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None => (vocab > DRAFT_VOCAB_MIN).then_some(DRAFT_VOCAB),
-        };
-        let ids = p.set_vocab_window(window);
+        let ids = p.set_vocab_window(draft_window(self.draft_vocab, vocab));
         tracing::info!(ids, "draft vocabulary");
         Ok(Some(Box::new(p)))
+    }
+}
+
+/// Loads the draft model `name` (a path or a known model name) as `load` says, on `target`'s
+/// threads.
+pub fn load_draft(
+    name: &str,
+    target: &Model,
+    load: &ModelOpts,
+) -> Result<std::sync::Arc<Model>, CliError> {
+    let path = torchless_hub::resolve(Some(name))?;
+    let opts = LoadOptions {
+        pool: Some(target.shared_pool()),
+        ..load.load_options()?
+    };
+    let draft = Model::load(&path, &opts).map_err(|source| CliError::Load {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(std::sync::Arc::new(draft))
+}
+
+/// The draft's vocabulary window from `--draft-vocab` (absent: the default for a vocabulary of
+/// `vocab` ids; 0: none).
+pub fn draft_window(flag: Option<usize>, vocab: usize) -> Option<usize> {
+    match flag {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => (vocab > DRAFT_VOCAB_MIN).then_some(DRAFT_VOCAB),
     }
 }
 

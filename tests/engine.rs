@@ -7,7 +7,9 @@ mod common;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 
-use torchless_engine::{Engine, EngineOptions, Event, Finish, Params, Request, SpecConfig};
+use torchless_engine::{
+    Drafter, Engine, EngineOptions, Event, Finish, Params, Request, SpecConfig,
+};
 use torchless_model::attention_options::{AttentionOptions, FlashMode};
 use torchless_model::{LoadOptions, Model};
 
@@ -148,7 +150,17 @@ fn together(
     prompts: &[Vec<u32>],
     opts: EngineOptions,
 ) -> (Vec<Outcome>, Counts) {
-    let engine = Engine::start(model.clone(), opts).unwrap();
+    together_with(model, None, prompts, opts)
+}
+
+/// [`together`] with a draft model.
+fn together_with(
+    model: &Arc<Model>,
+    draft: Option<Arc<Model>>,
+    prompts: &[Vec<u32>],
+    opts: EngineOptions,
+) -> (Vec<Outcome>, Counts) {
+    let engine = Engine::start_with_draft(model.clone(), draft, opts).unwrap();
     let rxs: Vec<_> = prompts
         .iter()
         .enumerate()
@@ -203,8 +215,9 @@ fn check_invariance(name: &str) {
         ),
     ];
     let lookup = Some(SpecConfig {
-        lookup: 3,
+        drafter: Drafter::Lookup(3),
         length: 5,
+        adaptive: true,
     });
     let cases = cases.into_iter().chain([
         (
@@ -258,8 +271,9 @@ fn flash_attention_results_do_not_depend_on_the_batch() {
         n_ctx: 512,
         attention: flash,
         speculation: Some(SpecConfig {
-            lookup: 3,
+            drafter: Drafter::Lookup(3),
             length: 5,
+            adaptive: true,
         }),
         ..EngineOptions::default()
     };
@@ -267,6 +281,98 @@ fn flash_attention_results_do_not_depend_on_the_batch() {
     for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
         assert_eq!(g, a, "request {i} differs from its solo run");
     }
+}
+
+/// Speculating with a draft model (SmolLM2's own weights computed in f32: mostly the same
+/// choices, some different), with its whole vocabulary or a window of it, and in a pool small
+/// enough to preempt, every request gets the bits of its solo run without speculation.
+#[test]
+fn a_draft_model_leaves_every_result_as_it_was() {
+    let model = model("smollm2");
+    let draft = Arc::new(
+        Model::load(
+            common::model("smollm2"),
+            &LoadOptions {
+                threads: 2,
+                precision: torchless_model::Precision::F32,
+                pool: Some(model.shared_pool()),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let ps = prompts(&model, 16);
+    let alone = solo(&model, &ps);
+    let base = EngineOptions {
+        n_ctx: 512,
+        ..EngineOptions::default()
+    };
+    let spec = |vocab_window| {
+        Some(SpecConfig {
+            drafter: Drafter::Model { vocab_window },
+            length: 4,
+            // The draft computes in f32: far too dear to pay, the pace would never draft.
+            adaptive: false,
+        })
+    };
+    let cases = [
+        (
+            "whole vocabulary",
+            EngineOptions {
+                speculation: spec(None),
+                ..base
+            },
+        ),
+        (
+            "a window of 8192 ids, in a pool small enough to preempt",
+            EngineOptions {
+                speculation: spec(Some(8192)),
+                n_blocks: Some(24),
+                batch_tokens: 64,
+                ..base
+            },
+        ),
+    ];
+    for (what, opts) in cases {
+        let (got, counts) = together_with(&model, Some(draft.clone()), &ps, opts);
+        let (d, a) = (counts.drafted, counts.accepted);
+        eprintln!("draft model, {what}: {a} of {d} drafted tokens accepted");
+        assert!(a > 0 && a < d, "{what}: {a} of {d} drafted tokens accepted");
+        if what.contains("preempt") {
+            assert!(counts.preemptions > 0, "{what}: no preemption happened");
+        }
+        for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+            assert_eq!(g, a, "{what}: request {i} differs from its solo run");
+        }
+    }
+    // A draft of another vocabulary, or settings that do not name the draft, are refused.
+    let gemma =
+        Arc::new(Model::load(common::model("gemma-3-270m"), &LoadOptions::default()).unwrap());
+    let err = Engine::start_with_draft(
+        model.clone(),
+        Some(gemma),
+        EngineOptions {
+            speculation: spec(None),
+            ..base
+        },
+    )
+    .err()
+    .expect("another vocabulary");
+    assert!(err.to_string().contains("vocabulary"), "{err}");
+    let err = Engine::start_with_draft(model.clone(), Some(draft), base)
+        .err()
+        .expect("unnamed draft");
+    assert!(err.to_string().contains("draft"), "{err}");
+    let err = Engine::start(
+        model.clone(),
+        EngineOptions {
+            speculation: spec(None),
+            ..base
+        },
+    )
+    .err()
+    .expect("no draft");
+    assert!(err.to_string().contains("draft model"), "{err}");
 }
 
 #[test]

@@ -470,8 +470,9 @@ fn a_bounded_load_test_loses_and_mixes_up_nothing() {
 }
 
 /// SIGTERM while a stream runs: the stream finishes, then the process exits 0.
-#[test]
-fn sigterm_lets_the_stream_finish_then_exits_0() {
+/// `torchless serve` on SmolLM2 (two threads, 512 positions) with `extra` flags, on a free
+/// port, once it accepts connections.
+fn spawn_serve(extra: &[&str]) -> (std::process::Child, u16) {
     let path = common::model("smollm2");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -486,17 +487,26 @@ fn sigterm_lets_the_stream_finish_then_exits_0() {
             "2",
             "-c",
             "512",
-            "--port",
-            &port.to_string(),
         ])
+        .args(["--port", &port.to_string()])
+        .args(extra)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let t0 = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(t0.elapsed().as_secs() < 60, "the server did not come up");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited: {status}");
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    (child, port)
+}
+
+#[test]
+fn sigterm_lets_the_stream_finish_then_exits_0() {
+    let (mut child, port) = spawn_serve(&[]);
     let pid = child.id().to_string();
     let r = std::thread::scope(|sc| {
         let h = sc.spawn(|| post(port, "/v1/completions", &json!({"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0, "ignore_eos": true, "stream": true})));
@@ -590,16 +600,9 @@ fn generate_batch_invariant_reproduces_a_served_answer() {
             &json!({"prompt": prompt, "max_tokens": 24, "seed": 11, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "ignore_eos": true}),
         ))
     });
-    let path = common::model("smollm2");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_torchless"))
-        .args([
-            "generate",
-            "-m",
-            path.to_str().unwrap(),
-            "-t",
-            "2",
-            "-p",
-            prompt,
+    let local = generate_locally(
+        prompt,
+        &[
             "-n",
             "24",
             "--seed",
@@ -613,13 +616,32 @@ fn generate_batch_invariant_reproduces_a_served_answer() {
             "--min-p",
             "0.05",
             "--ignore-eos",
-            "--batch-invariant",
+        ],
+    );
+    assert_eq!(local, served);
+}
+
+/// What `torchless generate --batch-invariant` prints for `prompt` on SmolLM2 with `extra`
+/// flags (two threads), without the final newline.
+fn generate_locally(prompt: &str, extra: &[&str]) -> String {
+    let path = common::model("smollm2");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_torchless"))
+        .args([
+            "generate",
+            "-m",
+            path.to_str().unwrap(),
+            "-t",
+            "2",
+            "-p",
+            prompt,
         ])
+        .args(["--batch-invariant"])
+        .args(extra)
         .output()
         .unwrap();
     assert!(out.status.success());
     let local = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(local.strip_suffix('\n').unwrap_or(&local), served);
+    local.strip_suffix('\n').unwrap_or(&local).to_string()
 }
 
 #[test]
@@ -651,4 +673,51 @@ fn a_template_given_to_the_server_renders_the_chat() {
     assert_eq!(answer(Some("chatml")), own);
     // Llama 3's headers are other tokens: another prompt.
     assert_ne!(answer(Some("llama3")).1, own.1);
+}
+
+/// `serve --draft-model`: a greedy answer is the plain greedy answer (`generate
+/// --batch-invariant`), drafts were made and kept; a draft of another vocabulary is refused in
+/// one sentence.
+#[test]
+fn a_served_draft_model_leaves_the_answer_as_it_was() {
+    let path = common::model("smollm2");
+    let (mut child, port) = spawn_serve(&["--draft-model", path.to_str().unwrap()]);
+    let prompt = "def fibonacci(n):";
+    let served = post(
+        port,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 32, "temperature": 0, "ignore_eos": true}),
+    );
+    let (served, _) = text_of(&served);
+    let metrics = get(port, "/metrics").body;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let count = |name: &str| -> u64 {
+        (metrics.lines())
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
+    };
+    let drafted = count("torchless_speculative_drafted_tokens_total");
+    let accepted = count("torchless_speculative_accepted_tokens_total");
+    assert!(
+        accepted > 0 && drafted >= accepted,
+        "{accepted} of {drafted} accepted"
+    );
+    let local = generate_locally(prompt, &["-n", "32", "--temp", "0", "--ignore-eos"]);
+    assert_eq!(local, served);
+
+    let gemma = common::model("gemma-3-270m");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_torchless"))
+        .args(["serve", "-m", path.to_str().unwrap(), "--port", "0"])
+        .args(["--draft-model", gemma.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains("vocabular"),
+        "{err}"
+    );
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use torchless_engine::{Engine, EngineOptions};
+use torchless_engine::{Engine, EngineOptions, SpecConfig};
 use torchless_kernels::Numerics;
 use torchless_server::{AppState, ServerOptions};
 
@@ -20,11 +20,25 @@ pub struct Args {
     /// Speculate per sequence by prompt lookup: draft the tokens that followed the latest
     /// earlier occurrence of the context's last n-gram (up to N tokens long), verified in the
     /// same batch. Greedy requests get the same tokens as without it.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "draft_model")]
     pub lookup: Option<usize>,
-    /// Most tokens drafted per sequence and step (1 to 16).
+    /// Speculate per sequence with this smaller model of the same vocabulary (a path or a
+    /// known model name): it drafts for every decoding sequence in batched passes of its own,
+    /// and the drafts are verified in the same batch. Greedy requests get the same tokens as
+    /// without it.
+    #[arg(long = "draft-model", value_name = "MODEL")]
+    pub draft_model: Option<String>,
+    /// The draft model computes the logits of the first N token ids only (0: all; default
+    /// 32768 for vocabularies over 65536 ids).
+    #[arg(long = "draft-vocab", value_name = "N", requires = "draft_model")]
+    pub draft_vocab: Option<usize>,
+    /// Most tokens drafted per sequence and step (1 to 16). A draft model drafts as many as
+    /// its acceptance and cost make pay, up to K, unless --no-adaptive-speculation.
     #[arg(long = "speculation-length", value_name = "K", default_value_t = 5)]
     pub speculation_length: usize,
+    /// A draft model always drafts --speculation-length tokens.
+    #[arg(long, requires = "draft_model")]
+    pub no_adaptive_speculation: bool,
     /// Address to bind (127.0.0.1: this machine only).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -123,8 +137,14 @@ pub fn run(a: Args) -> Result<(), CliError> {
         Some(t) => Some(Arc::new(model.require_tokenizer()?.template_named(t)?)),
         None => None,
     };
-    let engine = Engine::start(
+    let speculation = speculation(&a, model.config().vocab)?;
+    let draft = match &a.draft_model {
+        Some(name) => Some(crate::options::load_draft(name, &model, &a.model)?),
+        None => None,
+    };
+    let engine = Engine::start_with_draft(
         model.clone(),
+        draft,
         EngineOptions {
             n_ctx: a.ctx_size,
             max_running: a.batch_size,
@@ -142,30 +162,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 Numerics::BatchInvariant
             },
             attention: a.attention.options()?,
-            speculation: match a.lookup {
-                Some(0) => {
-                    return Err(CliError::Usage(
-                        "--lookup 0: the n-gram needs at least one token".into(),
-                    ))
-                }
-                Some(n)
-                    if (1..=torchless_model::speculative::MAX_DRAFT)
-                        .contains(&a.speculation_length) =>
-                {
-                    Some(torchless_engine::SpecConfig {
-                        lookup: n,
-                        length: a.speculation_length,
-                    })
-                }
-                Some(_) => {
-                    return Err(CliError::Usage(format!(
-                        "--speculation-length {}: expected 1 to {}",
-                        a.speculation_length,
-                        torchless_model::speculative::MAX_DRAFT
-                    )))
-                }
-                None => None,
-            },
+            speculation,
         },
     )?;
     let name = a.alias.clone().unwrap_or_else(|| {
@@ -216,4 +213,34 @@ pub fn run(a: Args) -> Result<(), CliError> {
     })?;
     // Requests still running past the grace period are cut off here.
     std::process::exit(0);
+}
+
+/// The speculation `--lookup`, `--draft-model` and `--speculation-length` ask for (`vocab`: the
+/// model's vocabulary, for the draft's default window).
+fn speculation(a: &Args, vocab: usize) -> Result<Option<SpecConfig>, CliError> {
+    use torchless_engine::Drafter;
+    let drafter = match (a.lookup, &a.draft_model) {
+        (Some(0), _) => {
+            return Err(CliError::Usage(
+                "--lookup 0: the n-gram needs at least one token".into(),
+            ))
+        }
+        (Some(n), _) => Drafter::Lookup(n),
+        (None, Some(_)) => Drafter::Model {
+            vocab_window: crate::options::draft_window(a.draft_vocab, vocab),
+        },
+        (None, None) => return Ok(None),
+    };
+    let max = torchless_model::speculative::MAX_DRAFT;
+    if !(1..=max).contains(&a.speculation_length) {
+        return Err(CliError::Usage(format!(
+            "--speculation-length {}: expected 1 to {max}",
+            a.speculation_length
+        )));
+    }
+    Ok(Some(SpecConfig {
+        drafter,
+        length: a.speculation_length,
+        adaptive: !a.no_adaptive_speculation,
+    }))
 }

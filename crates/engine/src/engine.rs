@@ -22,11 +22,12 @@ use torchless_kernels::Numerics;
 use torchless_model::attention_options::AttentionOptions;
 use torchless_model::{Batch, KvCache, KvConfig, Model, ModelError, Sampler, SeqId, Workspace};
 
+use crate::draft_runner::{DraftRunner, Job};
 use crate::metrics::Metrics;
 use crate::output::{logprobs, StopFilter};
 use crate::request::{Event, Finish, Request, Usage};
 use crate::scheduler::{schedule, Limits, Running, Waiting};
-use crate::speculation::{SeqSpec, SpecConfig};
+use crate::speculation::{Drafter, SeqSpec, SpecConfig};
 
 /// How the engine is sized.
 #[derive(Clone, Copy, Debug)]
@@ -53,7 +54,8 @@ pub struct EngineOptions {
     pub numerics: Numerics,
     /// Flash attention and the KV cache's element types.
     pub attention: AttentionOptions,
-    /// Speculation per sequence (prompt lookup), or none.
+    /// Speculation per sequence (prompt lookup, or the draft model given to
+    /// [`Engine::start_with_draft`]), or none.
     pub speculation: Option<SpecConfig>,
 }
 
@@ -120,6 +122,16 @@ pub struct Engine {
 impl Engine {
     /// Sizes the cache, commits its memory and starts the engine thread.
     pub fn start(model: Arc<Model>, opts: EngineOptions) -> Result<Engine, ModelError> {
+        Engine::start_with_draft(model, None, opts)
+    }
+
+    /// [`Engine::start`] with a draft model, which `opts.speculation` must name
+    /// ([`Drafter::Model`]); its vocabulary must be the model's.
+    pub fn start_with_draft(
+        model: Arc<Model>,
+        draft: Option<Arc<Model>>,
+        opts: EngineOptions,
+    ) -> Result<Engine, ModelError> {
         let c = model.config();
         let n_ctx = if opts.n_ctx == 0 {
             c.n_ctx_train.min(4096)
@@ -167,10 +179,43 @@ impl Engine {
                 "the KV cache would hold no block of {block_bytes} bytes; give it more memory"
             )));
         }
+        let drafter = match (opts.speculation.map(|s| s.drafter), draft) {
+            (Some(Drafter::Model { vocab_window }), Some(d)) => {
+                torchless_model::speculative::check_vocab(&d, &model)?;
+                let att =
+                    opts.attention
+                        .resolve(n_ctx, d.config().head_dim, d.precision().kv_type())?;
+                let length = opts.speculation.map_or(1, |s| s.length);
+                // As many positions as the model's pool, and each sequence's draft besides.
+                let n_blocks = cfg.n_blocks + opts.max_running * (length.div_ceil(bs) + 1);
+                Some(DraftRunner::new(
+                    d,
+                    c.vocab,
+                    att,
+                    n_ctx,
+                    bs,
+                    n_blocks,
+                    opts.max_running,
+                    opts.batch_tokens,
+                    vocab_window,
+                ))
+            }
+            (Some(Drafter::Model { .. }), None) => {
+                return Err(ModelError::Invalid(
+                    "speculation with a draft model needs the draft model".into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(ModelError::Invalid(
+                    "a draft model was given but the speculation settings do not name it".into(),
+                ))
+            }
+            (_, None) => None,
+        };
         let mut cache = KvCache::new(cfg.clone());
         cache.set_prefix_caching(opts.prefix_cache);
         cache.commit_memory();
-        let kv_bytes = cfg.bytes();
+        let kv_bytes = cfg.bytes() + drafter.as_ref().map_or(0, |d| d.kv_bytes());
         let capacity = cache.capacity();
         tracing::info!(
             blocks = cfg.n_blocks,
@@ -192,8 +237,13 @@ impl Engine {
         });
         let (tx, rx) = channel();
         let vocab = c.vocab;
+        let draft_cost = drafter.as_ref().map_or(0.0, |d| {
+            d.bytes_per_token() as f64 / model.weights().bytes_per_token().max(1) as f64
+        });
         let mut core = Core {
             model,
+            draft_cost,
+            drafter,
             cache,
             ws,
             batch: Batch::with_capacity(opts.batch_tokens),
@@ -237,7 +287,7 @@ impl Engine {
         &self.opts
     }
 
-    /// Bytes of the KV pool.
+    /// Bytes of the KV pools (the model's, and the draft model's where it has one).
     pub fn kv_bytes(&self) -> usize {
         self.kv_bytes
     }
@@ -364,6 +414,10 @@ impl Seq {
 /// The engine thread's state.
 struct Core {
     model: Arc<Model>,
+    /// The draft model, where the engine speculates with one.
+    drafter: Option<DraftRunner>,
+    /// What a draft token costs, in passes of the model (bytes of weights read per token).
+    draft_cost: f64,
     cache: KvCache,
     ws: Workspace,
     batch: Batch,
@@ -415,10 +469,12 @@ impl Core {
         });
         // Penalties and DRY see the prompt too (as `generate` feeds them).
         r.prompt.iter().for_each(|&t| sampler.accept(t));
+        let draft_vocab = self.drafter.as_ref().map_or(vocab, |d| d.vocab());
+
         let spec = self
             .opts
             .speculation
-            .map(|c| SeqSpec::new(c, r.params.sampler.seed));
+            .map(|c| SeqSpec::new(c, &r.params.sampler, draft_vocab, self.draft_cost));
         let seq = Seq {
             spec,
             n_draft: 0,
@@ -460,9 +516,13 @@ impl Core {
         }
         self.waiting.retain(|s| !gone(s));
         let cache = &mut self.cache;
-        self.running.retain(|s| {
+        let drafter = &mut self.drafter;
+        self.running.retain_mut(|s| {
             if gone(s) {
                 cache.remove(s.cache_id());
+                if let Some(d) = drafter.as_mut() {
+                    d.forget(s.cache_id(), s.spec.as_mut());
+                }
                 m.requests_cancelled.fetch_add(1, Relaxed);
                 tracing::info!(request = %s.name, generated = s.generated(), "cancelled");
                 false
@@ -525,6 +585,9 @@ impl Core {
             if let Some(i) = self.running.iter().position(|s| s.id == *id) {
                 let mut s = self.running.swap_remove(i);
                 self.cache.remove(s.cache_id());
+                if let Some(d) = self.drafter.as_mut() {
+                    d.forget(s.cache_id(), s.spec.as_mut());
+                }
                 s.computed = 0;
                 s.preemptions += 1;
                 m.preemptions.fetch_add(1, Relaxed);
@@ -558,6 +621,13 @@ impl Core {
         let mut budget = self.opts.batch_tokens.saturating_sub(planned);
         let t_draft = Instant::now();
         let mut drafted_any = false;
+        let mut model_wants: Vec<(u64, usize)> = Vec::new();
+        let n_decoding = (plan.work.iter())
+            .filter(|&&(id, k)| {
+                k >= 1
+                    && (self.running.iter()).any(|s| s.id == id && s.computed + 1 == s.tokens.len())
+            })
+            .count();
         for &(id, k) in &plan.work {
             let Some(s) = self.running.iter_mut().find(|s| s.id == id) else {
                 continue;
@@ -569,8 +639,40 @@ impl Core {
                 .min(budget);
             if let (true, Some(sp)) = (decoding, s.spec.as_mut()) {
                 s.n_draft = sp.propose(&s.tokens, left);
-                budget -= s.n_draft;
+                if sp.uses_model() && self.drafter.is_some() {
+                    let want = sp.want(left, n_decoding);
+                    if want > 0 {
+                        model_wants.push((id, want));
+                    }
+                    budget -= want;
+                } else {
+                    budget -= s.n_draft;
+                }
                 drafted_any |= s.n_draft > 0;
+            }
+        }
+        if let (Some(runner), false) = (self.drafter.as_mut(), model_wants.is_empty()) {
+            let mut jobs: Vec<Job> = Vec::with_capacity(model_wants.len());
+            for s in self.running.iter_mut() {
+                let Some(&(_, want)) = model_wants.iter().find(|w| w.0 == s.id) else {
+                    continue;
+                };
+                if let Some(spec) = s.spec.as_mut() {
+                    jobs.push(Job {
+                        id: s.id as SeqId,
+                        tokens: &s.tokens,
+                        want,
+                        spec,
+                    });
+                }
+            }
+            runner.draft(&mut jobs);
+            drop(jobs);
+            for s in self.running.iter_mut() {
+                if let (true, Some(sp)) = (model_wants.iter().any(|w| w.0 == s.id), &s.spec) {
+                    s.n_draft = sp.drafted().len();
+                    drafted_any |= s.n_draft > 0;
+                }
             }
         }
         if drafted_any {
@@ -587,7 +689,7 @@ impl Core {
                 for s in &mut self.running {
                     s.n_draft = 0;
                     if let Some(sp) = s.spec.as_mut() {
-                        sp.drop_draft();
+                        sp.drop_draft(s.tokens.len());
                     }
                 }
             }
@@ -691,10 +793,14 @@ impl Core {
     /// Removes the running sequences `pick` chooses, after `last(seq)`, giving back blocks.
     fn finish_where(&mut self, pick: impl Fn(&Seq) -> bool, last: impl Fn(&Seq)) {
         let cache = &mut self.cache;
-        self.running.retain(|s| {
+        let drafter = &mut self.drafter;
+        self.running.retain_mut(|s| {
             if pick(s) {
                 last(s);
                 cache.remove(s.cache_id());
+                if let Some(d) = drafter.as_mut() {
+                    d.forget(s.cache_id(), s.spec.as_mut());
+                }
                 false
             } else {
                 true
@@ -761,6 +867,9 @@ fn verify_drafts(
         let row = &logits[j * vocab..(j + 1) * vocab];
         let Some(sp) = s.spec.as_mut() else { break };
         let (tok, stands) = sp.choose(&mut s.sampler, row, j);
+        if j < n && (!stands || j + 1 == n) {
+            sp.record(j + usize::from(stands));
+        }
         m.spec_accepted.fetch_add(stands as u64, Relaxed);
         m.spec_emitted.fetch_add(1, Relaxed);
         finished = emit_token(s, tok, row, tokenizer, n_ctx, m);
@@ -768,8 +877,12 @@ fn verify_drafts(
             break;
         }
     }
-    // Positions computed from tokens that stand: all but the last token emitted.
+    // Positions computed from tokens that stand: all but the last token emitted. A draft
+    // model's cache holds the text up to the drafts that stood.
     let keep = s.tokens.len() - 1;
+    if let Some(sp) = s.spec.as_mut() {
+        sp.rewind(keep);
+    }
     s.computed = cache.truncate(s.cache_id(), keep);
     cache.commit(s.cache_id(), &s.tokens);
     finished

@@ -6,10 +6,13 @@
 //!   cache with prefix caching, in the batch-invariant numerics by default — and its handle;
 //! - [`request`]: requests and the events sent back;
 //! - [`output`]: a request's text (stop texts, whole characters) and log-probabilities;
-//! - [`metrics`]: counters and histograms, and their Prometheus text.
+//! - [`metrics`]: counters and histograms, and their Prometheus text;
+//! - [`speculation`]: drafts per sequence and their verification; [`draft_runner`]: the draft
+//!   model's own cache and batched passes.
 //!
 //! Nothing here knows HTTP or the command line.
 
+pub(crate) mod draft_runner;
 pub mod engine;
 pub mod metrics;
 pub mod output;
@@ -20,4 +23,4 @@ pub mod speculation;
 pub use engine::{Engine, EngineOptions, SubmitError};
 pub use metrics::Metrics;
 pub use request::{Event, Finish, Logprobs, Params, Request, Usage};
-pub use speculation::SpecConfig;
+pub use speculation::{Drafter, SpecConfig};

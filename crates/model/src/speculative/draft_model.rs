@@ -54,8 +54,9 @@ impl<'d> DraftModel<'d> {
     }
 }
 
-/// The draft's vocabulary must be the target's.
-fn check_vocab(draft: &Model, target: &Model) -> Result<(), ModelError> {
+/// The draft's vocabulary must be the target's: sizes at most 128 apart (padding rows), and
+/// every id both know the same text in both.
+pub fn check_vocab(draft: &Model, target: &Model) -> Result<(), ModelError> {
     let (dv, tv) = (draft.config().vocab, target.config().vocab);
     if dv.abs_diff(tv) > VOCAB_SLACK {
         return Err(ModelError::Speculation(format!(

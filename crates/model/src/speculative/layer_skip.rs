@@ -133,7 +133,7 @@ impl Proposer for LayerSkip {
 /// How a draft chooses its tokens: the target's greedy choice at temperature 0, otherwise a
 /// draw from the target's filters (top-k, top-p, min-p, temperature; penalties and DRY, whose
 /// state the draft cannot roll back, left out — any proposal distribution is exact).
-pub(crate) struct Picker {
+pub struct Picker {
     sampler: Sampler,
     rng: Rng,
     dist: Vec<(u32, f64)>,
@@ -141,7 +141,7 @@ pub(crate) struct Picker {
 }
 
 impl Picker {
-    pub(crate) fn new(cfg: &SamplerConfig, vocab: usize) -> Picker {
+    pub fn new(cfg: &SamplerConfig, vocab: usize) -> Picker {
         let cfg = SamplerConfig {
             repeat_penalty: 1.0,
             presence_penalty: 0.0,
@@ -160,7 +160,7 @@ impl Picker {
     /// Chooses the next draft token from `logits` and appends it to `draft`; None (nothing
     /// appended) when the draft's own probability of its choice is below `p_min`, a token
     /// the target would likely reject (drafting it and what follows would be wasted work).
-    pub(crate) fn pick(&mut self, logits: &[f32], draft: &mut Draft, p_min: f32) -> Option<u32> {
+    pub fn pick(&mut self, logits: &[f32], draft: &mut Draft, p_min: f32) -> Option<u32> {
         if self.greedy {
             let t = self.sampler.sample(logits);
             if p_min > 0.0 && softmax_of(logits, t) < p_min as f64 {

@@ -25,8 +25,8 @@ use crate::generate::{GenerateOptions, Generation, StopReason, Timings};
 use crate::sampler::Sampler;
 use crate::session::Session;
 
-pub use draft_model::DraftModel;
-pub use layer_skip::{parse_layers, LayerSkip};
+pub use draft_model::{check_vocab, DraftModel};
+pub use layer_skip::{parse_layers, LayerSkip, Picker};
 pub use lookup::PromptLookup;
 use verify::{Verdict, Verifier};
 
