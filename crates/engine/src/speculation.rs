@@ -83,8 +83,8 @@ const DECAY: f64 = 0.8;
 /// Qwen2.5-Coder-1.5B on two cores: 4 tokens cost 1.3-1.5 passes).
 const VERIFY_STEP: f64 = 0.15;
 /// Steps before the first probe of a sequence that drafts nothing, and the most between two.
-pub(crate) const PROBE_EVERY: usize = 8;
-pub(crate) const PROBE_MAX: usize = 128;
+pub(crate) const PROBE_EVERY: usize = 16;
+pub(crate) const PROBE_MAX: usize = 256;
 
 impl Pace {
     fn new(cost: f64) -> Pace {
@@ -296,8 +296,8 @@ mod tests {
                 }
             }
         }
-        // After 8 steps, then 16, then 32 more.
-        assert_eq!(probes, vec![8, 24, 56]);
+        // After 16 steps, then 32, then 64 more.
+        assert_eq!(probes, vec![16, 48, 112]);
         // Probes that keep their token make drafts pay again.
         for _ in 0..20 {
             s.record(1);
