@@ -65,10 +65,12 @@ struct Setup {
     attention: AttentionOptions,
 }
 
-/// Resident memory of this process in bytes (Linux), if known.
+/// Resident anonymous memory of this process in bytes (Linux), if known: the heap, where the
+/// KV cache lives, without the pages of memory-mapped model files (a lookup of a token not
+/// seen before faults in its embedding row, and the kernel reads ahead around it).
 fn rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = s.lines().find(|l| l.starts_with("RssAnon:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -351,7 +353,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         kv.1 as f64 / 1048576.0,
         a.depth + a.n_prompt.max(a.n_gen) + 1,
         kv.2.map(|(n, p, r)| format!(
-            "; filling {n} more positions: predicted {:.1} MiB, resident memory grew {:.1} MiB",
+            "; filling {n} more positions: predicted {:.1} MiB, resident anonymous memory grew {:.1} MiB",
             p as f64 / 1048576.0,
             r as f64 / 1048576.0
         ))

@@ -105,10 +105,7 @@ fn convert_run<O: TileOps>(ops: O, rows: Rows<'_>, start: usize, dst: &mut [f32]
                 return false;
             };
             for (blk, out) in src.chunks_exact(Q8_0_BYTES).zip(dst.chunks_exact_mut(QK)) {
-                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                for (o, &q) in out.iter_mut().zip(&blk[2..]) {
-                    *o = q as i8 as f32 * d;
-                }
+                ops.widen_q8_0(blk, out);
             }
             true
         }
@@ -121,12 +118,7 @@ fn convert_run<O: TileOps>(ops: O, rows: Rows<'_>, start: usize, dst: &mut [f32]
                 return false;
             };
             for (blk, out) in src.chunks_exact(Q4_0_BYTES).zip(dst.chunks_exact_mut(QK)) {
-                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                let (lo, hi) = out.split_at_mut(QK / 2);
-                for (j, &q) in blk[2..].iter().enumerate() {
-                    lo[j] = ((q & 0x0f) as i32 - 8) as f32 * d;
-                    hi[j] = ((q >> 4) as i32 - 8) as f32 * d;
-                }
+                ops.widen_q4_0(blk, out);
             }
             true
         }
@@ -180,6 +172,40 @@ pub(crate) trait TileOps: Copy {
     fn axpy(self, acc: &mut [f32], w: f32, v: &[f32]);
     /// f16 to f32.
     fn widen(self, src: &[f16], dst: &mut [f32]);
+    /// One Q8_0 block (34 bytes) to its 32 values: `q · d`, one rounding each.
+    #[inline(always)]
+    fn widen_q8_0(self, blk: &[u8], out: &mut [f32]) {
+        scalar_q8_0(blk, out)
+    }
+    /// One Q4_0 block (18 bytes) to its 32 values: `(nibble − 8) · d`, low nibbles first.
+    #[inline(always)]
+    fn widen_q4_0(self, blk: &[u8], out: &mut [f32]) {
+        scalar_q4_0(blk, out)
+    }
+}
+
+/// [`TileOps::widen_q8_0`]'s definition.
+#[inline(always)]
+pub(crate) fn scalar_q8_0(blk: &[u8], out: &mut [f32]) {
+    let [d0, d1, quants @ ..] = blk else { return };
+    let d = f16::from_le_bytes([*d0, *d1]).to_f32();
+    for (o, &q) in out.iter_mut().zip(quants) {
+        *o = q as i8 as f32 * d;
+    }
+}
+
+/// [`TileOps::widen_q4_0`]'s definition.
+#[inline(always)]
+pub(crate) fn scalar_q4_0(blk: &[u8], out: &mut [f32]) {
+    let [d0, d1, quants @ ..] = blk else { return };
+    let d = f16::from_le_bytes([*d0, *d1]).to_f32();
+    let (lo, hi) = out.split_at_mut((QK / 2).min(out.len()));
+    for (j, &q) in quants.iter().enumerate().take(QK / 2) {
+        if let (Some(l), Some(h)) = (lo.get_mut(j), hi.get_mut(j)) {
+            *l = ((q & 0x0f) as i32 - 8) as f32 * d;
+            *h = ((q >> 4) as i32 - 8) as f32 * d;
+        }
+    }
 }
 
 /// The portable implementation of [`TileOps`], and its definition.

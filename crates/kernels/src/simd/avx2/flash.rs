@@ -183,6 +183,47 @@ impl TileOps for Avx2 {
             dst[i] = src[i].to_f32();
         }
     }
+
+    #[inline(always)]
+    fn widen_q8_0(self, blk: &[u8], out: &mut [f32]) {
+        if blk.len() < 34 || out.len() < 32 {
+            return crate::flash_tiles::scalar_q8_0(blk, out);
+        }
+        let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        // SAFETY: as in `exp_sum`; the block holds 32 quants after its scale and `out` 32
+        // floats (checked above); each load reads eight bytes inside them.
+        unsafe {
+            let dv = _mm256_set1_ps(d);
+            for i in (0..32).step_by(8) {
+                let q = _mm_loadl_epi64(blk.as_ptr().add(2 + i) as *const __m128i);
+                let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(f, dv));
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn widen_q4_0(self, blk: &[u8], out: &mut [f32]) {
+        if blk.len() < 18 || out.len() < 32 {
+            return crate::flash_tiles::scalar_q4_0(blk, out);
+        }
+        let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        // SAFETY: as in `widen_q8_0`; the block holds 16 bytes of nibbles after its scale.
+        unsafe {
+            let dv = _mm256_set1_ps(d);
+            let eight = _mm256_set1_epi32(8);
+            for i in (0..16).step_by(8) {
+                let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    blk.as_ptr().add(2 + i) as *const __m128i
+                ));
+                let lo = _mm256_sub_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x0f)), eight);
+                let hi = _mm256_sub_epi32(_mm256_srli_epi32::<4>(b), eight);
+                let (lo, hi) = (_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(lo, dv));
+                _mm256_storeu_ps(out.as_mut_ptr().add(16 + i), _mm256_mul_ps(hi, dv));
+            }
+        }
+    }
 }
 
 /// `crate::flash::split_partials` in AVX2.
