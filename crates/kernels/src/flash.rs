@@ -58,6 +58,13 @@ pub fn split_partials(
         "split_partials: states, scratch or queries do not fit"
     );
     #[cfg(target_arch = "x86_64")]
+    if k.isa().has_avx512() {
+        // SAFETY: an AVX-512 `Isa` says the CPU supports AVX-512 F/BW/VL, AVX2, FMA and F16C.
+        return unsafe {
+            crate::simd::avx512_flash::flash_split(p, qs, keys, values, split, states, scratch)
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
     if k.has_fma() {
         // SAFETY: `has_fma` says the CPU supports AVX2, FMA and F16C.
         return unsafe {

@@ -164,8 +164,44 @@ pub(crate) trait TileOps: Copy {
             self.axpy(acc, wj, &v[j * hd..(j + 1) * hd]);
         }
     }
-    /// `s[j] = exp(s[j] − m)` by ggml's exp; returns their sum, added in position order.
-    fn exp_sum(self, s: &mut [f32], m: f32) -> f32;
+    /// [`TileOps::scores`] for each query of `qs` (all with the same rows): row g of `out`
+    /// (`out[g·stride..]`) gets the scores of `qs[g]`.
+    fn scores_group(
+        self,
+        qs: &[FlashQuery<'_>],
+        k: &[f32],
+        hd: usize,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let n = k.len() / hd.max(1);
+        for (g, q) in qs.iter().enumerate() {
+            self.scores(&q.q[..hd], k, hd, &mut out[g * stride..g * stride + n]);
+        }
+    }
+    /// [`TileOps::accumulate`] for each of `m` queries: the values of state g (at
+    /// `states[g·sl + 2..]`, `hd` floats) take the weights of row g of `w` (`w[g·stride..]`,
+    /// `v.len() / hd` of them).
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate_group(
+        self,
+        m: usize,
+        states: &mut [f32],
+        sl: usize,
+        w: &[f32],
+        stride: usize,
+        v: &[f32],
+        hd: usize,
+    ) {
+        accumulate_each(self, 0..m, states, sl, w, stride, v, hd)
+    }
+    /// The largest of `s`, NaN ignored (−∞ where there is none): a fold of `f32::max`. Any
+    /// order gives the same value, up to the sign of a zero, which no result depends on.
+    fn max(self, s: &[f32]) -> f32 {
+        s.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+    /// `s[j] = exp(s[j] − m)` by ggml's exp.
+    fn exp(self, s: &mut [f32], m: f32);
     /// `acc[d] *= a`.
     fn scale(self, acc: &mut [f32], a: f32);
     /// `acc[d] = w·v[d] + acc[d]` (fused).
@@ -182,6 +218,61 @@ pub(crate) trait TileOps: Copy {
     fn widen_q4_0(self, blk: &[u8], out: &mut [f32]) {
         scalar_q4_0(blk, out)
     }
+}
+
+/// [`TileOps::scores`] for queries `from..` of `qs`, one at a time, into rows `g·stride`
+/// of `out`.
+#[inline(always)]
+pub(crate) fn scores_each<O: TileOps>(
+    ops: O,
+    qs: &[FlashQuery<'_>],
+    from: usize,
+    k: &[f32],
+    hd: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    let n = k.len() / hd.max(1);
+    for (g, q) in qs.iter().enumerate().skip(from) {
+        ops.scores(&q.q[..hd], k, hd, &mut out[g * stride..g * stride + n]);
+    }
+}
+
+/// [`TileOps::accumulate`] for the states `gs` (of `sl` floats in `states`), one at a time,
+/// with weight rows `g·stride` of `w`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn accumulate_each<O: TileOps>(
+    ops: O,
+    gs: std::ops::Range<usize>,
+    states: &mut [f32],
+    sl: usize,
+    w: &[f32],
+    stride: usize,
+    v: &[f32],
+    hd: usize,
+) {
+    let n = v.len() / hd.max(1);
+    for g in gs {
+        let acc = &mut states[g * sl + 2..g * sl + 2 + hd];
+        ops.accumulate(acc, &w[g * stride..g * stride + n], v, hd);
+    }
+}
+
+/// Whether `m ≥ 2` queries' scores or weights (`m` rows of `n ≤ stride` floats in a buffer
+/// of `rows_len`) and, where given, their states (`states_len` floats of `m` states of
+/// `sl ≥ hd + 2`) have the shapes the SIMD group steps take for granted.
+pub(crate) fn group_fits(
+    m: usize,
+    n: usize,
+    stride: usize,
+    rows_len: usize,
+    states: Option<(usize, usize, usize)>,
+) -> bool {
+    m >= 2
+        && n <= stride
+        && rows_len >= (m - 1) * stride + n
+        && states.is_none_or(|(len, sl, hd)| sl >= hd + 2 && len >= m * sl)
 }
 
 /// [`TileOps::widen_q8_0`]'s definition.
@@ -231,13 +322,10 @@ impl TileOps for Scalar {
     }
 
     #[inline(always)]
-    fn exp_sum(self, s: &mut [f32], m: f32) -> f32 {
-        let mut sum = 0.0f32;
+    fn exp(self, s: &mut [f32], m: f32) {
         for w in s.iter_mut() {
             *w = expf_ggml(*w - m);
-            sum += *w;
         }
-        sum
     }
 
     #[inline(always)]
@@ -279,9 +367,12 @@ pub struct FlashParams {
     pub tile: usize,
 }
 
+/// Queries with the same rows of a tile that its steps take together, at most.
+pub(crate) const GROUP: usize = 4;
+
 /// Floats of scratch [`split_partials`] needs for `tile` and `head_dim`.
 pub fn tile_scratch_len(tile: usize, head_dim: usize) -> usize {
-    tile + 2 * tile * head_dim
+    GROUP * tile + 2 * tile * head_dim
 }
 
 /// The splits that positions `first..n_kv` touch.
@@ -319,7 +410,7 @@ pub(crate) fn split_impl<O: TileOps>(
     if lo >= hi {
         return true;
     }
-    let (scores, rest) = scratch.split_at_mut(t);
+    let (scores, rest) = scratch.split_at_mut(GROUP * t);
     let (kt, rest) = rest.split_at_mut(t * hd);
     let vt = &mut rest[..t * hd];
     let mut t0 = s0 + (lo - s0) / t * t;
@@ -332,41 +423,105 @@ pub(crate) fn split_impl<O: TileOps>(
         {
             return false;
         }
-        for (q, st) in qs.iter().zip(states.chunks_exact_mut(sl)) {
-            let (from, to) = (a.max(q.first), t1.min(q.n_kv));
-            if from >= to {
-                continue;
+        // Runs of consecutive queries that see the same rows of the tile, GROUP at most.
+        let rows_of = |q: &FlashQuery<'_>| a.max(q.first)..t1.min(q.n_kv);
+        let mut i = 0;
+        while i < qs.len() {
+            let rows = rows_of(&qs[i]);
+            let mut m = 1;
+            while m < GROUP && i + m < qs.len() && rows_of(&qs[i + m]) == rows {
+                m += 1;
             }
-            let rows = from - a..to - a;
-            let s = &mut scores[..rows.len()];
-            ops.scores(&q.q[..hd], &kt[rows.start * hd..rows.end * hd], hd, s);
-            for o in s.iter_mut() {
-                *o *= p.scale;
+            if rows.start < rows.end {
+                let (k, v) = (
+                    &kt[(rows.start - a) * hd..(rows.end - a) * hd],
+                    &vt[(rows.start - a) * hd..(rows.end - a) * hd],
+                );
+                tile_step(
+                    ops,
+                    p,
+                    &qs[i..i + m],
+                    k,
+                    v,
+                    hd,
+                    scores,
+                    t,
+                    &mut states[i * sl..(i + m) * sl],
+                );
             }
-            if let Some(cap) = p.softcap {
-                // `cap · tanh(s / cap)`, as `crate::ops::softcap`.
-                let inv = 1.0 / cap;
-                for v in s.iter_mut() {
-                    *v = (*v * inv).tanh() * cap;
-                }
-            }
-            let tmax = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let (m_old, l_old) = (st[0], st[1]);
-            let m = m_old.max(tmax);
-            if m == f32::NEG_INFINITY {
-                continue;
-            }
-            let alpha = expf_ggml(m_old - m);
-            let sum = ops.exp_sum(s, m);
-            st[0] = m;
-            st[1] = l_old.mul_add(alpha, sum);
-            let acc = &mut st[2..2 + hd];
-            if alpha != 1.0 {
-                ops.scale(acc, alpha);
-            }
-            ops.accumulate(acc, s, &vt[rows.start * hd..rows.end * hd], hd);
+            i += m;
         }
         t0 += t;
     }
     true
+}
+
+/// One tile's step for queries `qs` (at most [`GROUP`]) that all see the rows of `k` and `v`:
+/// scores, scale and soft-cap, the new maximum, weights, sums and values of their states
+/// (`qs.len()` states of `sl` floats). `scores` holds [`GROUP`] rows of `stride` floats.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile_step<O: TileOps>(
+    ops: O,
+    p: &FlashParams,
+    qs: &[FlashQuery<'_>],
+    k: &[f32],
+    v: &[f32],
+    hd: usize,
+    scores: &mut [f32],
+    stride: usize,
+    states: &mut [f32],
+) {
+    let (m, n, sl) = (qs.len(), k.len() / hd, state_len(hd));
+    ops.scores_group(qs, k, hd, scores, stride);
+    let mut alphas = [1.0f32; GROUP];
+    let mut live = [false; GROUP];
+    for g in 0..m {
+        let s = &mut scores[g * stride..g * stride + n];
+        for o in s.iter_mut() {
+            *o *= p.scale;
+        }
+        if let Some(cap) = p.softcap {
+            // `cap · tanh(s / cap)`, as `crate::ops::softcap`.
+            let inv = 1.0 / cap;
+            for v in s.iter_mut() {
+                *v = (*v * inv).tanh() * cap;
+            }
+        }
+        let tmax = ops.max(s);
+        let m_old = states[g * sl];
+        let mx = m_old.max(tmax);
+        if mx == f32::NEG_INFINITY {
+            continue;
+        }
+        live[g] = true;
+        alphas[g] = expf_ggml(m_old - mx);
+        states[g * sl] = mx;
+        ops.exp(s, mx);
+    }
+    // Each query's sum in position order (the queries' chains side by side).
+    let mut sums = [0.0f32; GROUP];
+    for j in 0..n {
+        for (g, sum) in sums.iter_mut().enumerate().take(m) {
+            *sum += scores[g * stride + j];
+        }
+    }
+    for g in 0..m {
+        if !live[g] {
+            continue;
+        }
+        let st = &mut states[g * sl..(g + 1) * sl];
+        st[1] = st[1].mul_add(alphas[g], sums[g]);
+        if alphas[g] != 1.0 {
+            ops.scale(&mut st[2..2 + hd], alphas[g]);
+        }
+    }
+    if live[..m].iter().all(|&l| l) {
+        ops.accumulate_group(m, states, sl, scores, stride, v, hd);
+    } else {
+        for g in (0..m).filter(|&g| live[g]) {
+            let acc = &mut states[g * sl + 2..g * sl + 2 + hd];
+            ops.accumulate(acc, &scores[g * stride..g * stride + n], v, hd);
+        }
+    }
 }

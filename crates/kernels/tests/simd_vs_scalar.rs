@@ -655,3 +655,96 @@ proptest! {
         }
     }
 }
+
+/// Flash attention of `qs` over `n` positions of f16 rows (block size 16, blocks in reverse
+/// order), split by split and folded, as its callers run it.
+fn flash_outputs(
+    k: &Kernels,
+    qs: &[Vec<f32>],
+    n: usize,
+    hd: usize,
+    tile: usize,
+    rows: (&[f16], &[f16]),
+) -> Vec<u32> {
+    use torchless_kernels::flash::{self, FlashParams, FlashQuery, PagedRows, Rows};
+    let bs = 16;
+    let blocks: Vec<u32> = (0..n.div_ceil(bs) as u32).rev().collect();
+    let paged = |r| PagedRows {
+        rows: Rows::F16(r),
+        blocks: &blocks,
+        base: 0,
+        block_stride: bs * hd,
+        block_size: bs,
+        head_dim: hd,
+    };
+    let (keys, values) = (paged(rows.0), paged(rows.1));
+    // Heads of three positions: the last `qs.len() / 3` queries see every position, the
+    // others one and two fewer.
+    let per = qs.len().div_ceil(3);
+    let queries: Vec<FlashQuery> = qs
+        .iter()
+        .enumerate()
+        .map(|(i, q)| FlashQuery {
+            q,
+            first: 0,
+            n_kv: n.saturating_sub(2 - (i / per).min(2)).max(1),
+        })
+        .collect();
+    let p = FlashParams {
+        scale: 0.125,
+        softcap: None,
+        tile,
+    };
+    let sl = flash::state_len(hd);
+    let mut run = vec![0.0f32; qs.len() * sl];
+    for st in run.chunks_exact_mut(sl) {
+        st[0] = f32::NEG_INFINITY;
+    }
+    let mut part = vec![0.0f32; qs.len() * sl];
+    let mut scratch = vec![0.0f32; flash::tile_scratch_len(tile, hd)];
+    for s in flash::splits(0, n) {
+        assert!(flash::split_partials(
+            k,
+            &p,
+            &queries,
+            &keys,
+            &values,
+            s,
+            &mut part,
+            &mut scratch
+        ));
+        for (r, pt) in run.chunks_exact_mut(sl).zip(part.chunks_exact(sl)) {
+            flash::fold(k, r, pt);
+        }
+    }
+    let mut out = vec![0.0f32; hd];
+    let mut bits = Vec::new();
+    for st in run.chunks_exact(sl) {
+        flash::finish(st, &mut out);
+        bits.extend(out.iter().map(|x| x.to_bits()));
+    }
+    bits
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Flash attention gives the scalar bits in every kernel set, for one to nine queries
+    /// per position (which the tile steps take in pairs and groups) and head sizes that do
+    /// and do not fit their fast paths.
+    #[test]
+    fn flash_attention_is_bit_identical(n in 1usize..600, hd_8 in 1usize..=17, heads in 1usize..=9, tile_log in 3u32..=8, seed in any::<u64>()) {
+        let hd = hd_8 * 8;
+        let mut rng = seed | 1;
+        let mut unit = move || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 };
+        let len = n.div_ceil(16) * 16 * hd;
+        let keys: Vec<f16> = (0..len).map(|_| f16::from_f32(unit())).collect();
+        let values: Vec<f16> = (0..len).map(|_| f16::from_f32(unit())).collect();
+        let qs: Vec<Vec<f32>> = (0..3 * heads).map(|_| (0..hd).map(|_| unit() * 3.0).collect()).collect();
+        let want = flash_outputs(&Kernels::scalar(), &qs, n, hd, 1 << tile_log, (&keys, &values));
+        for k in simd_kernels() {
+            let got = flash_outputs(&k, &qs, n, hd, 1 << tile_log, (&keys, &values));
+            prop_assert!(got == want, "{:?}: flash attention differs from the scalar bits", k.isa());
+        }
+    }
+}

@@ -8,6 +8,8 @@ pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_flash;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512_tiles;
 pub mod f16_attention;
 #[cfg(target_arch = "aarch64")]

@@ -8,13 +8,16 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::{expf8, hsum, hsum_each};
-use crate::flash_tiles::{split_impl, FlashParams, FlashQuery, PagedRows, TileOps};
+use crate::flash_tiles::{
+    accumulate_each, group_fits, scores_each, split_impl, FlashParams, FlashQuery, PagedRows,
+    TileOps,
+};
 use crate::lanes::expf_ggml;
 
-/// AVX2/FMA/F16C tile steps. Only [`flash_split`] makes one, inside a function compiled for
-/// those features and called where the CPU has them.
+/// AVX2/FMA/F16C tile steps. Only [`flash_split`] and the AVX-512 tile steps make one, inside
+/// functions compiled for those features and called where the CPU has them.
 #[derive(Clone, Copy)]
-struct Avx2(());
+pub(in crate::simd) struct Avx2(pub(in crate::simd) ());
 
 impl TileOps for Avx2 {
     #[inline(always)]
@@ -75,6 +78,72 @@ impl TileOps for Avx2 {
     }
 
     #[inline(always)]
+    fn scores_group(
+        self,
+        qs: &[FlashQuery<'_>],
+        k: &[f32],
+        hd: usize,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let (m, n) = (qs.len(), k.len() / hd.max(1));
+        let n4 = n / 4 * 4;
+        let fits = hd.is_multiple_of(8)
+            && n4 > 0
+            && qs.iter().all(|q| q.q.len() >= hd)
+            && group_fits(m, n, stride, out.len(), None);
+        let paired = if fits { m / 2 * 2 } else { 0 };
+        for g in (0..paired).step_by(2) {
+            // SAFETY: an `Avx2` exists only where the CPU has AVX2 and FMA; the shapes were
+            // checked above.
+            unsafe { scores_pair(&qs[g..g + 2], k, hd, n4, &mut out[g * stride..], stride) };
+            for h in g..g + 2 {
+                let q = &qs[h].q[..hd];
+                for j in n4..n {
+                    out[h * stride + j] = self.dot(q, &k[j * hd..(j + 1) * hd]);
+                }
+            }
+        }
+        scores_each(self, qs, paired, k, hd, out, stride)
+    }
+
+    #[inline(always)]
+    fn accumulate_group(
+        self,
+        m: usize,
+        states: &mut [f32],
+        sl: usize,
+        w: &[f32],
+        stride: usize,
+        v: &[f32],
+        hd: usize,
+    ) {
+        let n = v.len() / hd.max(1);
+        let fits = hd.is_multiple_of(32)
+            && group_fits(m, n, stride, w.len(), Some((states.len(), sl, hd)));
+        let paired = if fits { m / 2 * 2 } else { 0 };
+        for g in (0..paired).step_by(2) {
+            for d0 in (0..hd).step_by(32) {
+                // SAFETY: as in `scores_group`; states g and g + 1 hold `hd + 2 ≤ sl` floats,
+                // weight rows `n ≤ stride`, `n` value rows of `hd` floats (checked above).
+                unsafe {
+                    values_pair(
+                        &mut states[g * sl..],
+                        sl,
+                        &w[g * stride..],
+                        stride,
+                        v,
+                        n,
+                        hd,
+                        d0,
+                    )
+                };
+            }
+        }
+        accumulate_each(self, paired..m, states, sl, w, stride, v, hd)
+    }
+
+    #[inline(always)]
     fn accumulate(self, acc: &mut [f32], w: &[f32], v: &[f32], hd: usize) {
         if !hd.is_multiple_of(64) || acc.len() < hd || v.len() < w.len() * hd {
             for (j, &wj) in w.iter().enumerate() {
@@ -106,7 +175,7 @@ impl TileOps for Avx2 {
     }
 
     #[inline(always)]
-    fn exp_sum(self, s: &mut [f32], m: f32) -> f32 {
+    fn exp(self, s: &mut [f32], m: f32) {
         let n8 = s.len() / 8 * 8;
         // SAFETY: as in `dot`; each store writes eight floats inside `s[..n8]`.
         unsafe {
@@ -121,17 +190,35 @@ impl TileOps for Avx2 {
         for w in &mut s[n8..] {
             *w = expf_ggml(*w - m);
         }
-        let mut sum = 0.0f32;
-        for &w in s.iter() {
-            sum += w;
+    }
+
+    #[inline(always)]
+    fn max(self, s: &[f32]) -> f32 {
+        let n8 = s.len() / 8 * 8;
+        // `max_ps(x, m)` gives `m` where `x` is NaN and `m` is never NaN: the NaN-ignoring
+        // maximum of each lane, then of the lanes.
+        // SAFETY: as in `dot`; each load reads eight floats inside `s[..n8]`.
+        let mut mx = unsafe {
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut i = 0;
+            while i < n8 {
+                m = _mm256_max_ps(_mm256_loadu_ps(s.as_ptr().add(i)), m);
+                i += 8;
+            }
+            let h = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+            let h = _mm_max_ps(_mm_movehl_ps(h, h), h);
+            _mm_cvtss_f32(_mm_max_ss(_mm_movehdup_ps(h), h))
+        };
+        for &x in &s[n8..] {
+            mx = mx.max(x);
         }
-        sum
+        mx
     }
 
     #[inline(always)]
     fn scale(self, acc: &mut [f32], a: f32) {
         let n8 = acc.len() / 8 * 8;
-        // SAFETY: as in `exp_sum`.
+        // SAFETY: as in `exp`.
         unsafe {
             let av = _mm256_set1_ps(a);
             let mut i = 0;
@@ -150,7 +237,7 @@ impl TileOps for Avx2 {
     fn axpy(self, acc: &mut [f32], w: f32, v: &[f32]) {
         let n = acc.len().min(v.len());
         let n8 = n / 8 * 8;
-        // SAFETY: as in `exp_sum`; loads of `v` stay inside `v[..n8]`.
+        // SAFETY: as in `exp`; loads of `v` stay inside `v[..n8]`.
         unsafe {
             let wv = _mm256_set1_ps(w);
             let mut i = 0;
@@ -170,7 +257,7 @@ impl TileOps for Avx2 {
     fn widen(self, src: &[f16], dst: &mut [f32]) {
         let n = src.len().min(dst.len());
         let n8 = n / 8 * 8;
-        // SAFETY: as in `exp_sum` (F16C); each load reads eight halves inside `src[..n8]`.
+        // SAFETY: as in `exp` (F16C); each load reads eight halves inside `src[..n8]`.
         unsafe {
             let mut i = 0;
             while i < n8 {
@@ -190,7 +277,7 @@ impl TileOps for Avx2 {
             return crate::flash_tiles::scalar_q8_0(blk, out);
         }
         let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-        // SAFETY: as in `exp_sum`; the block holds 32 quants after its scale and `out` 32
+        // SAFETY: as in `exp`; the block holds 32 quants after its scale and `out` 32
         // floats (checked above); each load reads eight bytes inside them.
         unsafe {
             let dv = _mm256_set1_ps(d);
@@ -242,4 +329,86 @@ pub(crate) unsafe fn flash_split(
     scratch: &mut [f32],
 ) -> bool {
     split_impl(Avx2(()), p, qs, keys, values, split, states, scratch)
+}
+
+/// Scores of the two queries of `qs` against keys `0..n4` (a multiple of 4) of `k` (rows of
+/// `hd`, a multiple of 8): four keys at a time, each key row loaded once for both queries;
+/// query g's scores go to `out[g·stride..]`.
+///
+/// # Safety
+/// AVX2 and FMA; both queries hold `hd` floats, `k` `n4·hd`, `out` `stride + n4`.
+#[inline(always)]
+unsafe fn scores_pair(
+    qs: &[FlashQuery<'_>],
+    k: &[f32],
+    hd: usize,
+    n4: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    let (a, b, kp) = (qs[0].q.as_ptr(), qs[1].q.as_ptr(), k.as_ptr());
+    let o = out.as_mut_ptr();
+    let mut j = 0;
+    while j < n4 {
+        // acc[r]: query a and key j + r; acc[4 + r]: query b.
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < hd {
+            let (qa, qb) = (_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)));
+            for r in 0..4 {
+                let kv = _mm256_loadu_ps(kp.add((j + r) * hd + i));
+                acc[r] = _mm256_fmadd_ps(kv, qa, acc[r]);
+                acc[4 + r] = _mm256_fmadd_ps(kv, qb, acc[4 + r]);
+            }
+            i += 8;
+        }
+        let h = hsum_each(&acc);
+        _mm_storeu_ps(o.add(j), _mm256_castps256_ps128(h));
+        _mm_storeu_ps(o.add(stride + j), _mm256_extractf128_ps::<1>(h));
+        j += 4;
+    }
+}
+
+/// Values of two queries: 32 dimensions from `d0` of states 0 and 1 (`states[g·sl + 2 + d0..]`)
+/// take `w[g·stride + j] · v[j·hd + d0..]` for keys j < n in order, each value row loaded
+/// once for both.
+///
+/// # Safety
+/// AVX2 and FMA; `states` holds two states of `sl ≥ hd + 2` floats, `w` two rows of `n`
+/// weights `stride` apart, `v` `n·hd` floats, `d0 + 32 ≤ hd`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn values_pair(
+    states: &mut [f32],
+    sl: usize,
+    w: &[f32],
+    stride: usize,
+    v: &[f32],
+    n: usize,
+    hd: usize,
+    d0: usize,
+) {
+    let (pa, pb) = (
+        states.as_mut_ptr().add(2 + d0),
+        states.as_mut_ptr().add(sl + 2 + d0),
+    );
+    let mut a: [__m256; 4] = std::array::from_fn(|c| _mm256_loadu_ps(pa.add(8 * c)));
+    let mut b: [__m256; 4] = std::array::from_fn(|c| _mm256_loadu_ps(pb.add(8 * c)));
+    let (wp, vp) = (w.as_ptr(), v.as_ptr());
+    for j in 0..n {
+        let (wa, wb) = (
+            _mm256_set1_ps(*wp.add(j)),
+            _mm256_set1_ps(*wp.add(stride + j)),
+        );
+        let row = vp.add(j * hd + d0);
+        for c in 0..4 {
+            let vv = _mm256_loadu_ps(row.add(8 * c));
+            a[c] = _mm256_fmadd_ps(wa, vv, a[c]);
+            b[c] = _mm256_fmadd_ps(wb, vv, b[c]);
+        }
+    }
+    for c in 0..4 {
+        _mm256_storeu_ps(pa.add(8 * c), a[c]);
+        _mm256_storeu_ps(pb.add(8 * c), b[c]);
+    }
 }
