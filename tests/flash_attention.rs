@@ -182,7 +182,10 @@ fn ppl(model: &Model, n_ctx: usize, attention: AttentionOptions) -> (f64, usize)
 /// Perplexity with flash attention and each KV cache type against llama.cpp's 22.0172 (its
 /// f16 cache, context 128), the cost of each type measured: f16 and Q8_0 within 1%, Q8_0
 /// keys with Q4_0 values within 3%; Q4_0 keys cost far more on this small model (measured
-/// +31%, bounded at 35%), which is why keys and values take separate types.
+/// +28% to +31%, bounded at 35%), which is why keys and values take separate types. F16 and
+/// Q8_0 are not ordered: on 4039 tokens their difference is below what rounding alone moves
+/// this figure (the flash tile size, which only moves roundings, spreads f16 over
+/// 22.03–22.16 and Q8_0 over 22.16–22.28).
 #[test]
 fn perplexity_per_kv_cache_type() {
     use KvType::*;
@@ -215,8 +218,8 @@ fn perplexity_per_kv_cache_type() {
         );
         got.push(p);
     }
-    // Fewer bits cost quality: each step down is worse than the one before.
-    assert!(got.windows(2).all(|w| w[1] > w[0]), "{got:?}");
+    // Four-bit values cost more than either eight-bit cache, four-bit keys more again.
+    assert!(got[2] > got[0].max(got[1]) && got[3] > got[2], "{got:?}");
 }
 
 /// Gemma 3 (256-wide heads, sliding-window layers, scaled queries) with flash attention:

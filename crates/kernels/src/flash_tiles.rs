@@ -11,7 +11,7 @@ use crate::lanes::{expf_ggml, hsum8, LANES};
 pub const SPLIT: usize = 256;
 
 /// The default tile (positions scored and weighted together).
-pub const DEFAULT_TILE: usize = 32;
+pub const DEFAULT_TILE: usize = 128;
 
 /// Whether `tile` is a usable tile size: a power of two from 8 to [`SPLIT`].
 pub fn valid_tile(tile: usize) -> bool {

@@ -146,7 +146,7 @@ mod tests {
         let r = q.resolve(512, 64, KvType::F16).unwrap();
         assert_eq!(
             (r.flash_tile, r.k_type, r.v_type),
-            (Some(32), KvType::F16, KvType::Q4_0)
+            (Some(flash::DEFAULT_TILE), KvType::F16, KvType::Q4_0)
         );
         let off = AttentionOptions {
             flash: FlashMode::Off,
