@@ -174,10 +174,7 @@ pub(crate) trait TileOps: Copy {
         out: &mut [f32],
         stride: usize,
     ) {
-        let n = k.len() / hd.max(1);
-        for (g, q) in qs.iter().enumerate() {
-            self.scores(&q.q[..hd], k, hd, &mut out[g * stride..g * stride + n]);
-        }
+        scores_each(self, qs, 0, k, hd, out, stride)
     }
     /// [`TileOps::accumulate`] for each of `m` queries: the values of state g (at
     /// `states[g·sl + 2..]`, `hd` floats) take the weights of row g of `w` (`w[g·stride..]`,
@@ -262,6 +259,7 @@ pub(crate) fn accumulate_each<O: TileOps>(
 /// Whether `m ≥ 2` queries' scores or weights (`m` rows of `n ≤ stride` floats in a buffer
 /// of `rows_len`) and, where given, their states (`states_len` floats of `m` states of
 /// `sl ≥ hd + 2`) have the shapes the SIMD group steps take for granted.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn group_fits(
     m: usize,
     n: usize,
