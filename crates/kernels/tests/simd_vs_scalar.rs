@@ -727,13 +727,13 @@ fn flash_outputs(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// Flash attention gives the scalar bits in every kernel set, for one to nine queries
+    /// Flash attention gives the scalar bits in every kernel set, for one to six queries
     /// per position (which the tile steps take in pairs and groups) and head sizes that do
     /// and do not fit their fast paths.
     #[test]
-    fn flash_attention_is_bit_identical(n in 1usize..600, hd_8 in 1usize..=17, heads in 1usize..=9, tile_log in 3u32..=8, seed in any::<u64>()) {
+    fn flash_attention_is_bit_identical(n in 1usize..300, hd_8 in 1usize..=17, heads in 1usize..=6, tile_log in 3u32..=8, seed in any::<u64>()) {
         let hd = hd_8 * 8;
         let mut rng = seed | 1;
         let mut unit = move || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 };
