@@ -518,8 +518,7 @@ fn tile_step<O: TileOps>(
         ops.accumulate_group(m, states, sl, scores, stride, v, hd);
     } else {
         for g in (0..m).filter(|&g| live[g]) {
-            let acc = &mut states[g * sl + 2..g * sl + 2 + hd];
-            ops.accumulate(acc, &scores[g * stride..g * stride + n], v, hd);
+            accumulate_each(ops, g..g + 1, states, sl, scores, stride, v, hd);
         }
     }
 }
